@@ -1,0 +1,140 @@
+"""The `aimlapi-video` console script: run one generation, start the sandbox, run the demo, and more.
+
+Every failure ends with one line on stderr saying why (`error: ...`) and a non-zero exit:
+2 for input we refused before anything was sent, 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+KEY_ENV_VARS = ("AIMLAPI_API_KEY", "AIML_API_KEY")
+
+
+def _key_from_env() -> str | None:
+    return next((os.environ[name] for name in KEY_ENV_VARS if os.environ.get(name)), None)
+
+
+def _fail(message: str, code: int) -> int:
+    first_line = " ".join(str(message).split())
+    print(f"error: {first_line}", file=sys.stderr)
+    return code
+
+
+def _run_parser(sub: Any) -> None:
+    run = sub.add_parser("run", help="Restyle one video (a flow run on your Prefect server).")
+    run.add_argument("video", help="https URL, data URI, local file or s3://bucket/key")
+    run.add_argument("--prompt", required=True)
+    run.add_argument("--strength", type=float, default=0.85, help="0 keeps the original, 1 remakes it")
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--no-prompt-expansion", action="store_true")
+    run.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
+    run.add_argument("--output-storage", default=None, help="writable filesystem block, slug/name")
+    who = run.add_mutually_exclusive_group()
+    who.add_argument("--credentials", default=None, help="AimlApiCredentials block name")
+    who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
+    run.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
+    run.add_argument("--idempotency-key", default=None)
+    run.add_argument("--timeout", type=float, default=None, help="seconds to wait for the generation")
+
+
+def _credentials(args: argparse.Namespace) -> Any:
+    """A block name, or an in-memory block built from the environment's key (never saved)."""
+    from blocks import AimlApiCredentials
+    from flows.client import DEFAULT_BASE_URL
+    from flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK
+
+    if args.credentials:
+        return args.credentials
+    key = _key_from_env()
+    if args.base_url and not key:
+        raise SystemExit(_fail("--base-url needs the API key in AIMLAPI_API_KEY (or AIML_API_KEY).", 2))
+    if key:
+        return AimlApiCredentials(api_key=key, base_url=args.base_url or DEFAULT_BASE_URL)
+    return DEFAULT_CREDENTIALS_BLOCK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.errors import AimlApiError, InvalidInputError
+    from flows.video_to_video import video_to_video
+
+    options: dict[str, Any] = {}
+    if args.timeout is not None:
+        options["timeout_seconds"] = args.timeout
+    try:
+        result = asyncio.run(
+            video_to_video(
+                video=args.video, prompt=args.prompt, strength=args.strength, seed=args.seed,
+                enable_prompt_expansion=not args.no_prompt_expansion, credentials=_credentials(args),
+                output=args.output, output_storage=args.output_storage, aws_credentials=args.aws_credentials,
+                idempotency_key=args.idempotency_key, **options,
+            )
+        )
+    except InvalidInputError as exc:
+        return _fail(str(exc), 2)
+    except AimlApiError as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted; re-running the same flow run resumes without a new charge.", 130)
+    print(one_line_summary(result))
+    return 0
+
+
+def one_line_summary(result: Any) -> str:
+    credits = f"{result.credits:,.0f} credits" if result.credits is not None else "usage unknown"
+    total = f"{result.timing.total_s:.1f} s" if result.timing.total_s is not None else "?"
+    return (
+        f"{result.status}: {result.output} ({result.size_bytes:,} bytes, sha256 {result.sha256[:16]}..., "
+        f"{credits}, {total}, generation {result.generation_id})"
+    )
+
+
+def cmd_save_key(args: argparse.Namespace) -> int:
+    from blocks import AimlApiCredentials
+
+    key = _key_from_env()
+    if not key:
+        import getpass
+
+        key = getpass.getpass("AI/ML API key: ")
+    if not key:
+        return _fail("no key given (set AIMLAPI_API_KEY or type it at the prompt).", 2)
+    block = AimlApiCredentials(api_key=key, **({"base_url": args.base_url} if args.base_url else {}))
+    block.save(args.name, overwrite=True)
+    print(f"Saved AimlApiCredentials block {args.name!r} ({block.base_url}).")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "sandbox":
+        from sandbox import main as sandbox_main
+
+        return sandbox_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="aimlapi-video", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    sub.add_parser("sandbox", help="Serve the local stand-in of the AI/ML API (see --help).")
+    sub.add_parser("demo", help="Run one generation against a throwaway sandbox, no key needed.")
+    save = sub.add_parser("save-key", help="Save the key from AIMLAPI_API_KEY (or a prompt) as a block.")
+    save.add_argument("--name", default="aimlapi")
+    save.add_argument("--base-url", default=None)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "save-key":
+        return cmd_save_key(args)
+    if args.command == "demo":
+        from deployments.demo import run_demo
+
+        return run_demo()
+    return _fail(f"unknown command {args.command}", 2)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""What a generation's flow run shows in the Prefect UI: a summary, a link, and progress while waiting.
+
+The markdown is built by pure functions (testable without a server) from the pydantic result, so
+the artifact can only ever show fields that are safe by construction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flows.models import MODEL, VideoToVideoResult
+
+
+def _cell(value: Any) -> str:
+    text = "—" if value is None or value == "" else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} s"
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def _size(size: int | None) -> str:
+    return "—" if size is None else f"{size / 1_000_000:.2f} MB ({size:,} bytes)"
+
+
+def summary_markdown(report: VideoToVideoResult) -> str:
+    usage = "—"
+    if report.credits is not None and report.usd is not None:
+        usage = f"{report.credits:,.0f} credits (≈ ${report.usd:.4f})"
+    t = report.timing
+    rows = [
+        ("Status", f"**{report.status}**"),
+        ("Model", f"`{MODEL}`"),
+        ("Prompt", report.prompt),
+        ("Strength", f"{report.strength:g}"),
+        ("Seed", "random (provider-chosen)" if report.seed is None else report.seed),
+        ("Prompt expansion", "on" if report.enable_prompt_expansion else "off"),
+        ("Generation id", f"`{report.generation_id}`" if report.generation_id else None),
+        ("Resumed", "yes: no new request was sent" if report.resumed else "no"),
+        ("Client request id", f"`{report.client_request_id}`" if report.client_request_id else None),
+        ("Provider request ids", ", ".join(f"`{r}`" for r in report.request_ids) or None),
+        ("Input", report.input),
+        ("Input video", report.input_info.describe() if report.input_info else None),
+        ("Output", report.output),
+        ("Output video", report.output_info.describe() if report.output_info else None),
+        ("SHA-256", f"`{report.sha256}`" if report.sha256 else None),
+        ("Size", _size(report.size_bytes)),
+        ("Usage", usage),
+        ("Queued", _seconds(t.queued_s)),
+        ("Generating", _seconds(t.generating_s)),
+        ("Download", _seconds(t.download_s)),
+        ("Total", _seconds(t.total_s)),
+    ]
+    if report.error_name or report.error_message:
+        rows.insert(1, ("Error", f"{report.error_name}: {report.error_message}"))
+    lines = ["# Video-to-video generation", "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
+    if report.timeline:
+        start = report.timeline[0].at
+        lines += ["", "## Status timeline", "", "| Status | Seen at | + seconds |", "|---|---|---|"]
+        lines += [f"| {_cell(c.status)} | {_when(c.at)} | {c.at - start:.1f} |" for c in report.timeline]
+    return "\n".join(lines) + "\n"
+
+
+async def publish_summary(report: VideoToVideoResult) -> None:
+    from prefect.artifacts import acreate_markdown_artifact
+
+    await acreate_markdown_artifact(
+        markdown=summary_markdown(report),
+        description=f"AI/ML API video-to-video: {report.status}",
+    )
+
+
+async def publish_output_link(location: str) -> None:
+    """Link to the stored result: the S3 console for s3:// objects, a file URL for local files."""
+    from prefect.artifacts import acreate_link_artifact
+
+    if location.startswith("s3://"):
+        bucket, _, key = location[5:].partition("/")
+        link = f"https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={key}"
+    elif location.startswith("/"):
+        link = f"file://{location}"
+    else:
+        link = location
+    await acreate_link_artifact(link=link, link_text=location, description="Generated video")
+
+
+class ProgressArtifact:
+    """A progress artifact updated only when the shown percentage really moves."""
+
+    def __init__(self) -> None:
+        self._id: Any = None
+        self._shown = -1.0
+
+    async def update(self, percent: float, description: str) -> None:
+        from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+
+        percent = max(0.0, min(100.0, round(percent, 0)))
+        if percent == self._shown:
+            return
+        if self._id is None:
+            self._id = await acreate_progress_artifact(progress=percent, description=description)
+        else:
+            await aupdate_progress_artifact(artifact_id=self._id, progress=percent, description=description)
+        self._shown = percent

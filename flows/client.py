@@ -1,0 +1,356 @@
+"""An async client for the AI/ML API video-generation endpoints. Plain Python: no Prefect here.
+
+The client maps every HTTP outcome to one exception type from `flows.errors`, and it keeps the
+one distinction that matters for money: a POST that certainly was not accepted (connection
+refused, an HTTP error answer) versus one whose answer was lost (`SubmissionOutcomeUnknown`).
+Downloads use a second HTTP client without the API key, since result URLs point to a CDN.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import ipaddress
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from pydantic import BaseModel, SecretStr
+
+from flows.errors import (
+    AimlApiError,
+    AuthenticationError,
+    DownloadError,
+    InvalidRequestError,
+    NotFoundError,
+    OutOfCreditsError,
+    RateLimitedError,
+    ReconciliationUnavailable,
+    SubmissionOutcomeUnknown,
+    TransientApiError,
+)
+from flows.models import MODEL, Generation, UsageLogRow
+from flows.redact import install_log_redaction, redact, safe_url
+
+DEFAULT_BASE_URL = "https://api.aimlapi.com"
+GENERATIONS_PATH = "/v2/video/generations"
+LOGS_PATH = "/v2/logs"
+DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
+MAX_REDIRECTS = 5
+_CHUNK = 1024 * 1024
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base_url: str) -> str:
+    """Accept https anywhere and plain http only on loopback (the local sandbox)."""
+    parts = urlsplit(base_url)
+    if parts.scheme == "https" and parts.hostname:
+        return base_url.rstrip("/")
+    if parts.scheme == "http" and is_loopback(parts.hostname):
+        return base_url.rstrip("/")
+    raise ValueError(
+        f"base_url must be an https URL (plain http only for a loopback sandbox), got {safe_url(base_url)!r}"
+    )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class ApiAnswer(BaseModel):
+    """A generation object plus the tracing headers the provider sent with it."""
+
+    generation: Generation
+    request_id: str | None = None
+    client_request_id: str | None = None
+    credits_header: float | None = None
+
+
+class DownloadedFile(BaseModel):
+    path: Path
+    sha256: str
+    size_bytes: int
+    content_type: str | None = None
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The provider's message (and validation hints) without echoing any input back."""
+    try:
+        body = response.json()
+    except ValueError:
+        return redact(response.text[:300]) or response.reason_phrase
+    if not isinstance(body, dict):
+        return redact(str(body)[:300])
+    parts = [str(body.get("message") or body.get("error") or response.reason_phrase)]
+    for item in body.get("detail", []) if isinstance(body.get("detail"), list) else []:
+        if isinstance(item, dict):
+            loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+            parts.append(f"{loc}: {item.get('msg', '')}")
+    return redact("; ".join(p for p in parts if p)[:500])
+
+
+def raise_for_answer(response: httpx.Response, action: str) -> None:
+    """Translate a non-2xx answer into the exception that says what to do about it."""
+    if response.is_success:
+        return
+    status = response.status_code
+    text = _error_text(response)
+    request_id = response.headers.get("x-request-id")
+    kwargs: dict[str, Any] = {"status_code": status, "request_id": request_id}
+    if status == 401:
+        raise AuthenticationError(
+            f"{action}: the AI/ML API rejected the API key (401: {text}). Check the api_key saved in "
+            "your AimlApiCredentials block (or AIMLAPI_API_KEY).",
+            **kwargs,
+        )
+    if status == 403:
+        if "credit" in text.lower():
+            raise OutOfCreditsError(
+                f"{action}: you've run out of credits (403: {text}). Top up at "
+                "https://aimlapi.com/app/billing, then re-run; nothing was charged for this request.",
+                **kwargs,
+            )
+        raise AuthenticationError(
+            f"{action}: the API key is not allowed to do this (403: {text}). Check the key and its "
+            "permissions in your AimlApiCredentials block.",
+            **kwargs,
+        )
+    if status in (400, 422):
+        raise InvalidRequestError(f"{action}: the provider refused the request ({status}: {text}).", **kwargs)
+    if status == 404:
+        raise NotFoundError(f"{action}: not found (404: {text}).", **kwargs)
+    if status == 429:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        hint = f"; retry after {retry_after:g} s" if retry_after is not None else ""
+        raise RateLimitedError(f"{action}: rate limited (429: {text}){hint}.", retry_after=retry_after, **kwargs)
+    if status >= 500:
+        raise TransientApiError(f"{action}: provider error ({status}: {text}); safe to retry.", **kwargs)
+    raise AimlApiError(f"{action}: unexpected answer {status}: {text}", **kwargs)
+
+
+class AimlApiClient:
+    """Submit, poll, reconcile and download `krea/krea-wan-14b/video-to-video` generations."""
+
+    def __init__(
+        self,
+        api_key: SecretStr | str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        timeout_seconds: float = 30.0,
+        connect_timeout_seconds: float = 10.0,
+        download_timeout_seconds: float = 120.0,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        if not key:
+            raise AuthenticationError("No API key: set api_key on the AimlApiCredentials block.")
+        install_log_redaction()
+        self.base_url = check_base_url(base_url)
+        self.max_download_bytes = max_download_bytes
+        self._api = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout_seconds, connect=connect_timeout_seconds),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            transport=transport,
+        )
+        self._cdn = httpx.AsyncClient(
+            timeout=httpx.Timeout(download_timeout_seconds, connect=connect_timeout_seconds),
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"AimlApiClient(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> AimlApiClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+        await self._cdn.aclose()
+
+    async def submit(self, payload: dict[str, Any], *, client_request_id: str) -> ApiAnswer:
+        """POST a generation. Raises `SubmissionOutcomeUnknown` when the answer was lost."""
+        action = "Submitting the generation"
+        try:
+            response = await self._api.post(
+                GENERATIONS_PATH, json=payload, headers={"X-Client-Request-Id": client_request_id}
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise TransientApiError(
+                f"{action}: could not connect to {self.base_url} ({type(exc).__name__}); the request "
+                "was not sent, so it is safe to retry."
+            ) from None
+        except httpx.TransportError as exc:
+            raise SubmissionOutcomeUnknown(
+                f"{action}: the request was sent but no answer came back ({type(exc).__name__}). The "
+                f"provider may have accepted it; reconcile with client request id {client_request_id} "
+                "before sending it again.",
+                client_request_id=client_request_id,
+            ) from None
+        raise_for_answer(response, action)
+        try:
+            return self._answer(response)
+        except TransientApiError:
+            raise SubmissionOutcomeUnknown(
+                f"{action}: the provider answered {response.status_code} but the body cannot be read; "
+                f"reconcile with client request id {client_request_id}.",
+                client_request_id=client_request_id,
+                request_id=response.headers.get("x-request-id"),
+            ) from None
+
+    async def get_generation(self, generation_id: str) -> ApiAnswer:
+        """GET the current state of a generation (the id goes in the query: it holds ':' and '/')."""
+        action = f"Checking generation {generation_id}"
+        try:
+            response = await self._api.get(GENERATIONS_PATH, params={"generation_id": generation_id})
+        except httpx.TransportError as exc:
+            raise TransientApiError(f"{action}: network error ({type(exc).__name__}).") from None
+        raise_for_answer(response, action)
+        return self._answer(response)
+
+    async def find_submission(
+        self, client_request_id: str, *, page_size: int = 100, max_pages: int = 20
+    ) -> UsageLogRow | None:
+        """Look up the usage log for a POST we sent with this client request id (newest first)."""
+        action = f"Reading the usage log for client request id {client_request_id}"
+        for page in range(max_pages):
+            params = {
+                "model": MODEL,
+                "client_request_id": client_request_id,
+                "offset": page * page_size,
+                "limit": page_size,
+            }
+            try:
+                response = await self._api.get(LOGS_PATH, params=params)
+                raise_for_answer(response, action)
+                body = response.json()
+            except (httpx.TransportError, AimlApiError, ValueError) as exc:
+                raise ReconciliationUnavailable(
+                    f"{action} failed ({redact(str(exc)) or type(exc).__name__})."
+                ) from None
+            rows = body if isinstance(body, list) else next(
+                (body[k] for k in ("data", "items", "logs", "rows") if isinstance(body.get(k), list)), []
+            )
+            for raw in rows:
+                row = UsageLogRow.model_validate(raw) if isinstance(raw, dict) else None
+                if row and row.client_request_id == client_request_id and row.resolved_generation_id:
+                    return row
+            if len(rows) < page_size:
+                return None
+        return None
+
+    async def download(self, url: str, destination: Path, *, max_bytes: int | None = None) -> DownloadedFile:
+        """Stream `url` to `destination` atomically, verifying length, size cap and MP4 signature."""
+        limit = max_bytes or self.max_download_bytes
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = destination.parent / f".{destination.name}.{uuid.uuid4().hex}.part"
+        try:
+            result = await self._stream_to(url, partial, limit)
+            os.replace(partial, destination)
+            return result.model_copy(update={"path": destination})
+        finally:
+            partial.unlink(missing_ok=True)
+
+    async def _stream_to(self, url: str, partial: Path, limit: int) -> DownloadedFile:
+        shown = safe_url(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise DownloadError(f"Refusing to download from a non-http(s) URL ({shown}).")
+            try:
+                async with self._cdn.stream("GET", url) as response:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers.get("location", ""))
+                        shown = safe_url(url)
+                        continue
+                    if not response.is_success:
+                        raise DownloadError(
+                            f"Downloading {shown} answered {response.status_code}.",
+                            status_code=response.status_code,
+                        )
+                    return await self._write_body(response, partial, limit, shown)
+            except httpx.TransportError as exc:
+                raise DownloadError(
+                    f"Downloading {shown} failed ({type(exc).__name__}: {redact(str(exc))[:200]})."
+                ) from None
+        raise DownloadError(f"Downloading {shown}: more than {MAX_REDIRECTS} redirects.")
+
+    async def _write_body(self, response: httpx.Response, partial: Path, limit: int, shown: str) -> DownloadedFile:
+        declared = response.headers.get("content-length")
+        expected = int(declared) if declared and declared.isdigit() else None
+        if expected is not None and expected > limit:
+            raise DownloadError(f"{shown} is {expected} bytes, above the {limit}-byte download limit.")
+        digest = hashlib.sha256()
+        size = 0
+        head = b""
+        with open(partial, "wb") as handle:
+            async for chunk in response.aiter_raw(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise DownloadError(f"{shown} exceeded the {limit}-byte download limit.")
+                if len(head) < 12:
+                    head += chunk[: 12 - len(head)]
+                digest.update(chunk)
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if expected is not None and size != expected:
+            raise DownloadError(f"Download of {shown} was truncated: got {size} of {expected} bytes.")
+        if head[4:8] != b"ftyp":
+            raise DownloadError(f"{shown} is not an MP4 file (no 'ftyp' box at the start).")
+        return DownloadedFile(
+            path=partial,
+            sha256=digest.hexdigest(),
+            size_bytes=size,
+            content_type=response.headers.get("content-type"),
+        )
+
+    @staticmethod
+    def _answer(response: httpx.Response) -> ApiAnswer:
+        try:
+            generation = Generation.model_validate(response.json())
+        except ValueError as exc:
+            raise TransientApiError(
+                f"The provider answered {response.status_code} with a body we cannot read "
+                f"({type(exc).__name__}).",
+                request_id=response.headers.get("x-request-id"),
+            ) from None
+        credits = response.headers.get("x-aimlapi-credits-used")
+        try:
+            credits_header = float(credits) if credits else None
+        except ValueError:
+            credits_header = None
+        return ApiAnswer(
+            generation=generation,
+            request_id=response.headers.get("x-request-id"),
+            client_request_id=response.headers.get("x-client-request-id"),
+            credits_header=credits_header,
+        )

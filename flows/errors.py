@@ -1,0 +1,111 @@
+"""What can go wrong, as exception types a caller (or a retry policy) can act on.
+
+Each message says what happened and what to do. None of them ever holds the API key, a signed
+URL or a data URI: messages are built from safe fields and passed through `redact`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.redact import redact
+
+
+class AimlApiError(Exception):
+    """Base class. `retryable` tells a retry policy whether trying again can help."""
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.request_id = request_id
+        suffix = f" (x-request-id: {request_id})" if request_id else ""
+        super().__init__(redact(message) + suffix)
+
+
+class InvalidInputError(AimlApiError, ValueError):
+    """Our own validation refused the input before any network call: nothing was spent."""
+
+
+class AuthenticationError(AimlApiError):
+    """401/403: the key is missing, wrong or not allowed. Retrying cannot help."""
+
+
+class OutOfCreditsError(AimlApiError):
+    """403 "You've run out of credits". Retrying cannot help until the account is topped up."""
+
+
+class InvalidRequestError(AimlApiError):
+    """400/422: the provider refused the request body. Nothing was charged; fix the input."""
+
+
+class NotFoundError(AimlApiError):
+    """404: the provider does not know this generation id."""
+
+
+class RateLimitedError(AimlApiError):
+    """429: too many requests. `retry_after` is the server's hint in seconds, when it sent one."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class TransientApiError(AimlApiError):
+    """5xx or a network failure where the request certainly was not accepted (safe to resend)."""
+
+    retryable = True
+
+
+class SubmissionOutcomeUnknown(AimlApiError):
+    """A POST was sent but no answer came back: the provider may have accepted (and will charge) it.
+
+    Never resend blindly: reconcile through the usage log with `client_request_id` first.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, client_request_id: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.client_request_id = client_request_id
+
+
+class ReconciliationUnavailable(AimlApiError):
+    """The usage log could not be read, so an ambiguous POST cannot be resolved safely."""
+
+
+class GenerationFailedError(AimlApiError):
+    """The generation ended with status `error`. Failed generations are not charged."""
+
+    def __init__(self, generation_id: str, name: str, detail: str, raw: Any = None) -> None:
+        self.generation_id = generation_id
+        self.error_name = name
+        self.error_message = detail
+        self.raw = raw
+        super().__init__(f"Generation {generation_id} failed: {name}: {detail}")
+
+
+class GenerationTimeoutError(AimlApiError):
+    """We stopped waiting; the generation may still finish (and be charged) on the provider's side."""
+
+    def __init__(self, generation_id: str, waited_seconds: float, last_status: str) -> None:
+        self.generation_id = generation_id
+        super().__init__(
+            f"Timed out after {waited_seconds:.0f} s waiting for generation {generation_id} "
+            f"(last status {last_status!r}). It may still complete: re-run this flow run to resume "
+            f"waiting on the same generation without a new charge, or raise `timeout_seconds`."
+        )
+
+
+class DownloadError(AimlApiError):
+    """The result could not be downloaded or failed verification; no partial file is left behind."""
+
+    retryable = True

@@ -1,0 +1,58 @@
+"""Scrubbing of credentials from text before it reaches a log, an exception or an artifact.
+
+Presigned and signed CDN URLs carry their credential in the query string, data URIs can be
+megabytes of base64, and an `Authorization` header is the API key itself. Everything we show a
+human goes through `redact` first; `safe_url` is the form of a URL that may be displayed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+_URL_QUERY = re.compile(r"(?P<base>\b(?:https?|s3)://[^\s?#\"'<>]+)\?[^\s\"'<>)]*")
+_DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*,[A-Za-z0-9+/=%_-]{16,}")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s\"',]+")
+_SIGNATURE_PARAM = re.compile(
+    r"(?i)\b(X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|Expires|Key-Pair-Id|Policy)="
+    r"[^&\s\"'<>]+"
+)
+
+
+def redact(text: str) -> str:
+    """Return `text` with URL query strings, data URI payloads and bearer tokens removed."""
+    text = _DATA_URI.sub(lambda m: f"data:{m.group('mime') or ''};base64,<redacted>", text)
+    text = _URL_QUERY.sub(lambda m: f"{m.group('base')}?<redacted>", text)
+    text = _SIGNATURE_PARAM.sub(lambda m: f"{m.group(1)}=<redacted>", text)
+    return _BEARER.sub(lambda m: f"{m.group(1)} <redacted>", text)
+
+
+def safe_url(url: str) -> str:
+    """The displayable form of a URL: scheme, host and path, never the query or userinfo."""
+    if url.startswith("data:"):
+        return redact(url[:200])
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that scrubs each record's rendered message (installed on httpx/httpcore)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def install_log_redaction(logger_names: tuple[str, ...] = ("httpx", "httpcore")) -> None:
+    """Attach `RedactingFilter` once to the loggers of libraries that log full request URLs."""
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())

@@ -1,0 +1,192 @@
+"""The `video_to_video` flow: one generation, one flow run, with everything about it on that run.
+
+Order matters for money: every check that can fail for free (parameters, the input video, the
+output destination, the credentials block) runs before the first and only paid call.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from pydantic import ValidationError
+
+from blocks import AimlApiCredentials
+from flows.artifacts import publish_output_link, publish_summary
+from flows.errors import AimlApiError, GenerationFailedError, InvalidInputError
+from flows.inputs import VideoInput, inspect_video
+from flows.models import GenerationParams, Timing, VideoToVideoResult
+from flows.outputs import OutputTarget, resolve_output, template_fields, write_sidecar
+from flows.polling import PollPolicy
+from flows.submissions import DEFAULT_GRACE_SECONDS
+from flows.tasks import DEFAULT_TIMEOUT_SECONDS, download_video, submit_generation, wait_for_generation
+
+DEFAULT_CREDENTIALS_BLOCK = "aimlapi"
+RUN_TAGS = ("aimlapi", "video-to-video")
+
+
+def _label(video: Any) -> str:
+    text = str(video or "video")
+    if text.startswith("data:"):
+        return "inline"
+    tail = text.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return tail.rsplit(".", 1)[0][:40] or "video"
+
+
+def _run_name() -> str:
+    """`v2v-<input stem>-seed-<seed>`: readable in the UI, and never the URL or a data URI."""
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    seed = parameters.get("seed")
+    return f"v2v-{_label(parameters.get('video'))}-seed-{'random' if seed is None else seed}"
+
+
+async def load_credentials(credentials: str | AimlApiCredentials) -> AimlApiCredentials:
+    """Accept a block or a block name; a missing block is an input error that says how to fix it."""
+    if isinstance(credentials, AimlApiCredentials):
+        return credentials
+    try:
+        return await AimlApiCredentials.aload(credentials)
+    except ValueError:
+        raise InvalidInputError(
+            f"No AimlApiCredentials block named {credentials!r}. Save one first: "
+            f"`aimlapi-video save-key --name {credentials}` (key from AIMLAPI_API_KEY), or "
+            f"AimlApiCredentials(api_key=...).save({credentials!r})."
+        ) from None
+
+
+def validate_params(**values: Any) -> GenerationParams:
+    try:
+        return GenerationParams(**values)
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise InvalidInputError(f"Invalid parameters: {problems}") from None
+
+
+async def _tag_run(extra: list[str]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return
+    async with get_client() as client:
+        run = await client.read_flow_run(flow_run.id)
+        await client.update_flow_run(flow_run.id, tags=sorted({*run.tags, *RUN_TAGS, *extra}))
+
+
+@flow(
+    name="aimlapi-video-to-video",
+    flow_run_name=_run_name,
+    validate_parameters=False,  # GenerationParams validates, with messages that say what to change
+)
+async def video_to_video(
+    video: str,
+    prompt: str,
+    strength: float = 0.85,
+    seed: int | None = None,
+    enable_prompt_expansion: bool = True,
+    credentials: str | AimlApiCredentials = DEFAULT_CREDENTIALS_BLOCK,
+    output: str | None = None,
+    output_storage: str | None = None,
+    aws_credentials: str | None = None,
+    idempotency_key: str | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    reconcile_grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    poll_policy: PollPolicy | None = None,
+) -> VideoToVideoResult:
+    """Restyle `video` with `prompt` through `krea/krea-wan-14b/video-to-video`.
+
+    Args:
+        video: an https URL, a `data:video/...;base64,` URI, a local file path or `s3://bucket/key`.
+        prompt: what the result should look like.
+        strength: 0 keeps the original, 1 remakes it (default 0.85).
+        seed: fix it to make a result reproducible; None lets the provider choose.
+        enable_prompt_expansion: let the provider expand the prompt (default on).
+        credentials: an `AimlApiCredentials` block or its name.
+        output: a local path or directory, `s3://bucket/key`, or (with `output_storage`) a path in that
+            block. May use {stem} {seed} {strength} {generation} {fingerprint} {flow_run} {date}.
+        output_storage: a writable filesystem block, `block-type-slug/block-name`.
+        aws_credentials: an `AwsCredentials` block name for s3:// input/output (default AWS chain if unset).
+        idempotency_key: the same key (with the same request) never pays twice; default: this flow run.
+        timeout_seconds: stop waiting after this long (the generation may still finish; re-run to resume).
+        reconcile_grace_seconds: after a lost POST answer, how long the usage log must show nothing
+            before the request may be sent again.
+        poll_policy: polling schedule (default: every ~1 s for 12 s, then backing off to 10 s).
+    """
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    started = time.time()
+    run_id = str(flow_run.id) if flow_run.id else None
+
+    params = validate_params(
+        prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion
+    )
+    creds = await load_credentials(credentials)
+    source = await inspect_video(video)
+    target = await resolve_output(output, output_storage, aws_credentials)
+    await _tag_run([f"input:{source.kind}", f"output:{target.kind}"])
+    logger.info("Input %s (%s); output to %s.", source.display,
+                source.info.describe() if source.info else "not probed", target.kind)
+
+    result = VideoToVideoResult(
+        status="submitting", input=source.display, input_info=source.info, flow_run_id=run_id,
+        **params.model_dump(),
+    )
+    try:
+        submitted = await submit_generation(
+            params, video, source, creds, idempotency_key or f"flow-run:{run_id}", reconcile_grace_seconds,
+        )
+        result.generation_id = submitted.generation_id
+        result.client_request_id = submitted.client_request_id
+        result.resumed = submitted.resumed
+        result.request_ids = [r for r in [submitted.request_id] if r]
+        outcome = await wait_for_generation(submitted, creds, timeout_seconds, poll_policy)
+        result.timeline, result.polls = outcome.timeline, outcome.polls
+        result.request_ids += [r for r in outcome.request_ids if r not in result.request_ids]
+        result.credits = outcome.credits
+        path = _output_path(target, source, params, outcome.generation_id, run_id)
+        stored = await download_video(outcome.generation_id, creds, target, path)
+    except AimlApiError as exc:
+        await _report_failure(result, exc, started)
+        raise
+    result.status = outcome.status
+    result.output, result.output_info = stored.location, stored.info
+    result.sha256, result.size_bytes = stored.sha256, stored.size_bytes
+    result.timing = Timing(
+        queued_s=outcome.queued_s, generating_s=outcome.generating_s,
+        download_s=stored.download_s, total_s=time.time() - started,
+    )
+    result.sidecar = await write_sidecar(target, path, result.model_dump(mode="json"))
+    await publish_summary(result)
+    await publish_output_link(stored.location)
+    logger.info(
+        "Done: %s -> %s (%s credits, %.1f s).", result.generation_id, result.output,
+        f"{result.credits:,.0f}" if result.credits is not None else "unknown", result.timing.total_s,
+    )
+    return result
+
+
+def _output_path(
+    target: OutputTarget, source: VideoInput, params: GenerationParams, generation_id: str, run_id: str | None
+) -> str:
+    return target.render(
+        template_fields(
+            stem=source.stem, seed=params.seed, strength=params.strength,
+            fingerprint=params.fingerprint(source.identity), generation_id=generation_id, flow_run_id=run_id,
+        )
+    )
+
+
+async def _report_failure(result: VideoToVideoResult, exc: AimlApiError, started: float) -> None:
+    """Leave a summary that says why, then let the exception fail the run (its message is the state's)."""
+    result.status = "failed"
+    if isinstance(exc, GenerationFailedError):
+        result.error_name, result.error_message = exc.error_name, exc.error_message
+    else:
+        result.error_name, result.error_message = type(exc).__name__, str(exc)
+    result.timing = Timing(total_s=time.time() - started)
+    await publish_summary(result)

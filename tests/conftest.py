@@ -1,0 +1,104 @@
+"""Shared fixtures: one real Prefect server per test session, the sandbox, sample clips.
+
+Settings that Prefect reads at import time (PREFECT_HOME, logging) are set here, before any test
+module imports Prefect, so the suite never touches the developer's own Prefect profile.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="aimlapi-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect-home")
+os.environ["AIMLAPI_SUBMISSIONS_DIR"] = str(_SESSION_HOME / "submissions")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("PREFECT_API_KEY", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """A real `prefect server start` subprocess; the tests (and their subprocesses) use its API."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{_SESSION_HOME / 'prefect.db'}",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    log = open(_SESSION_HOME / "prefect-server.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError(f"Prefect server did not start; see {_SESSION_HOME / 'prefect-server.log'}")
+        time.sleep(0.5)
+    os.environ["PREFECT_API_URL"] = url
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: url}):
+        yield url
+    os.environ.pop("PREFECT_API_URL", None)
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small real H.264 clips, made once per session."""
+    from sandbox import make_test_clip
+
+    directory = tmp_path_factory.mktemp("clips")
+    return {
+        "small": make_test_clip(directory / "small.mp4", width=160, height=96, seconds=0.5, fps=12),
+        "odd": make_test_clip(directory / "odd size.mp4", width=161, height=97, seconds=0.5, fps=12, pattern_seed=3),
+    }
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator:
+    """One sandbox for the session; tests reset it and set their own faults."""
+    from sandbox import SandboxConfig, run_sandbox
+
+    with run_sandbox(SandboxConfig(processing_seconds=0.3, workers=16)) as handle:
+        yield handle
+
+
+@pytest.fixture
+def sandbox(sandbox_server):
+    """The session's sandbox, reset (ledger, faults) for this test."""
+    sandbox_server.reset()
+    yield sandbox_server
+    sandbox_server.reset()
