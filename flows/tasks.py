@@ -53,14 +53,12 @@ _fresh_result_urls: dict[str, tuple[str, float]] = {}
 
 
 def _retry_if_retryable(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry only errors flagged `retryable` (see `flows.errors`)."""
-    try:
-        state.result()
-    except AimlApiError as exc:
-        return exc.retryable
-    except Exception:
-        return False
-    return False
+    """Prefect retry condition: retry only errors flagged `retryable` (see `flows.errors`).
+
+    The engine hands us `Failed(data=<the exception>)`, so the exception is read from `data`.
+    """
+    error = state.data
+    return isinstance(error, AimlApiError) and error.retryable
 
 
 async def _respect_retry_after(exc: AimlApiError) -> None:

@@ -1,0 +1,75 @@
+"""Read back, through the Prefect API, what flow runs left behind: states, task runs, artifacts, logs.
+
+Task runs and logs reach the server asynchronously (events, batched log shipping), so the readers
+poll until the expected record shows up or a deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+
+T = TypeVar("T")
+
+
+async def eventually(read: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 20.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await read()
+        if accept(value) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.25)
+
+
+async def flow_run(flow_run_id: str | UUID) -> Any:
+    async with get_client() as client:
+        return await client.read_flow_run(UUID(str(flow_run_id)))
+
+
+async def artifacts(flow_run_id: str | UUID, *, expect: int = 1) -> list[Any]:
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(str(flow_run_id))]))
+            )
+
+    return await eventually(read, lambda found: len(found) >= expect)
+
+
+async def task_runs(flow_run_id: str | UUID, *, names: tuple[str, ...] = (), final: bool = True) -> dict[str, Any]:
+    """Task runs of a flow run by task name prefix (e.g. 'submit-generation'), once they are final."""
+
+    async def read() -> dict[str, Any]:
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(flow_run_id))]))
+            )
+        return {run.name.rsplit("-", 1)[0]: run for run in runs}
+
+    def done(found: dict[str, Any]) -> bool:
+        return all(n in found and (not final or found[n].state.is_final()) for n in names)
+
+    return await eventually(read, done)
+
+
+async def logs(flow_run_id: str | UUID, *, containing: str | None = None) -> list[Any]:
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(str(flow_run_id))]))
+            )
+
+    return await eventually(read, lambda found: containing is None or any(containing in r.message for r in found))
