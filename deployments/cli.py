@@ -39,6 +39,7 @@ def _run_parser(sub: Any) -> None:
     who.add_argument("--credentials", default=None, help="AimlApiCredentials block name")
     who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
     run.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
+    run.add_argument("--stage-to", default=None, help="S3Bucket block (s3-bucket/name) for big local files")
     run.add_argument("--idempotency-key", default=None)
     run.add_argument("--timeout", type=float, default=None, help="seconds to wait for the generation")
 
@@ -72,6 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 video=args.video, prompt=args.prompt, strength=args.strength, seed=args.seed,
                 enable_prompt_expansion=not args.no_prompt_expansion, credentials=_credentials(args),
                 output=args.output, output_storage=args.output_storage, aws_credentials=args.aws_credentials,
+                stage_to=args.stage_to,
                 idempotency_key=args.idempotency_key, **options,
             )
         )

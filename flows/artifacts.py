@@ -10,10 +10,11 @@ import datetime as dt
 from typing import Any
 
 from flows.models import MODEL, VideoToVideoResult
+from flows.redact import redact
 
 
 def _cell(value: Any) -> str:
-    text = "—" if value is None or value == "" else str(value)
+    text = "—" if value is None or value == "" else redact(str(value))
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -58,7 +59,7 @@ def summary_markdown(report: VideoToVideoResult) -> str:
         ("Total", _seconds(t.total_s)),
     ]
     if report.error_name or report.error_message:
-        rows.insert(1, ("Error", f"{report.error_name}: {report.error_message}"))
+        rows.insert(1, ("Error", ": ".join(p for p in (report.error_name, report.error_message) if p)))
     lines = ["# Video-to-video generation", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
     if report.timeline:

@@ -152,6 +152,15 @@ def raise_for_answer(response: httpx.Response, action: str) -> None:
     raise AimlApiError(f"{action}: unexpected answer {status}: {text}", **kwargs)
 
 
+def _log_rows(body: Any) -> list[Any] | None:
+    """The rows of a `/v2/logs` answer (a list, or a dict holding one), None if unrecognisable."""
+    if isinstance(body, list):
+        return body
+    if isinstance(body, dict):
+        return next((body[k] for k in ("data", "items", "logs", "rows") if isinstance(body.get(k), list)), None)
+    return None
+
+
 class AimlApiClient:
     """Submit, poll, reconcile and download `krea/krea-wan-14b/video-to-video` generations."""
 
@@ -257,9 +266,9 @@ class AimlApiClient:
                 raise ReconciliationUnavailable(
                     f"{action} failed ({redact(str(exc)) or type(exc).__name__})."
                 ) from None
-            rows = body if isinstance(body, list) else next(
-                (body[k] for k in ("data", "items", "logs", "rows") if isinstance(body.get(k), list)), []
-            )
+            rows = _log_rows(body)
+            if rows is None:
+                raise ReconciliationUnavailable(f"{action}: the answer has no list of rows we recognise.")
             for raw in rows:
                 row = UsageLogRow.model_validate(raw) if isinstance(raw, dict) else None
                 if row and row.client_request_id == client_request_id and row.resolved_generation_id:

@@ -87,8 +87,8 @@ class GenerationFailedError(AimlApiError):
 
     def __init__(self, generation_id: str, name: str, detail: str, raw: Any = None) -> None:
         self.generation_id = generation_id
-        self.error_name = name
-        self.error_message = detail
+        self.error_name = redact(name)
+        self.error_message = redact(detail)
         self.raw = raw
         super().__init__(f"Generation {generation_id} failed: {name}: {detail}")
 

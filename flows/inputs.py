@@ -30,6 +30,8 @@ from flows.redact import safe_url
 # Base64 adds a third, so 20 MiB of video is about 27 MiB of request. Larger local files must be
 # staged to S3 (see `flows.storage`).
 MAX_DATA_URI_BYTES = 20 * 1024 * 1024
+# A queued job may wait before the API fetches its input, so presigned input URLs live for hours.
+DEFAULT_PRESIGN_SECONDS = 3 * 3600
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,")
 
 Kind = Literal["url", "data_uri", "local_file", "s3"]
@@ -44,9 +46,12 @@ class VideoInput(BaseModel):
     stem: str
     size_bytes: int | None = None
     info: VideoInfo | None = None
+    aws_credentials: str | None = None
+    stage_to: str | None = None
+    presign_seconds: int = DEFAULT_PRESIGN_SECONDS
 
 
-def _stem(name: str) -> str:
+def file_stem(name: str) -> str:
     stem = Path(unquote(name)).stem or "video"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:60] or "video"
 
@@ -62,9 +67,10 @@ def _decode_data_uri(video: str, max_bytes: int) -> bytes:
     if not match.group("b64"):
         raise InvalidInputError("video data URI must be base64-encoded (';base64,').")
     payload = video[match.end():]
-    if len(payload) * 3 // 4 > max_bytes:
+    size = len(payload) * 3 // 4 - len(payload) + len(payload.rstrip("="))
+    if size > max_bytes:
         raise InvalidInputError(
-            f"video data URI holds about {len(payload) * 3 // 4} bytes, above the {max_bytes}-byte cap "
+            f"video data URI holds about {size} bytes, above the {max_bytes}-byte cap "
             "for inline videos; upload it to S3 and pass s3://bucket/key instead."
         )
     try:
@@ -91,8 +97,23 @@ async def _check_remote(url: str) -> None:
         raise InvalidInputError(f"video URL {shown} cannot be reached ({type(exc).__name__}).") from None
 
 
-async def inspect_video(video: str, *, max_data_uri_bytes: int = MAX_DATA_URI_BYTES, check_url: bool = True) -> VideoInput:
-    """Validate a video argument without spending anything; raise `InvalidInputError` if unusable."""
+async def inspect_video(
+    video: str,
+    *,
+    aws_credentials: str | None = None,
+    stage_to: str | None = None,
+    presign_seconds: int = DEFAULT_PRESIGN_SECONDS,
+    max_data_uri_bytes: int | None = None,
+    check_url: bool = True,
+) -> VideoInput:
+    """Validate a video argument without spending anything; raise `InvalidInputError` if unusable.
+
+    `aws_credentials` names an `AwsCredentials` block for s3:// inputs (default AWS chain if None);
+    `stage_to` names an `S3Bucket` block through which local files above the data-URI cap are sent;
+    `presign_seconds` is how long the presigned URL the API fetches stays valid;
+    `max_data_uri_bytes` defaults to `MAX_DATA_URI_BYTES`.
+    """
+    max_data_uri_bytes = max_data_uri_bytes or MAX_DATA_URI_BYTES
     if not isinstance(video, str) or not video.strip():
         raise InvalidInputError("video is empty: give an https URL, a data URI, a local path or s3://bucket/key.")
     video = video.strip()
@@ -108,7 +129,8 @@ async def inspect_video(video: str, *, max_data_uri_bytes: int = MAX_DATA_URI_BY
     if parts.scheme == "s3":
         from flows.storage import inspect_s3_video
 
-        return await inspect_s3_video(video)
+        source = await inspect_s3_video(video, aws_credentials)
+        return source.model_copy(update={"presign_seconds": presign_seconds})
     if parts.scheme in ("http", "https"):
         if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise InvalidInputError(f"video URL must be https (got {safe_url(video)}); the API fetches it itself.")
@@ -117,17 +139,18 @@ async def inspect_video(video: str, *, max_data_uri_bytes: int = MAX_DATA_URI_BY
         return VideoInput(
             kind="url", display=safe_url(video),
             identity=f"{safe_url(video)}#{hashlib.sha256(video.encode()).hexdigest()[:16]}",
-            stem=_stem(parts.path),
+            stem=file_stem(parts.path),
         )
     if parts.scheme and len(parts.scheme) > 1:
         raise InvalidInputError(
             f"video URL scheme {parts.scheme!r} is not supported; use https://, a data URI, a local path "
             "or s3://bucket/key."
         )
-    return _inspect_local(Path(video).expanduser(), max_data_uri_bytes)
+    source = await _inspect_local(Path(video).expanduser(), max_data_uri_bytes, stage_to)
+    return source.model_copy(update={"presign_seconds": presign_seconds})
 
 
-def _inspect_local(path: Path, max_bytes: int) -> VideoInput:
+async def _inspect_local(path: Path, max_bytes: int, stage_to: str | None) -> VideoInput:
     if not path.exists():
         raise InvalidInputError(f"video file {path} does not exist.")
     if not path.is_file():
@@ -135,26 +158,43 @@ def _inspect_local(path: Path, max_bytes: int) -> VideoInput:
     size = path.stat().st_size
     if size == 0:
         raise InvalidInputError(f"video file {path} is empty.")
-    if size > max_bytes:
+    if size > max_bytes and not stage_to:
         raise InvalidInputError(
             f"video file {path} is {size} bytes, above the {max_bytes}-byte cap for sending a file inline; "
-            "upload it to S3 (pass s3://bucket/key, or set `stage_to` to an S3Bucket block)."
+            "upload it to S3 and pass s3://bucket/key, or set `stage_to` to an S3Bucket block."
         )
+    if stage_to:
+        from flows.outputs import load_block
+
+        await load_block(stage_to, what="stage_to")
     info = probe_video(path, label=f"video file {path}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return VideoInput(
-        kind="local_file", display=str(path.resolve()), identity=f"sha256:{digest}",
-        stem=_stem(path.name), size_bytes=size, info=info,
+        kind="local_file", display=str(path.resolve()), identity=f"sha256:{sha256_file(path)}",
+        stem=file_stem(path.name), size_bytes=size, info=info, stage_to=stage_to if size > max_bytes else None,
     )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 async def video_url_for(video: str, source: VideoInput) -> str:
     """The `video_url` to send for a checked source. Call it only where the value can stay secret."""
     if source.kind == "local_file":
         path = Path(source.display)
+        if source.stage_to:
+            from flows.storage import stage_local_file
+
+            return await stage_local_file(
+                path, source.stage_to, source.identity.removeprefix("sha256:"), expires_in=source.presign_seconds
+            )
         return data_uri(path.read_bytes(), mimetypes.guess_type(path.name)[0] or "video/mp4")
     if source.kind == "s3":
         from flows.storage import presign_video
 
-        return await presign_video(video)
+        return await presign_video(video, aws_credentials=source.aws_credentials, expires_in=source.presign_seconds)
     return video.strip()

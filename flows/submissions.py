@@ -11,7 +11,9 @@ The API has no idempotency key and every accepted POST is charged, so we keep ou
 * If an attempt finds a `pending` record (a POST whose answer was lost, or a crash mid-POST) it
   asks the provider's usage log for that client request id and adopts the generation found.
   Only when the log shows nothing, checked again after `grace_seconds`, does it post again
-  (with the same client request id). If the log cannot be read it fails and names the risk.
+  (with the same client request id). `grace_seconds` runs from the last write of the record,
+  which a live sender refreshes (a heartbeat) until its POST is answered, so only an abandoned
+  record is ever resent. If the log cannot be read it fails and names the risk.
 * A generation that ended in `error` is not charged; the record becomes `failed` and the next
   attempt posts anew under a new attempt number (a new client request id).
 
@@ -39,7 +41,10 @@ from flows.client import AimlApiClient
 from flows.errors import AimlApiError, ReconciliationUnavailable, SubmissionOutcomeUnknown
 from flows.models import Generation, GenerationParams
 
-DEFAULT_GRACE_SECONDS = 30.0
+# After a lost answer, how long the usage log must stay silent before a resend. It must cover a
+# POST still in flight elsewhere (the client's request timeout, 30 s by default) plus the time the
+# provider takes to list an accepted request.
+DEFAULT_GRACE_SECONDS = 60.0
 State = Literal["pending", "accepted", "rejected", "failed"]
 
 
@@ -165,7 +170,7 @@ async def submit_once(
         now = time.time()
         fresh = SubmissionRecord(key=key, fingerprint=fingerprint, scope=scope, created_at=now, updated_at=now)
         if store.create(fresh):
-            return await _post(client, store, fresh, params, video_url, logger)
+            return await _post(client, store, fresh, params, video_url, grace_seconds, logger)
         record = store.load(key) or fresh  # another run created it a moment ago
     if record.state == "accepted":
         logger.info("Resuming generation %s (already submitted; no new request sent).", record.generation_id)
@@ -178,7 +183,13 @@ async def submit_once(
         record.attempt += 1
         record.generation_id = None
         logger.info("The previous generation failed (not charged); submitting attempt %d.", record.attempt)
-    return await _post(client, store, record, params, video_url, logger)
+    return await _post(client, store, record, params, video_url, grace_seconds, logger)
+
+
+async def _heartbeat(store: SubmissionStore, record: SubmissionRecord, interval: float) -> None:
+    while True:
+        await asyncio.sleep(max(interval, 0.05))
+        store.save(record)
 
 
 async def _post(
@@ -187,25 +198,34 @@ async def _post(
     record: SubmissionRecord,
     params: GenerationParams,
     video_url: Callable[[], Awaitable[str]],
+    grace_seconds: float,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> SubmittedGeneration:
-    """Send the POST under a durable `pending` record; a lost answer leaves it pending for reconciliation."""
+    """Send the POST under a durable `pending` record; a lost answer leaves it pending for reconciliation.
+
+    While this attempt prepares the input and waits for the answer, a heartbeat keeps the record
+    fresh, so a concurrent attempt keeps reconciling instead of deciding the sender is gone.
+    """
     record.state = "pending"
     store.save(record)
+    heartbeat = asyncio.create_task(_heartbeat(store, record, grace_seconds / 3))
     try:
-        url = await video_url()
-    except Exception:
-        record.state = "rejected"  # nothing was sent
+        try:
+            url = await video_url()
+        except Exception:
+            record.state = "rejected"  # nothing was sent
+            raise
+        try:
+            answer = await client.submit(params.payload(url), client_request_id=record.client_request_id)
+        except SubmissionOutcomeUnknown:
+            raise
+        except AimlApiError:
+            record.state = "rejected"
+            raise
+    finally:
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
         store.save(record)
-        raise
-    try:
-        answer = await client.submit(params.payload(url), client_request_id=record.client_request_id)
-    except SubmissionOutcomeUnknown:
-        raise
-    except AimlApiError:
-        record.state = "rejected"
-        store.save(record)
-        raise
     generation = answer.generation
     _accept(store, record, generation, answer.request_id)
     logger.info(
@@ -238,8 +258,10 @@ async def _reconcile(
         "A previous attempt may have submitted this generation (client request id %s); checking the "
         "provider's usage log before sending anything.", crid,
     )
-    deadline = record.updated_at + grace_seconds
     while True:
+        latest = store.load(record.key) or record
+        if latest.state == "accepted":  # a concurrent attempt finished its POST meanwhile
+            return _accepted(latest, resumed=True, reconciled=False)
         try:
             row = await client.find_submission(crid)
         except ReconciliationUnavailable as exc:
@@ -253,8 +275,8 @@ async def _reconcile(
             _accept(store, record, generation, request_id=None)
             logger.info("Adopted generation %s found in the usage log; no new request sent.", generation.id)
             return _accepted(record, resumed=True, reconciled=True)
-        remaining = deadline - time.time()
+        remaining = latest.updated_at + grace_seconds - time.time()
         if remaining <= 0:
             logger.info("The usage log shows no request %s after the grace period; submitting it.", crid)
             return None
-        await asyncio.sleep(min(remaining, 5.0))
+        await asyncio.sleep(min(remaining, 2.0))

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from blocks import AimlApiCredentials
 from flows.artifacts import publish_output_link, publish_summary
 from flows.errors import AimlApiError, GenerationFailedError, InvalidInputError
-from flows.inputs import VideoInput, inspect_video
+from flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, inspect_video
 from flows.models import GenerationParams, Timing, VideoToVideoResult
 from flows.outputs import OutputTarget, resolve_output, template_fields, write_sidecar
 from flows.polling import PollPolicy
@@ -92,6 +92,8 @@ async def video_to_video(
     output: str | None = None,
     output_storage: str | None = None,
     aws_credentials: str | None = None,
+    stage_to: str | None = None,
+    presign_expiry_seconds: int = DEFAULT_PRESIGN_SECONDS,
     idempotency_key: str | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     reconcile_grace_seconds: float = DEFAULT_GRACE_SECONDS,
@@ -110,6 +112,8 @@ async def video_to_video(
             block. May use {stem} {seed} {strength} {generation} {fingerprint} {flow_run} {date}.
         output_storage: a writable filesystem block, `block-type-slug/block-name`.
         aws_credentials: an `AwsCredentials` block name for s3:// input/output (default AWS chain if unset).
+        stage_to: an `S3Bucket` block (`s3-bucket/name`) to upload local files above the inline cap to.
+        presign_expiry_seconds: lifetime of the presigned URL the API fetches an S3 input with.
         idempotency_key: the same key (with the same request) never pays twice; default: this flow run.
         timeout_seconds: stop waiting after this long (the generation may still finish; re-run to resume).
         reconcile_grace_seconds: after a lost POST answer, how long the usage log must show nothing
@@ -126,7 +130,9 @@ async def video_to_video(
         prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion
     )
     creds = await load_credentials(credentials)
-    source = await inspect_video(video)
+    source = await inspect_video(
+        video, aws_credentials=aws_credentials, stage_to=stage_to, presign_seconds=presign_expiry_seconds
+    )
     target = await resolve_output(output, output_storage, aws_credentials)
     await _tag_run([f"input:{source.kind}", f"output:{target.kind}"])
     logger.info("Input %s (%s); output to %s.", source.display,

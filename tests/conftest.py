@@ -102,3 +102,52 @@ def sandbox(sandbox_server):
     sandbox_server.reset()
     yield sandbox_server
     sandbox_server.reset()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's server mode in a subprocess: real S3 (and SQS) over HTTP on loopback.
+
+    The default AWS credential chain of this process (and its children) points at it through
+    the standard environment variables, AWS_ENDPOINT_URL included.
+    """
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = open(_SESSION_HOME / "moto-server.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{endpoint}/moto-api/", timeout=2)
+            break
+        except httpx.HTTPError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError(f"moto server did not start; see {_SESSION_HOME / 'moto-server.log'}")
+            time.sleep(0.2)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
+    yield endpoint
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        os.environ.pop(name, None)
+    server.terminate()
+    server.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture
+def s3(moto_server):
+    """A boto3 S3 client on moto's server, with every bucket emptied and deleted after the test."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=moto_server)
+    yield client
+    for bucket in client.list_buckets().get("Buckets", []):
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket["Name"]):
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                client.delete_object(Bucket=bucket["Name"], Key=item["Key"], VersionId=item["VersionId"])
+        client.delete_bucket(Bucket=bucket["Name"])

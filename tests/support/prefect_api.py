@@ -73,3 +73,16 @@ async def logs(flow_run_id: str | UUID, *, containing: str | None = None) -> lis
             )
 
     return await eventually(read, lambda found: containing is None or any(containing in r.message for r in found))
+
+
+async def everything_recorded(flow_run_id: str | UUID) -> str:
+    """All text the server holds about a flow run: parameters, states, task runs, logs, artifacts."""
+    import json
+
+    run = await flow_run(flow_run_id)
+    parts = [json.dumps(run.parameters, default=str), run.name, run.state.message or "", str(run.state.data)]
+    for task in (await task_runs(flow_run_id)).values():
+        parts += [task.name, task.state.message or "", str(task.state.data)]
+    parts += [record.message for record in await logs(flow_run_id)]
+    parts += [json.dumps(a.data, default=str) + (a.description or "") for a in await artifacts(flow_run_id)]
+    return "\n".join(parts)

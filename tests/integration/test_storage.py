@@ -1,0 +1,124 @@
+"""S3 in and out through prefect-aws, against moto's server over HTTP, a real Prefect server and the sandbox."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from prefect_aws import AwsCredentials
+from prefect_aws.client_parameters import AwsClientParameters
+from prefect_aws.s3 import S3Bucket
+
+import flows.inputs
+from blocks import AimlApiCredentials
+from flows.errors import InvalidInputError
+from flows.video_to_video import video_to_video
+from tests.support import prefect_api
+
+pytestmark = pytest.mark.integration
+SIGNATURE_MARKERS = ("X-Amz-Signature", "X-Amz-Credential", "Signature=", "AWSAccessKeyId")
+
+
+def credentials(sandbox) -> AimlApiCredentials:
+    return AimlApiCredentials(api_key=sandbox.api_key, base_url=sandbox.base_url)
+
+
+def assert_no_signature(text: str) -> None:
+    for marker in SIGNATURE_MARKERS:
+        assert marker not in text, marker
+
+
+async def test_s3_input_and_output_default_chain(prefect_server, sandbox, s3, clips, capfd):
+    s3.create_bucket(Bucket="media-in")
+    s3.create_bucket(Bucket="media-out")
+    s3.upload_file(str(clips["small"]), "media-in", "clips/beach day.mp4", ExtraArgs={"ContentType": "video/mp4"})
+
+    result = await video_to_video(
+        video="s3://media-in/clips/beach day.mp4", prompt="neon noir", strength=0.5, seed=4,
+        credentials=credentials(sandbox), output="s3://media-out/results/{stem}-{seed}.mp4",
+    )
+
+    (entry,) = sandbox.ledger()
+    assert entry.status == "completed"  # the sandbox fetched the input through the presigned URL
+    assert result.output == "s3://media-out/results/beach-day-4.mp4"
+    head = s3.head_object(Bucket="media-out", Key="results/beach-day-4.mp4")
+    body = s3.get_object(Bucket="media-out", Key="results/beach-day-4.mp4")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == entry.output_sha256 == result.sha256 == head["Metadata"]["sha256"]
+    assert head["ContentType"] == "video/mp4" and head["ContentLength"] == result.size_bytes
+    sidecar = json.loads(s3.get_object(Bucket="media-out", Key="results/beach-day-4.mp4.json")["Body"].read())
+    assert sidecar["generation_id"] == entry.generation_id and sidecar["sha256"] == entry.output_sha256
+    assert sidecar["input"] == "s3://media-in/clips/beach day.mp4" and sidecar["prompt"] == "neon noir"
+    assert sidecar["credits"] == entry.credits and sidecar["timing"]["total_s"] > 0
+
+    recorded = await prefect_api.everything_recorded(result.flow_run_id)
+    assert "s3://media-out/results/beach-day-4.mp4" in recorded
+    assert "https://s3.console.aws.amazon.com/s3/object/media-out?prefix=results/beach-day-4.mp4" in recorded
+    assert_no_signature(recorded)
+    assert_no_signature(result.model_dump_json())
+    assert_no_signature(json.dumps(sidecar))
+    captured = capfd.readouterr()
+    assert_no_signature(captured.out + captured.err)
+
+
+async def test_output_to_s3_bucket_block_with_aws_credentials_block(prefect_server, sandbox, s3, moto_server, clips):
+    s3.create_bucket(Bucket="studio")
+    aws = AwsCredentials(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=moto_server),
+    )
+    await aws.asave("moto-it", overwrite=True)
+    await S3Bucket(bucket_name="studio", bucket_folder="renders", credentials=aws).asave("studio-it", overwrite=True)
+
+    result = await video_to_video(
+        video=str(clips["small"]), prompt="pencil sketch", seed=9, credentials=credentials(sandbox),
+        output_storage="s3-bucket/studio-it", output="{stem}/{seed}.mp4",
+    )
+
+    assert result.output == "s3://studio/renders/small/9.mp4"
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="studio")["Contents"])
+    assert keys == ["renders/small/9.mp4", "renders/small/9.mp4.json"]
+    (entry,) = sandbox.ledger()
+    assert s3.head_object(Bucket="studio", Key="renders/small/9.mp4")["Metadata"]["sha256"] == entry.output_sha256
+
+
+async def test_local_file_above_inline_cap_is_staged_through_s3(prefect_server, sandbox, s3, moto_server, clips,
+                                                                tmp_path, monkeypatch):
+    s3.create_bucket(Bucket="staging")
+    aws = AwsCredentials(aws_client_parameters=AwsClientParameters(endpoint_url=moto_server))
+    await S3Bucket(bucket_name="staging", credentials=aws).asave("staging-it", overwrite=True)
+    monkeypatch.setattr(flows.inputs, "MAX_DATA_URI_BYTES", 1024)  # the clip is ~10 kB
+
+    with pytest.raises(InvalidInputError, match="stage_to"):
+        await video_to_video(video=str(clips["small"]), prompt="x", credentials=credentials(sandbox))
+    result = await video_to_video(
+        video=str(clips["small"]), prompt="x", credentials=credentials(sandbox), stage_to="s3-bucket/staging-it",
+        output=str(tmp_path / "out.mp4"),
+    )
+    (entry,) = sandbox.ledger()
+    assert entry.output_sha256 == result.sha256
+    staged = [o["Key"] for o in s3.list_objects_v2(Bucket="staging")["Contents"]]
+    assert len(staged) == 1 and staged[0].startswith("aimlapi-staging/") and staged[0].endswith("small.mp4")
+    assert_no_signature(await prefect_api.everything_recorded(result.flow_run_id))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (dict(video="s3://media-in/missing.mp4"), "no such object"),
+        (dict(video="s3://no-such-bucket/clip.mp4"), "bucket does not exist|no such object"),
+        (dict(video="s3://media-in/notes.txt"), "is not a video"),
+        (dict(video="s3://media-in/empty.mp4"), "is empty"),
+        (dict(video="s3://media-in/clip.mp4", aws_credentials="no-such-aws-block"), "No AwsCredentials block"),
+        (dict(video="s3://media-in/clip.mp4", output="s3://no-such-out-bucket/x.mp4"), "bucket does not exist"),
+        (dict(video="s3://media-in/clip.mp4", output_storage="s3-bucket/no-such-block"), "no block"),
+    ],
+)
+async def test_s3_problems_fail_before_any_post(prefect_server, sandbox, s3, clips, arguments, message):
+    s3.create_bucket(Bucket="media-in")
+    s3.upload_file(str(clips["small"]), "media-in", "clip.mp4")
+    s3.put_object(Bucket="media-in", Key="notes.txt", Body=b"not a video at all", ContentType="text/plain")
+    s3.put_object(Bucket="media-in", Key="empty.mp4", Body=b"")
+    with pytest.raises(InvalidInputError, match=message):
+        await video_to_video(prompt="x", credentials=credentials(sandbox), **arguments)
+    assert sandbox.ledger() == []

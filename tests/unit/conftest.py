@@ -1,0 +1,46 @@
+"""Fixtures for the fast unit tests: a real tiny H.264 clip made with PyAV, and an API client on a
+`httpx.MockTransport`. No servers, no network."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+
+
+CLIP_WIDTH, CLIP_HEIGHT, CLIP_FRAMES = 64, 48, 6
+
+
+def make_clip_bytes(width: int = CLIP_WIDTH, height: int = CLIP_HEIGHT, frames: int = CLIP_FRAMES, fps: int = 12) -> bytes:
+    """A real MP4 (libx264, yuv420p) with `frames` frames, built in memory."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            picture = np.zeros((height, width, 3), dtype=np.uint8)
+            picture[:, : (index + 1) * width // frames] = (40 * index % 256, 120, 200)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def clip_bytes() -> bytes:
+    content = make_clip_bytes()
+    assert content[4:8] == b"ftyp"
+    return content
+
+
+@pytest.fixture
+def clip_path(tmp_path: Path, clip_bytes: bytes) -> Path:
+    path = tmp_path / "input clip.mp4"
+    path.write_bytes(clip_bytes)
+    return path
