@@ -7,15 +7,10 @@ module imports Prefect, so the suite never touches the developer's own Prefect p
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="aimlapi-tests-"))
@@ -27,52 +22,18 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PREFECT_API_KEY", None)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
     """A real `prefect server start` subprocess; the tests (and their subprocesses) use its API."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{_SESSION_HOME / 'prefect.db'}",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    log = open(_SESSION_HOME / "prefect-server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise RuntimeError(f"Prefect server did not start; see {_SESSION_HOME / 'prefect-server.log'}")
-        time.sleep(0.5)
-    os.environ["PREFECT_API_URL"] = url
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from deployments import local_services
 
-    with temporary_settings({PREFECT_API_URL: url}):
-        yield url
-    os.environ.pop("PREFECT_API_URL", None)
-    server.terminate()
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+    with local_services.prefect_server(_SESSION_HOME / "prefect-server") as url:
+        os.environ["PREFECT_API_URL"] = url
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture(scope="session")
@@ -111,32 +72,13 @@ def moto_server() -> Iterator[str]:
     The default AWS credential chain of this process (and its children) points at it through
     the standard environment variables, AWS_ENDPOINT_URL included.
     """
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = open(_SESSION_HOME / "moto-server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"{endpoint}/moto-api/", timeout=2)
-            break
-        except httpx.HTTPError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError(f"moto server did not start; see {_SESSION_HOME / 'moto-server.log'}")
-            time.sleep(0.2)
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=endpoint,
-    )
-    yield endpoint
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
-        os.environ.pop(name, None)
-    server.terminate()
-    server.wait(timeout=20)
-    log.close()
+    from deployments import local_services
+
+    with local_services.moto_server(_SESSION_HOME / "moto-server.log") as endpoint:
+        os.environ.update(local_services.AWS_TEST_ENV, AWS_ENDPOINT_URL=endpoint)
+        yield endpoint
+        for name in (*local_services.AWS_TEST_ENV, "AWS_ENDPOINT_URL"):
+            os.environ.pop(name, None)
 
 
 @pytest.fixture
