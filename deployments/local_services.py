@@ -6,10 +6,13 @@ the real program as a subprocess on a free loopback port and stops it on exit.
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,18 +50,62 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def postgres_binaries() -> Path | None:
+    """The bin directory of a local PostgreSQL install (Debian: apt-get install postgresql), if any."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
 @contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """`prefect server start` with its own SQLite database under `home`; yields the API URL."""
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster in a temp dir on a free port; yields an asyncpg URL for Prefect.
+
+    PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user.
+    """
+    binaries = postgres_binaries()
+    if binaries is None:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    home = Path(tempfile.mkdtemp(prefix="aimlapi-postgres-"))
+    data, port = home / "pgdata", free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    log = home / "postgres.log"
+    subprocess.run([*as_user, str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
+         f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start"],
+        check=True, capture_output=True,
+    )
+    try:
+        subprocess.run([*as_user, str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                        "prefect"], check=True, capture_output=True)
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
+    finally:
+        subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def prefect_server(home: Path, database_url: str | None = None) -> Iterator[str]:
+    """`prefect server start` on its own database (SQLite under `home` by default); yields the API URL."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
         "PREFECT_HOME": str(home / "prefect-home"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_API_DATABASE_CONNECTION_URL": database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
+        # Persist events (and so fire triggers from them) twice a second instead of every 5 s.
+        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
     }
     env.pop("PREFECT_API_URL", None)
     log = home / "prefect-server.log"

@@ -175,3 +175,14 @@ async def upload_file(target: OutputTarget, path: Path, key: str, *, sha256: str
     client = await _target_client(target)
     await _upload(client, path, target.bucket or "", key, sha256=sha256, content_type=content_type)
     return target.location(key)
+
+
+async def read_object(url: str, aws_credentials: str | None = None, max_bytes: int = 16 * 1024 * 1024) -> bytes:
+    """A small object (e.g. a manifest) read whole; larger ones are refused rather than held in memory."""
+    bucket, key = parse_s3_url(url)
+    client = await s3_client(aws_credentials)
+    head = await _call(f"s3://{bucket}/{key}", client.head_object, Bucket=bucket, Key=key)
+    if int(head.get("ContentLength", 0)) > max_bytes:
+        raise InvalidInputError(f"s3://{bucket}/{key} is larger than {max_bytes} bytes; not a manifest?")
+    response = await _call(f"s3://{bucket}/{key}", client.get_object, Bucket=bucket, Key=key)
+    return await asyncio.to_thread(response["Body"].read)

@@ -24,10 +24,21 @@ os.environ.pop("PREFECT_API_KEY", None)
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
-    """A real `prefect server start` subprocess; the tests (and their subprocesses) use its API."""
+    """A real `prefect server start` subprocess; the tests (and their subprocesses) use its API.
+
+    It runs on PostgreSQL when that is installed (Prefect's SQLite answers "database is locked"
+    under concurrent flow runs, and its client then backs off for seconds), else on SQLite.
+    Set AIMLAPI_TEST_DATABASE=sqlite to force SQLite.
+    """
+    from contextlib import ExitStack
+
     from deployments import local_services
 
-    with local_services.prefect_server(_SESSION_HOME / "prefect-server") as url:
+    with ExitStack() as stack:
+        database = None
+        if os.environ.get("AIMLAPI_TEST_DATABASE") != "sqlite" and local_services.postgres_binaries():
+            database = stack.enter_context(local_services.postgres_server())
+        url = stack.enter_context(local_services.prefect_server(_SESSION_HOME / "prefect-server", database))
         os.environ["PREFECT_API_URL"] = url
         from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -1,0 +1,292 @@
+"""Many generations from one flow run: each item is its own child `video_to_video` flow run.
+
+Waiting is asyncio all the way (one process, no thread per generation). Concurrency is capped
+twice: by a Prefect global concurrency limit shared by every batch on the server (when it exists)
+and by a local cap per batch. One item failing never cancels the others; the parent ends Failed
+when any child failed, unless `tolerate_failures`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from blocks import AimlApiCredentials
+from flows.errors import AimlApiError, InvalidInputError
+from flows.polling import PollPolicy
+from flows.tasks import DEFAULT_TIMEOUT_SECONDS
+from flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, video_to_video
+
+DEFAULT_CONCURRENCY_LIMIT = "aimlapi-video-to-video"
+DEFAULT_MAX_CONCURRENCY = 16
+
+
+class BatchItem(BaseModel):
+    """One row of a batch; unset fields take the batch's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video: str
+    prompt: str | None = None
+    strength: float | None = None
+    seed: int | None = None
+    enable_prompt_expansion: bool | None = None
+    output: str | None = None
+    idempotency_key: str | None = None
+
+
+class BatchItemResult(BaseModel):
+    index: int
+    video: str
+    status: str
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+    generation_id: str | None = None
+    output: str | None = None
+    credits: float | None = None
+    queued_s: float | None = None
+    generating_s: float | None = None
+    download_s: float | None = None
+    total_s: float | None = None
+    error: str | None = None
+
+
+class BatchFailedError(AimlApiError):
+    """Some generations of a batch failed (the others completed and were kept)."""
+
+
+def _parse_rows(text: str, name: str) -> list[dict[str, Any]]:
+    if name.endswith(".jsonl"):
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InvalidInputError(f"manifest {name} line {number}: not JSON ({exc.msg}).") from None
+        return rows
+    if name.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or "video" not in reader.fieldnames:
+            raise InvalidInputError(f"manifest {name}: the CSV header must have a 'video' column.")
+        return [{k: v for k, v in row.items() if v not in (None, "")} for row in reader]
+    raise InvalidInputError(f"manifest {name}: use a .csv or .jsonl file.")
+
+
+def _coerce(row: dict[str, Any]) -> dict[str, Any]:
+    """CSV cells are text: turn the numeric and boolean columns into values the flow validates."""
+    out = dict(row)
+    for name, kind in (("strength", float), ("seed", int)):
+        if isinstance(out.get(name), str):
+            try:
+                out[name] = kind(out[name])
+            except ValueError:
+                pass  # left as text; the child's validation names it
+    if isinstance(out.get("enable_prompt_expansion"), str):
+        out["enable_prompt_expansion"] = out["enable_prompt_expansion"].strip().lower() in ("1", "true", "yes", "on")
+    return out
+
+
+async def load_manifest(manifest: str, aws_credentials: str | None = None) -> list[BatchItem]:
+    """Items from a CSV or JSONL manifest, local or `s3://bucket/key`; errors name the line."""
+    if manifest.startswith("s3://"):
+        from flows.storage import read_object
+
+        text = (await read_object(manifest, aws_credentials)).decode()
+    else:
+        path = Path(manifest).expanduser()
+        if not path.is_file():
+            raise InvalidInputError(f"manifest {manifest} does not exist.")
+        text = path.read_text()
+    items = []
+    for number, row in enumerate(_parse_rows(text, manifest.lower()), 1):
+        try:
+            items.append(BatchItem.model_validate(_coerce(row)))
+        except ValidationError as exc:
+            raise InvalidInputError(f"manifest {manifest} item {number}: {exc.errors()[0]['msg']}.") from None
+    return items
+
+
+@contextlib.asynccontextmanager
+async def _global_slot(limit: str | None) -> AsyncIterator[None]:
+    if limit is None:
+        yield
+        return
+    from prefect.concurrency.asyncio import concurrency
+
+    async with concurrency(limit, occupy=1, strict=True):
+        yield
+
+
+async def _check_limit(limit: str | None, local_cap: int) -> str | None:
+    """The limit's name if it exists on the server; else None, with a warning on how to create it."""
+    if limit is None:
+        return None
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        async with get_client() as client:
+            await client.read_global_concurrency_limit_by_name(limit)
+        return limit
+    except ObjectNotFound:
+        get_run_logger().warning(
+            "Global concurrency limit %r does not exist, so only this batch's local cap (%d) applies. "
+            "To cap all batches together: `prefect gcl create %s --limit 8`.", limit, local_cap, limit,
+        )
+        return None
+
+
+def _flow_run_url(flow_run_id: str | None) -> str | None:
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")
+    return f"{base}/runs/flow-run/{flow_run_id}" if base and flow_run_id else None
+
+
+async def run_items(
+    items: list[BatchItem],
+    defaults: dict[str, Any],
+    *,
+    scope: str,
+    concurrency_limit: str | None,
+    max_concurrency: int,
+) -> list[BatchItemResult]:
+    """Run each item as a child flow run, concurrently within both caps, never cancelling siblings."""
+    from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+
+    logger = get_run_logger()
+    limit = await _check_limit(concurrency_limit, max_concurrency)
+    local = asyncio.Semaphore(max_concurrency)
+    total = len(items)
+    done = failed = 0
+    progress = await acreate_progress_artifact(progress=0.0, description=f"0/{total} generations done")
+
+    async def one(index: int, item: BatchItem) -> BatchItemResult:
+        nonlocal done, failed
+        arguments = {**defaults, **item.model_dump(exclude_none=True)}
+        arguments.setdefault("idempotency_key", f"{scope}:item-{index}")
+        async with local, _global_slot(limit):
+            state = await video_to_video(**arguments, return_state=True)
+        flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
+        row = BatchItemResult(index=index, video=_shown(item.video), status=state.name.lower(),
+                              flow_run_id=flow_run_id, flow_run_url=_flow_run_url(flow_run_id))
+        if state.is_completed():
+            result = await state.aresult()
+            row = row.model_copy(update={
+                "status": result.status, "generation_id": result.generation_id, "output": result.output,
+                "credits": result.credits, **result.timing.model_dump(),
+            })
+        else:
+            failed += 1
+            row.error = (state.message or state.name)[:300]
+        done += 1
+        await aupdate_progress_artifact(
+            artifact_id=progress, progress=100.0 * done / total,
+            description=f"{done}/{total} generations done, {failed} failed",
+        )
+        return row
+
+    rows = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+    logger.info("Batch finished: %d completed, %d failed of %d.", total - failed, failed, total)
+    return list(rows)
+
+
+def _shown(video: str) -> str:
+    from flows.redact import safe_url
+
+    return "data URI" if video.startswith("data:") else safe_url(video) if "://" in video else video
+
+
+async def publish_table(rows: list[BatchItemResult], description: str) -> None:
+    from prefect.artifacts import acreate_table_artifact
+
+    columns = ("index", "video", "status", "generation_id", "output", "credits", "queued_s", "generating_s",
+               "download_s", "total_s", "flow_run_url", "error")
+    table = [{c: getattr(row, c) for c in columns} for row in rows]
+    await acreate_table_artifact(table=table, description=description)
+
+
+def _batch_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    manifest = parameters.get("manifest")
+    if manifest:
+        return f"v2v-batch-{Path(str(manifest)).stem}"
+    return f"v2v-batch-{len(parameters.get('items') or [])}-items"
+
+
+@flow(name="aimlapi-video-to-video-batch", flow_run_name=_batch_run_name, validate_parameters=False)
+async def video_to_video_batch(
+    items: list[BatchItem] | list[dict[str, Any]] | None = None,
+    manifest: str | None = None,
+    prompt: str | None = None,
+    strength: float = 0.85,
+    seed: int | None = None,
+    enable_prompt_expansion: bool = True,
+    credentials: str | AimlApiCredentials = DEFAULT_CREDENTIALS_BLOCK,
+    output: str | None = None,
+    output_storage: str | None = None,
+    aws_credentials: str | None = None,
+    concurrency_limit: str | None = DEFAULT_CONCURRENCY_LIMIT,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    tolerate_failures: bool = False,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    poll_policy: PollPolicy | None = None,
+) -> list[BatchItemResult]:
+    """Restyle many videos: one child `video_to_video` flow run per item.
+
+    Args:
+        items: a list of {video, prompt?, strength?, seed?, enable_prompt_expansion?, output?}.
+        manifest: instead of items, a .csv (header row) or .jsonl file, local or s3://.
+        prompt, strength, seed, enable_prompt_expansion, output, output_storage: defaults for items.
+        concurrency_limit: name of a Prefect global concurrency limit shared by all batches (skipped
+            with a warning if it does not exist; None to not use one).
+        max_concurrency: this batch's own cap on generations in flight.
+        tolerate_failures: end Completed even if some items failed (the table says which).
+    """
+    from prefect.runtime import flow_run
+
+    if (items is None) == (manifest is None):
+        raise InvalidInputError("Give either `items` or `manifest` (not both).")
+    if max_concurrency < 1:
+        raise InvalidInputError("max_concurrency must be at least 1.")
+    try:
+        batch = [BatchItem.model_validate(i) for i in items] if items is not None else []
+    except ValidationError as exc:
+        raise InvalidInputError(f"Invalid batch item: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}.") from None
+    if manifest is not None:
+        batch = await load_manifest(manifest, aws_credentials)
+    if not batch:
+        raise InvalidInputError("The batch is empty.")
+    missing = [i for i, item in enumerate(batch) if not (item.prompt or prompt)]
+    if missing:
+        raise InvalidInputError(f"Items {missing[:10]} have no prompt and the batch has no default `prompt`.")
+    defaults = dict(
+        prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion,
+        credentials=credentials, output=output, output_storage=output_storage, aws_credentials=aws_credentials,
+        timeout_seconds=timeout_seconds, poll_policy=poll_policy,
+    )
+    rows = await run_items(
+        batch, defaults, scope=f"batch:{flow_run.id}", concurrency_limit=concurrency_limit,
+        max_concurrency=max_concurrency,
+    )
+    failed = [row for row in rows if row.status != "completed"]
+    await publish_table(rows, f"{len(rows) - len(failed)} completed, {len(failed)} failed of {len(rows)}")
+    if failed and not tolerate_failures:
+        raise BatchFailedError(
+            f"{len(failed)} of {len(rows)} generations failed (items {[r.index for r in failed][:20]}); "
+            "the others completed. See the table artifact, or pass tolerate_failures=True."
+        )
+    return rows

@@ -1,0 +1,114 @@
+"""The batch flow on a real Prefect server and the sandbox: child runs, failures, caps, artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+from blocks import AimlApiCredentials
+from flows.batch import BatchFailedError, video_to_video_batch
+from flows.errors import InvalidInputError
+from tests.support import prefect_api
+
+pytestmark = pytest.mark.integration
+
+
+def credentials(sandbox) -> AimlApiCredentials:
+    return AimlApiCredentials(api_key=sandbox.api_key, base_url=sandbox.base_url)
+
+
+async def _children(parent_id: str) -> list:
+    async with get_client() as client:
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]))
+        )
+
+
+async def _latest_batch_run() -> object:
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        (run,) = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["aimlapi-video-to-video-batch"])),
+            sort=FlowRunSort.START_TIME_DESC, limit=1,
+        )
+    return run
+
+
+async def test_batch_of_ten_with_two_failures(prefect_server, sandbox, clips, tmp_path):
+    sandbox.set_faults({"script": [{"route": "submit", "kind": "generation_error", "times": 2}]})
+    items = [{"video": str(clips["small"]), "seed": i, "output": str(tmp_path / f"out-{i}.mp4")} for i in range(10)]
+
+    with pytest.raises(BatchFailedError, match="2 of 10 generations failed"):
+        await video_to_video_batch(items=items, prompt="charcoal drawing", credentials=credentials(sandbox),
+                                   concurrency_limit=None, max_concurrency=10)
+
+    ledger = sandbox.ledger()
+    assert len(ledger) == 10
+    assert sorted(e.status for e in ledger) == ["completed"] * 8 + ["error"] * 2
+    parent = await _latest_batch_run()
+    assert parent.state.is_failed() and "2 of 10 generations failed" in parent.state.message
+    children = await _children(str(parent.id))
+    assert len(children) == 10
+    assert sorted(c.state.type.value for c in children) == ["COMPLETED"] * 8 + ["FAILED"] * 2
+
+    artifacts = await prefect_api.artifacts(parent.id, expect=2)
+    table = next(a for a in artifacts if a.type == "table")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert len(rows) == 10
+    by_generation = {e.generation_id: e for e in ledger}
+    for row in rows:
+        entry = by_generation.get(row["generation_id"])
+        if row["status"] == "completed":
+            assert entry is not None and entry.status == "completed"
+            assert row["output"] == str(tmp_path / f"out-{row['index']}.mp4") and row["credits"] == entry.credits
+            assert row["flow_run_url"].endswith(next(str(c.id) for c in children if c.name == f"v2v-small-seed-{row['index']}"))
+        else:
+            assert row["error"] and "Injected by the sandbox" in row["error"]
+    assert sum(r["status"] == "completed" for r in rows) == 8
+    progress = next(a for a in artifacts if a.type == "progress")
+    assert progress.data == 100
+
+
+async def test_global_concurrency_limit_holds(prefect_server, sandbox, clips, tmp_path):
+    async with get_client() as client:
+        await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="v2v-it-cap", limit=3))
+    items = [{"video": str(clips["small"]), "seed": i} for i in range(8)]
+
+    rows = await video_to_video_batch(items=items, prompt="x", credentials=credentials(sandbox),
+                                      output=str(tmp_path / "{seed}.mp4"), concurrency_limit="v2v-it-cap",
+                                      max_concurrency=8)
+
+    assert [r.status for r in rows] == ["completed"] * 8
+    assert len(sandbox.ledger()) == 8
+    assert 1 <= sandbox.max_in_flight() <= 3
+
+
+async def test_local_cap_applies_when_the_global_limit_is_missing(prefect_server, sandbox, clips, tmp_path):
+    items = [{"video": str(clips["small"]), "seed": i} for i in range(6)]
+    rows = await video_to_video_batch(items=items, prompt="x", credentials=credentials(sandbox),
+                                      output=str(tmp_path / "{seed}.mp4"), concurrency_limit="no-such-limit",
+                                      max_concurrency=2)
+    assert len(rows) == 6 and sandbox.max_in_flight() <= 2
+    parent = await _latest_batch_run()
+    assert await prefect_api.logs(parent.id, containing="prefect gcl create no-such-limit")
+
+
+async def test_manifest_csv_and_bad_manifest(prefect_server, sandbox, clips, tmp_path):
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text(f"video,prompt,seed,strength\n{clips['small']},ink wash,5,0.4\n{clips['odd']},ukiyo-e,6,\n")
+    rows = await video_to_video_batch(manifest=str(manifest), credentials=credentials(sandbox),
+                                      output=str(tmp_path / "{stem}-{seed}.mp4"), concurrency_limit=None)
+    assert [r.status for r in rows] == ["completed", "completed"]
+    assert {e.prompt for e in sandbox.ledger()} == {"ink wash", "ukiyo-e"}
+    assert {e.strength for e in sandbox.ledger()} == {0.4, 0.85}
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"video": "a.mp4"}\n{not json\n')
+    with pytest.raises(InvalidInputError, match="line 2"):
+        await video_to_video_batch(manifest=str(broken), prompt="x", credentials=credentials(sandbox))
+    assert len(sandbox.ledger()) == 2
