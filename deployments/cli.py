@@ -122,11 +122,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from deployments.bridge import main as bridge_main
 
         return bridge_main(argv[1:])
+    if argv and argv[0] == "serve":
+        from deployments.serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = argparse.ArgumentParser(prog="aimlapi-video", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     sub.add_parser("sandbox", help="Serve the local stand-in of the AI/ML API (see --help).")
     sub.add_parser("s3-events", help="Bridge S3 notifications on an SQS queue to Prefect events (see --help).")
+    sub.add_parser("serve", help="Serve the deployments of deployments/prefect.yaml from this process.")
     sub.add_parser("demo", help="Run one generation against a throwaway sandbox, no key needed.")
     save = sub.add_parser("save-key", help="Save the key from AIMLAPI_API_KEY (or a prompt) as a block.")
     save.add_argument("--name", default="aimlapi")

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from blocks import AimlApiCredentials
 from flows.errors import AimlApiError, InvalidInputError
+from flows.models import from_text
 from flows.polling import PollPolicy
 from flows.tasks import DEFAULT_TIMEOUT_SECONDS
 from flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, video_to_video
@@ -83,20 +84,6 @@ def _parse_rows(text: str, name: str) -> list[dict[str, Any]]:
     raise InvalidInputError(f"manifest {name}: use a .csv or .jsonl file.")
 
 
-def _coerce(row: dict[str, Any]) -> dict[str, Any]:
-    """CSV cells are text: turn the numeric and boolean columns into values the flow validates."""
-    out = dict(row)
-    for name, kind in (("strength", float), ("seed", int)):
-        if isinstance(out.get(name), str):
-            try:
-                out[name] = kind(out[name])
-            except ValueError:
-                pass  # left as text; the child's validation names it
-    if isinstance(out.get("enable_prompt_expansion"), str):
-        out["enable_prompt_expansion"] = out["enable_prompt_expansion"].strip().lower() in ("1", "true", "yes", "on")
-    return out
-
-
 async def load_manifest(manifest: str, aws_credentials: str | None = None) -> list[BatchItem]:
     """Items from a CSV or JSONL manifest, local or `s3://bucket/key`; errors name the line."""
     if manifest.startswith("s3://"):
@@ -111,7 +98,7 @@ async def load_manifest(manifest: str, aws_credentials: str | None = None) -> li
     items = []
     for number, row in enumerate(_parse_rows(text, manifest.lower()), 1):
         try:
-            items.append(BatchItem.model_validate(_coerce(row)))
+            items.append(BatchItem.model_validate(from_text(row)))
         except ValidationError as exc:
             raise InvalidInputError(f"manifest {manifest} item {number}: {exc.errors()[0]['msg']}.") from None
     return items

@@ -107,6 +107,25 @@ class GenerationParams(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def from_text(values: dict[str, Any]) -> dict[str, Any]:
+    """Parameters that arrive as text (CSV cells, S3 metadata, trigger templates) as typed values.
+
+    Only clean conversions are made; anything else is left as text for `GenerationParams` to
+    refuse with a message naming the field.
+    """
+    out = dict(values)
+    for name, kind in (("strength", float), ("seed", int)):
+        if isinstance(out.get(name), str):
+            try:
+                out[name] = kind(out[name].strip())
+            except ValueError:
+                pass
+    flag = out.get("enable_prompt_expansion")
+    if isinstance(flag, str) and flag.strip().lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        out["enable_prompt_expansion"] = flag.strip().lower() in ("true", "1", "yes", "on")
+    return out
+
+
 class Usage(BaseModel):
     model_config = ConfigDict(extra="allow")
 

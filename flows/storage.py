@@ -186,3 +186,27 @@ async def read_object(url: str, aws_credentials: str | None = None, max_bytes: i
         raise InvalidInputError(f"s3://{bucket}/{key} is larger than {max_bytes} bytes; not a manifest?")
     response = await _call(f"s3://{bucket}/{key}", client.get_object, Bucket=bucket, Key=key)
     return await asyncio.to_thread(response["Body"].read)
+
+
+async def list_objects(prefix_url: str, aws_credentials: str | None = None) -> list[dict[str, Any]]:
+    """Every object under `s3://bucket/prefix` (all pages), as boto3's Contents entries."""
+    bucket, _, prefix = prefix_url.removeprefix("s3://").partition("/")
+    client = await s3_client(aws_credentials)
+
+    def pages() -> list[dict[str, Any]]:
+        paginator = client.get_paginator("list_objects_v2")
+        return [item for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for item in page.get("Contents", [])]
+
+    return await _call(f"listing s3://{bucket}/{prefix}", pages, missing=_NO_BUCKET)
+
+
+async def object_exists(url: str, aws_credentials: str | None = None) -> bool:
+    bucket, key = parse_s3_url(url)
+    client = await s3_client(aws_credentials)
+    try:
+        await asyncio.to_thread(client.head_object, Bucket=bucket, Key=key)
+        return True
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _explain(exc, f"checking s3://{bucket}/{key}", "no such object") from None

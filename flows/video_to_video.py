@@ -6,6 +6,7 @@ output destination, the credentials block) runs before the first and only paid c
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from blocks import AimlApiCredentials
 from flows.artifacts import publish_output_link, publish_summary
 from flows.errors import AimlApiError, GenerationFailedError, InvalidInputError
 from flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, inspect_video
-from flows.models import GenerationParams, Timing, VideoToVideoResult
+from flows.models import GenerationParams, Timing, VideoToVideoResult, from_text
 from flows.outputs import OutputTarget, resolve_output, template_fields, write_sidecar
 from flows.polling import PollPolicy
 from flows.submissions import DEFAULT_GRACE_SECONDS
@@ -56,6 +57,26 @@ async def load_credentials(credentials: str | AimlApiCredentials) -> AimlApiCred
             f"`aimlapi-video save-key --name {credentials}` (key from AIMLAPI_API_KEY), or "
             f"AimlApiCredentials(api_key=...).save({credentials!r})."
         ) from None
+
+
+OVERRIDABLE = ("prompt", "strength", "seed", "enable_prompt_expansion")
+
+
+def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
+    """Per-video overrides, typed; unknown keys are refused so a typo never passes silently."""
+    if overrides in (None, "", "null"):
+        return {}
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError:
+            raise InvalidInputError(f"overrides is not JSON: {overrides[:100]!r}") from None
+    if not isinstance(overrides, dict):
+        raise InvalidInputError(f"overrides must be an object of {', '.join(OVERRIDABLE)}.")
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise InvalidInputError(f"overrides has unknown keys {unknown}; allowed: {', '.join(OVERRIDABLE)}.")
+    return from_text(overrides)
 
 
 def validate_params(**values: Any) -> GenerationParams:
@@ -98,6 +119,7 @@ async def video_to_video(
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     reconcile_grace_seconds: float = DEFAULT_GRACE_SECONDS,
     poll_policy: PollPolicy | None = None,
+    overrides: dict[str, Any] | str | None = None,
 ) -> VideoToVideoResult:
     """Restyle `video` with `prompt` through `krea/krea-wan-14b/video-to-video`.
 
@@ -119,6 +141,9 @@ async def video_to_video(
         reconcile_grace_seconds: after a lost POST answer, how long the usage log must show nothing
             before the request may be sent again.
         poll_policy: polling schedule (default: every ~1 s for 12 s, then backing off to 10 s).
+        overrides: per-video values of prompt / strength / seed / enable_prompt_expansion that win
+            over the arguments above, e.g. an S3 object's metadata passed by the event bridge. A JSON
+            string is accepted (trigger templates render text).
     """
     from prefect.runtime import flow_run
 
@@ -126,9 +151,8 @@ async def video_to_video(
     started = time.time()
     run_id = str(flow_run.id) if flow_run.id else None
 
-    params = validate_params(
-        prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion
-    )
+    chosen = dict(prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion)
+    params = validate_params(**{**chosen, **parse_overrides(overrides)})
     creds = await load_credentials(credentials)
     source = await inspect_video(
         video, aws_credentials=aws_credentials, stage_to=stage_to, presign_seconds=presign_expiry_seconds

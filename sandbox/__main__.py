@@ -1,0 +1,7 @@
+"""``python -m sandbox``: same as ``aimlapi-video sandbox``."""
+
+import sys
+
+from .server import main
+
+sys.exit(main())

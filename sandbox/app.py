@@ -1,0 +1,312 @@
+"""The ASGI app: the provider's routes, result files, fault injection and the /sandbox control routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import math
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .config import CREDITS_PER_USD, SandboxConfig
+from .contract import BodyError, error_body, field_errors, generation_body, parse_submission
+from .engine import Engine, Generation
+from .faults import REJECTING_KINDS, FaultConfig, FaultInjector, FaultKind, add_extra_fields
+from .ledger import LOG_STATUS, log_row
+
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REJECTION_MESSAGES = {
+    429: "Too many requests: rate limit exceeded",
+    500: "Internal server error",
+    502: "Bad gateway: the upstream model provider failed",
+    503: "Service unavailable: the model is under maintenance",
+}
+
+
+class RequestIds:
+    """Gives every request an ``x-request-id`` and echoes a valid ``X-Client-Request-Id``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = str(uuid.uuid4())
+        client_id = Headers(scope=scope).get("x-client-request-id")
+        client_id = client_id if client_id and CLIENT_REQUEST_ID.fullmatch(client_id) else None
+        scope.setdefault("state", {}).update(request_id=request_id, client_request_id=client_id)
+
+        async def send_with_ids(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = request_id
+                if client_id:
+                    headers["x-client-request-id"] = client_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_ids)
+
+
+class AbortedResponse(Response):
+    """Announces ``declared_length`` bytes, sends only ``prefix``, then drops the connection."""
+
+    def __init__(
+        self, prefix: bytes, declared_length: int, media_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(
+            prefix, headers={**(headers or {}), "content-length": str(declared_length)}, media_type=media_type
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})
+        # Returning with the body unfinished makes the server close the socket mid-response.
+
+
+async def linger(request: Request, seconds: float) -> None:
+    """Wait like a slow upstream, but stop as soon as the client hangs up (frees the handler)."""
+
+    async def hang_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(hang_up(), seconds)
+
+
+class SandboxApp:
+    """Route handlers over one Engine and one FaultInjector."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.faults = FaultInjector(config.faults)
+        self.engine: Engine  # created at startup, inside the server's event loop
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self.engine = Engine(self.config)
+        try:
+            yield
+        finally:
+            await self.engine.aclose()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def error(
+        request: Request, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> JSONResponse:
+        body = error_body(status, message, request.url.path, request.state.request_id, **extra)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    def denied(self, request: Request) -> JSONResponse | None:
+        """401 unless ``Authorization: Bearer <api_key>``."""
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), self.config.api_key.encode()):
+            return None
+        message = "Invalid API key" if scheme else "Missing Authorization header: send 'Authorization: Bearer <key>'"
+        return self.error(request, 401, message, headers={"www-authenticate": "Bearer"})
+
+    def rejection(self, request: Request, kind: FaultKind) -> JSONResponse:
+        status = REJECTING_KINDS[kind]
+        headers = {"retry-after": str(math.ceil(self.faults.config.retry_after_seconds))} if status == 429 else None
+        return self.error(request, status, REJECTION_MESSAGES[status], headers=headers)
+
+    async def respond(
+        self, request: Request, fault: FaultKind | None, body: dict[str, Any], headers: dict[str, str]
+    ) -> Response:
+        """A JSON answer, bent by the request's fault (extra fields, slowness, a dropped connection)."""
+        if fault == "extra_fields":
+            body = add_extra_fields(body)
+        if fault == "slow_response":
+            await linger(request, self.faults.config.slow_seconds)
+        if fault == "drop_connection":
+            data = json.dumps(body).encode()
+            return AbortedResponse(data[: len(data) // 2], len(data), "application/json", headers)
+        return JSONResponse(body, headers=headers)
+
+    def base_url(self, request: Request) -> str:
+        return (self.config.public_base_url or str(request.base_url)).rstrip("/")
+
+    async def generation_response(
+        self, request: Request, generation: Generation, fault: FaultKind | None, *, masked: bool
+    ) -> Response:
+        """POST and GET answers; only GET shows an injected unknown status word."""
+        credits = generation.reported_credits
+        status = generation.reported_status if masked else generation.entry.status
+        video_url = None
+        if status == "completed":
+            video_url = self.engine.files.signed_url(self.base_url(request), generation.token)
+        body = generation_body(
+            generation.entry, status=status, credits=credits, video_url=video_url, duration=generation.duration
+        )
+        headers = {
+            "x-inference-id": generation.entry.generation_id,
+            "x-aimlapi-credits-used": str(credits),
+            "x-aimlapi-usd-spent": f"{credits / CREDITS_PER_USD:.6f}",
+        }
+        return await self.respond(request, fault, body, headers)
+
+    # -- the provider's routes -------------------------------------------------------------------
+
+    async def submit(self, request: Request) -> Response:
+        if denied := self.denied(request):
+            return denied
+        fault = self.faults.draw("submit")
+        if fault in REJECTING_KINDS:
+            return self.rejection(request, fault)
+        try:
+            submission = parse_submission(await request.body(), self.config.max_data_uri_bytes)
+        except BodyError as exc:
+            return self.error(request, 400, str(exc), errors=exc.errors)
+        credits_left = self.engine.credits_left()
+        if credits_left is not None and credits_left < self.engine.hold:
+            return self.error(request, 403, "You've run out of credits", credits_left=credits_left)
+        failure = self.faults.generation_error() if fault == "generation_error" else None
+        generation = self.engine.accept(submission, request.state.client_request_id, failure)
+        if fault == "unknown_status":
+            self.engine.mask_status(
+                generation, self.faults.unknown_status_word(), self.faults.config.unknown_status_seconds
+            )
+        return await self.generation_response(request, generation, fault, masked=False)
+
+    async def poll(self, request: Request) -> Response:
+        if denied := self.denied(request):
+            return denied
+        generation_id = request.query_params.get("generation_id")
+        if not generation_id:
+            return self.error(request, 400, "Query validation error: generation_id is required")
+        generation = self.engine.generations.get(generation_id)
+        if generation is None:
+            return self.error(request, 404, f"Generation {generation_id} not found")
+        generation.entry.polls += 1
+        fault = self.faults.draw("poll")
+        if fault in REJECTING_KINDS:
+            return self.rejection(request, fault)
+        if fault == "unknown_status":
+            self.engine.mask_status(
+                generation, self.faults.unknown_status_word(), self.faults.config.unknown_status_seconds
+            )
+        return await self.generation_response(request, generation, fault, masked=True)
+
+    async def logs(self, request: Request) -> Response:
+        if denied := self.denied(request):
+            return denied
+        fault = self.faults.draw("logs")
+        if fault in REJECTING_KINDS:
+            return self.rejection(request, fault)
+        query = request.query_params
+        statuses = query.getlist("status")
+        try:
+            offset, limit = int(query.get("offset", 0)), int(query.get("limit", 100))
+        except ValueError:
+            return self.error(request, 400, "Query validation error: offset and limit must be integers")
+        if offset < 0 or not 1 <= limit <= 1000:
+            return self.error(request, 400, "Query validation error: offset must be >= 0 and limit in [1, 1000]")
+        if unknown := set(statuses) - set(LOG_STATUS.values()):
+            return self.error(
+                request,
+                400,
+                f"Query validation error: status must be one of pending, succeeded, failed, not {sorted(unknown)}",
+            )
+        rows = [
+            row
+            for row in map(log_row, (g.entry for g in reversed(self.engine.generations.values())))
+            if (not statuses or row["status"] in statuses)
+            and query.get("model", row["model"]) == row["model"]
+            and query.get("client_request_id", row["client_request_id"]) == row["client_request_id"]
+        ]
+        body = {"data": rows[offset : offset + limit], "total": len(rows), "offset": offset, "limit": limit}
+        return await self.respond(request, fault, body, {})
+
+    async def download(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        if not self.engine.files.verify(
+            token, request.query_params.get("Expires"), request.query_params.get("Signature")
+        ):
+            return self.error(request, 403, "Access denied: the link has expired or its signature does not match")
+        path = self.engine.result_path(token)
+        if path is None:
+            return self.error(request, 404, "File not found")
+        fault = self.faults.draw("download") if request.method == "GET" else None
+        if fault in REJECTING_KINDS:
+            return self.rejection(request, fault)
+        if fault == "slow_response":
+            await linger(request, self.faults.config.slow_seconds)
+        if fault in ("drop_connection", "truncated_download"):
+            size = path.stat().st_size
+            with path.open("rb") as file:
+                return AbortedResponse(file.read(size // 2), size, "video/mp4")
+        return FileResponse(path, media_type="video/mp4")
+
+    # -- sandbox control -------------------------------------------------------------------------
+
+    async def ledger(self, _request: Request) -> Response:
+        entries = [g.entry.model_dump(mode="json") for g in self.engine.generations.values()]
+        return JSONResponse({"entries": entries, "max_in_flight": self.engine.max_in_flight})
+
+    async def reset(self, _request: Request) -> Response:
+        """Back to the state at start: empty ledger, no files, the startup fault settings."""
+        self.engine.reset()
+        self.faults = FaultInjector(self.config.faults)
+        return JSONResponse({"status": "reset"})
+
+    async def get_faults(self, _request: Request) -> Response:
+        return JSONResponse(self.faults.config.model_dump(mode="json"))
+
+    async def set_faults(self, request: Request) -> Response:
+        try:
+            config = FaultConfig.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return self.error(request, 422, "Fault configuration is invalid", errors=field_errors(exc))
+        self.faults = FaultInjector(config)
+        return JSONResponse(config.model_dump(mode="json"))
+
+    async def health(self, _request: Request) -> Response:
+        return JSONResponse(
+            {"status": "ok", "in_flight": self.engine.in_flight, "credits_left": self.engine.credits_left()}
+        )
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        """Starlette's own 404/405 (and any crash, as 500) in the provider's error shape."""
+        if isinstance(exc, HTTPException):
+            return self.error(request, exc.status_code, exc.detail, headers=exc.headers)
+        return self.error(request, 500, REJECTION_MESSAGES[500])
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v2/video/generations", self.submit, methods=["POST"]),
+            Route("/v2/video/generations", self.poll, methods=["GET"]),
+            Route("/v2/logs", self.logs, methods=["GET"]),
+            Route("/files/{token}.mp4", self.download, methods=["GET", "HEAD"]),
+            Route("/sandbox/ledger", self.ledger, methods=["GET"]),
+            Route("/sandbox/reset", self.reset, methods=["POST"]),
+            Route("/sandbox/faults", self.get_faults, methods=["GET"]),
+            Route("/sandbox/faults", self.set_faults, methods=["POST"]),
+            Route("/sandbox/health", self.health, methods=["GET"]),
+        ]
+
+
+def create_app(config: SandboxConfig | None = None) -> ASGIApp:
+    """The sandbox as an ASGI app; its state lives from lifespan startup to shutdown."""
+    sandbox = SandboxApp(config or SandboxConfig())
+    app = Starlette(
+        routes=sandbox.routes(),
+        lifespan=sandbox.lifespan,
+        exception_handlers={HTTPException: sandbox.http_error, Exception: sandbox.http_error},
+    )
+    return RequestIds(app)

@@ -1,0 +1,128 @@
+"""Fault injection: which failure a request gets, from a script first and then a seeded draw.
+
+Scripted rules make tests deterministic; the seeded random draw makes soak runs reproducible.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, Field, model_validator
+
+Route = Literal["submit", "poll", "download", "logs"]
+FaultKind = Literal[
+    "rate_limit",
+    "server_error_500",
+    "server_error_502",
+    "server_error_503",
+    "drop_connection",
+    "slow_response",
+    "truncated_download",
+    "generation_error",
+    "unknown_status",
+    "extra_fields",
+]
+ALL_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
+# Answered instead of the real response; on submit this happens before acceptance (no charge).
+REJECTING_KINDS: dict[FaultKind, int] = {
+    "rate_limit": 429,
+    "server_error_500": 500,
+    "server_error_502": 502,
+    "server_error_503": 503,
+}
+_HTTP_FAULTS = (*REJECTING_KINDS, "drop_connection", "slow_response")
+ROUTE_KINDS: dict[Route, frozenset[FaultKind]] = {
+    "submit": frozenset((*_HTTP_FAULTS, "generation_error", "unknown_status", "extra_fields")),
+    "poll": frozenset((*_HTTP_FAULTS, "unknown_status", "extra_fields")),
+    "download": frozenset(
+        (
+            "server_error_500",
+            "server_error_502",
+            "server_error_503",
+            "drop_connection",
+            "slow_response",
+            "truncated_download",
+        )
+    ),
+    "logs": frozenset((*_HTTP_FAULTS, "extra_fields")),
+}
+UNKNOWN_STATUS_WORDS = ("processing", "waiting", "active", "in_progress")
+
+
+class FaultRule(BaseModel):
+    """Inject ``kind`` into the next ``times`` requests of ``route``."""
+
+    route: Route
+    kind: FaultKind
+    times: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _kind_fits_route(self) -> FaultRule:
+        if self.kind not in ROUTE_KINDS[self.route]:
+            raise ValueError(
+                f"{self.kind} does not apply to route {self.route}; allowed: {sorted(ROUTE_KINDS[self.route])}"
+            )
+        return self
+
+
+class FaultConfig(BaseModel):
+    """Fault settings; replaceable at runtime through ``POST /sandbox/faults``."""
+
+    seed: int = 0
+    rate: float = Field(0.0, ge=0, le=1, description="probability that an eligible request gets a random fault")
+    kinds: list[FaultKind] = Field(default_factory=lambda: list(ALL_KINDS))
+    retry_after_seconds: float = Field(1.0, ge=0)
+    slow_seconds: float = Field(30.0, ge=0)
+    unknown_status_seconds: float = Field(2.0, ge=0)
+    script: list[FaultRule] = Field(default_factory=list)
+
+
+class FaultInjector:
+    """Per-request fault decisions. Not thread-safe: used from the server's event loop only."""
+
+    def __init__(self, config: FaultConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.remaining = [rule.times for rule in config.script]
+
+    def draw(self, route: Route) -> FaultKind | None:
+        """The first unused scripted rule for ``route``, else a seeded draw at ``rate``."""
+        for index, rule in enumerate(self.config.script):
+            if rule.route == route and self.remaining[index]:
+                self.remaining[index] -= 1
+                return rule.kind
+        eligible = [kind for kind in self.config.kinds if kind in ROUTE_KINDS[route]]
+        if eligible and self.rng.random() < self.config.rate:
+            return self.rng.choice(eligible)
+        return None
+
+    def generation_error(self) -> dict[str, Any]:
+        """One of the two shapes the provider uses for an asynchronous failure, chosen by the seeded RNG."""
+        if self.rng.random() < 0.5:
+            return {
+                "name": "GenerationError",
+                "message": "Injected by the sandbox: the model failed to generate this video.",
+            }
+        return {
+            "detail": [
+                {
+                    "loc": ["body", "video_url"],
+                    "msg": "Injected by the sandbox: the input video was rejected by the model.",
+                    "type": "value_error",
+                    "input": None,
+                }
+            ]
+        }
+
+    def unknown_status_word(self) -> str:
+        return self.rng.choice(UNKNOWN_STATUS_WORDS)
+
+
+def add_extra_fields(value: Any) -> Any:
+    """Copy of a JSON body with an unknown field added to every object, as a future API version might."""
+    if isinstance(value, dict):
+        return {**{key: add_extra_fields(item) for key, item in value.items()}, "x_sandbox_extra": {"injected": True}}
+    if isinstance(value, list):
+        return [add_extra_fields(item) for item in value]
+    return value
