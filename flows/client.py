@@ -8,6 +8,7 @@ Downloads use a second HTTP client without the API key, since result URLs point 
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import ipaddress
@@ -41,7 +42,7 @@ GENERATIONS_PATH = "/v2/video/generations"
 LOGS_PATH = "/v2/logs"
 DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
 MAX_REDIRECTS = 5
-_CHUNK = 1024 * 1024
+_FLUSH_BYTES = 8 * 1024 * 1024
 
 
 def is_loopback(host: str | None) -> bool:
@@ -159,6 +160,51 @@ def _log_rows(body: Any) -> list[Any] | None:
     if isinstance(body, dict):
         return next((body[k] for k in ("data", "items", "logs", "rows") if isinstance(body.get(k), list)), None)
     return None
+
+
+class _HashingWriter:
+    """Hashes and writes a download in a worker thread while the event loop keeps reading.
+
+    Double-buffered: up to `_FLUSH_BYTES` accumulate while the previous batch is hashed and
+    written (hashlib and file writes release the GIL), so neither the loop nor the network
+    waits on the disk, and fsync happens off the loop.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._handle = open(path, "wb")
+        self._digest = hashlib.sha256()
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._pending: asyncio.Future[None] | None = None
+
+    def _flush(self, chunks: list[bytes]) -> None:
+        block = b"".join(chunks)  # one large update/write: each releases the GIL for its whole length
+        self._digest.update(block)
+        self._handle.write(block)
+
+    async def _drain(self) -> None:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+
+    async def add(self, chunk: bytes) -> None:
+        self._buffer.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered >= _FLUSH_BYTES:
+            await self._drain()
+            chunks, self._buffer, self._buffered = self._buffer, [], 0
+            self._pending = asyncio.ensure_future(asyncio.to_thread(self._flush, chunks))
+
+    async def finish(self) -> str:
+        await self._drain()
+        chunks, self._buffer = self._buffer, []
+        await asyncio.to_thread(self._flush, chunks)
+        await asyncio.to_thread(lambda: (self._handle.flush(), os.fsync(self._handle.fileno())))
+        return self._digest.hexdigest()
+
+    async def close(self) -> None:
+        await asyncio.gather(self._pending, return_exceptions=True) if self._pending else None
+        self._handle.close()
 
 
 class AimlApiClient:
@@ -317,27 +363,27 @@ class AimlApiClient:
         expected = int(declared) if declared and declared.isdigit() else None
         if expected is not None and expected > limit:
             raise DownloadError(f"{shown} is {expected} bytes, above the {limit}-byte download limit.")
-        digest = hashlib.sha256()
+        sink = _HashingWriter(partial)
         size = 0
         head = b""
-        with open(partial, "wb") as handle:
-            async for chunk in response.aiter_raw(_CHUNK):
+        try:
+            async for chunk in response.aiter_raw():
                 size += len(chunk)
                 if size > limit:
                     raise DownloadError(f"{shown} exceeded the {limit}-byte download limit.")
                 if len(head) < 12:
                     head += chunk[: 12 - len(head)]
-                digest.update(chunk)
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
+                await sink.add(chunk)
+            digest = await sink.finish()
+        finally:
+            await sink.close()
         if expected is not None and size != expected:
             raise DownloadError(f"Download of {shown} was truncated: got {size} of {expected} bytes.")
         if head[4:8] != b"ftyp":
             raise DownloadError(f"{shown} is not an MP4 file (no 'ftyp' box at the start).")
         return DownloadedFile(
             path=partial,
-            sha256=digest.hexdigest(),
+            sha256=digest,
             size_bytes=size,
             content_type=response.headers.get("content-type"),
         )
