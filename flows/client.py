@@ -292,6 +292,20 @@ class AimlApiClient:
         raise_for_answer(response, action)
         return self._answer(response)
 
+    async def check_access(self) -> None:
+        """A free request that proves the API is reachable and the key accepted, before any paid call.
+
+        It asks for a generation id that cannot exist: any answer but 401/403 (or a network error)
+        means the base URL answers and the key is good.
+        """
+        action = f"Checking access to {self.base_url}"
+        try:
+            response = await self._api.get(GENERATIONS_PATH, params={"generation_id": "access-check"})
+        except httpx.TransportError as exc:
+            raise TransientApiError(f"{action}: cannot connect ({type(exc).__name__}).") from None
+        if response.status_code in (401, 403):
+            raise_for_answer(response, action)
+
     async def find_submission(
         self, client_request_id: str, *, page_size: int = 100, max_pages: int = 20
     ) -> UsageLogRow | None:

@@ -6,6 +6,7 @@ output destination, the credentials block) runs before the first and only paid c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from blocks import AimlApiCredentials
 from flows.artifacts import publish_output_link, publish_summary
-from flows.errors import AimlApiError, GenerationFailedError, InvalidInputError
+from flows.errors import AimlApiError, GenerationFailedError, InvalidInputError, TransientApiError
 from flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, inspect_video
 from flows.models import GenerationParams, Timing, VideoToVideoResult, from_text
 from flows.outputs import OutputTarget, resolve_output, template_fields, write_sidecar
@@ -77,6 +78,21 @@ def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
     if unknown:
         raise InvalidInputError(f"overrides has unknown keys {unknown}; allowed: {', '.join(OVERRIDABLE)}.")
     return from_text(overrides)
+
+
+async def check_access(credentials: AimlApiCredentials, attempts: int = 3) -> None:
+    """Fail fast, before anything is spent, if the API cannot be reached or refuses the key."""
+    async with credentials.get_client() as client:
+        for attempt in range(attempts):
+            try:
+                return await client.check_access()
+            except TransientApiError as exc:
+                if attempt + 1 == attempts:
+                    raise InvalidInputError(
+                        f"{exc} Check base_url ({credentials.base_url}) in your AimlApiCredentials block "
+                        "and your network; nothing was sent or spent."
+                    ) from None
+                await asyncio.sleep(0.5 * 2**attempt)
 
 
 def validate_params(**values: Any) -> GenerationParams:
@@ -154,6 +170,7 @@ async def video_to_video(
     chosen = dict(prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion)
     params = validate_params(**{**chosen, **parse_overrides(overrides)})
     creds = await load_credentials(credentials)
+    await check_access(creds)
     source = await inspect_video(
         video, aws_credentials=aws_credentials, stage_to=stage_to, presign_seconds=presign_expiry_seconds
     )

@@ -79,9 +79,18 @@ async def test_wrong_key_fails_at_once_without_retries(prefect_server, sandbox, 
     assert time.monotonic() - started < 5
     assert sandbox.ledger() == []
     flow_run_id = await _latest_flow_run_id()
-    runs = await prefect_api.task_runs(flow_run_id, names=("submit-generation",))
-    assert runs["submit-generation"].run_count == 1
     assert "rejected the API key" in (await prefect_api.flow_run(flow_run_id)).state.message
+    assert await prefect_api.task_runs(flow_run_id) == {}  # refused by the access check, before any task
+
+
+async def test_unreachable_base_url_fails_fast_before_any_task(prefect_server, sandbox, clips):
+    from deployments.local_services import free_port
+
+    creds = AimlApiCredentials(api_key="k", base_url=f"http://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(InvalidInputError, match="cannot connect.*Check base_url"):
+        await video_to_video(video=str(clips["small"]), prompt="x", credentials=creds)
+    assert time.monotonic() - started < 10
 
 
 async def _latest_flow_run_id() -> str:
