@@ -1,0 +1,197 @@
+"""Deployments end to end: S3 upload -> SQS -> bridge -> Prefect event -> trigger -> served flow run.
+
+Everything real: a Prefect server, moto's server (S3 notifications to SQS), the sandbox, the
+deployments of deployments/prefect.yaml served by `python -m deployments.serve` in a subprocess,
+and the bridge. The tests never call the flow directly: runs start through the trigger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+
+from blocks import AimlApiCredentials
+from flows.folder import video_to_video_folder
+from tests.support import prefect_api
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def credentials(sandbox) -> AimlApiCredentials:
+    return AimlApiCredentials(api_key=sandbox.api_key, base_url=sandbox.base_url)
+
+
+def _subprocess_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PYTHONPATH": str(ROOT), **extra}
+
+
+@pytest.fixture
+def watched_bucket(s3):
+    """A bucket whose ObjectCreated notifications go to an SQS queue (moto delivers them)."""
+    import boto3
+
+    sqs = boto3.client("sqs")
+    queue_url = sqs.create_queue(QueueName=f"uploads-{time.monotonic_ns()}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.create_bucket(Bucket="watched")
+    s3.put_bucket_notification_configuration(
+        Bucket="watched",
+        NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+    )
+    yield queue_url
+    sqs.delete_queue(QueueUrl=queue_url)
+
+
+def _start(args: list[str], log: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, env=_subprocess_env(**env), stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def _stop(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
+
+
+async def _runs_of(deployment_name: str) -> list:
+    async with get_client() as client:
+        deployments = await client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name]))
+        )
+        if not deployments:
+            return []
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id={"any_": [deployments[0].id]})
+        )
+
+
+async def _wait_for_runs(name: str, count: int, *, final: bool, timeout: float = 90) -> list:
+    return await prefect_api.eventually(
+        lambda: _runs_of(name),
+        lambda runs: len(runs) >= count and (not final or all(r.state and r.state.is_final() for r in runs)),
+        timeout=timeout,
+    )
+
+
+async def test_upload_starts_one_flow_run_through_the_trigger(prefect_server, sandbox, s3, watched_bucket, clips,
+                                                              tmp_path):
+    await credentials(sandbox).asave("aimlapi", overwrite=True)
+    serve = _start(["-m", "deployments.serve", "--only", "on-s3-upload"], tmp_path / "serve.log",
+                   AIMLAPI_BUCKET="watched")
+    bridge = _start(["-m", "deployments.bridge", "--queue-url", watched_bucket, "--prefix", "incoming/",
+                     "--exclude-prefix", "outputs/", "--state-file", str(tmp_path / "seen.sqlite")],
+                    tmp_path / "bridge.log")
+    try:
+        await prefect_api.eventually(lambda: _runs_of("on-s3-upload"), lambda _: True, timeout=1)
+        await _deployment_ready("on-s3-upload")
+        s3.upload_file(str(clips["small"]), "watched", "incoming/clip one.mp4",
+                       ExtraArgs={"Metadata": {"aimlapi-prompt": "stained glass", "aimlapi-seed": "21"}})
+        (run,) = await _wait_for_runs("on-s3-upload", 1, final=True)
+        assert run.state.is_completed(), run.state.message
+        assert run.parameters["video"] == "s3://watched/incoming/clip one.mp4"
+
+        (entry,) = sandbox.ledger()
+        assert (entry.prompt, entry.seed) == ("stained glass", 21)  # per-object overrides from metadata
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="watched", Prefix="outputs/")["Contents"])
+        assert len(keys) == 2 and keys[0].endswith(".mp4") and keys[1] == keys[0] + ".json"
+        video = s3.get_object(Bucket="watched", Key=keys[0])
+        assert video["Metadata"]["sha256"] == entry.output_sha256
+        sidecar = json.loads(s3.get_object(Bucket="watched", Key=keys[1])["Body"].read())
+        assert sidecar["generation_id"] == entry.generation_id
+        artifacts = await prefect_api.artifacts(run.id, expect=3)
+        assert any(a.type == "markdown" and f"s3://watched/{keys[0]}" in a.data for a in artifacts)
+
+        # Same bytes again, and a multipart upload (moto sends two events for it): one new run only.
+        s3.upload_file(str(clips["small"]), "watched", "incoming/clip one.mp4")
+        from boto3.s3.transfer import TransferConfig
+
+        s3.upload_file(str(clips["odd"]), "watched", "incoming/multipart.mp4",
+                       Config=TransferConfig(multipart_threshold=1, multipart_chunksize=5 * 1024 * 1024))
+        runs = await _wait_for_runs("on-s3-upload", 2, final=True)
+        await asyncio.sleep(5)  # time for any duplicate (or an output's event) to start a run
+        runs = await _runs_of("on-s3-upload")
+        assert sorted(r.parameters["video"] for r in runs) == [
+            "s3://watched/incoming/clip one.mp4", "s3://watched/incoming/multipart.mp4"]
+        assert all(r.state.is_completed() for r in runs)
+        assert len(sandbox.ledger()) == 2
+    finally:
+        assert _stop(bridge) == 0, (tmp_path / "bridge.log").read_text()[-2000:]
+        _stop(serve)
+
+
+async def _deployment_ready(name: str, timeout: float = 60) -> None:
+    async def read() -> list:
+        async with get_client() as client:
+            return await client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
+
+    found = await prefect_api.eventually(read, bool, timeout=timeout)
+    assert found, f"deployment {name} was not created by serve"
+    await asyncio.sleep(2)  # the trigger's automation is created right after the deployment
+
+
+async def test_scheduled_sweep_does_no_paid_work_twice(prefect_server, sandbox, s3, clips):
+    s3.create_bucket(Bucket="library")
+    for name in ("a.mp4", "b.mp4", "nested/c.mov"):
+        s3.upload_file(str(clips["small"]), "library", f"incoming/{name}")
+    s3.put_object(Bucket="library", Key="incoming/notes.json", Body=b"{}")
+    arguments = dict(source="s3://library/", output_prefix="s3://library/outputs/", prompt="linocut",
+                     credentials=credentials(sandbox), concurrency_limit=None)
+
+    first = await video_to_video_folder(**arguments)
+    assert sorted(r.status for r in first) == ["completed"] * 3
+    assert len(sandbox.ledger()) == 3
+    outputs = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="library", Prefix="outputs/")["Contents"])
+    assert outputs == ["outputs/a.mp4", "outputs/a.mp4.json", "outputs/b.mp4", "outputs/b.mp4.json",
+                       "outputs/c.mp4", "outputs/c.mp4.json"]
+
+    second = await video_to_video_folder(**arguments)  # the outputs now sit inside the swept bucket
+    assert sorted(r.status for r in second) == ["skipped"] * 3
+    assert len(sandbox.ledger()) == 3
+    parent = await _latest_run("aimlapi-video-to-video-folder")
+    table = next(a for a in await prefect_api.artifacts(parent.id) if a.type == "table")
+    assert "0 restyled, 3 skipped" in table.description
+
+
+async def _latest_run(flow_name: str):
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        (run,) = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])), sort=FlowRunSort.START_TIME_DESC, limit=1
+        )
+    return run
+
+
+async def test_prefect_deploy_all_creates_both_deployments(prefect_server, tmp_path):
+    env = _subprocess_env(AIMLAPI_BUCKET="media-bucket")
+    subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "aimlapi", "--type", "process",
+                    "--overwrite"], cwd=ROOT, env=env, check=True, capture_output=True)
+    deploy = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    async with get_client() as client:
+        upload = await client.read_deployment_by_name("aimlapi-video-to-video/on-s3-upload")
+        sweep = await client.read_deployment_by_name("aimlapi-video-to-video-folder/nightly-sweep")
+        automations = await client.read_automations_by_name("on-s3-upload__automation_1")
+    assert upload.work_pool_name == "aimlapi" and upload.parameters["output"].startswith("s3://media-bucket/outputs/")
+    assert sweep.schedules and sweep.schedules[0].schedule.cron == "0 2 * * *"
+    assert automations and automations[0].trigger.match.model_dump()["prefect.resource.id"] == "s3://media-bucket/incoming/*"
