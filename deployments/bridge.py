@@ -35,10 +35,11 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.events import Event
+
+from flows.inputs import VIDEO_SUFFIXES
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EVENT_NAME = "aimlapi.s3.object.created"
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
 METADATA_OVERRIDES = {  # user metadata (x-amz-meta-*) -> flow parameter; the flow validates the values
     "aimlapi-prompt": "prompt",
     "aimlapi-strength": "strength",

@@ -25,14 +25,13 @@ from flows.batch import (
     run_items,
 )
 from flows.errors import InvalidInputError
-from flows.inputs import file_stem
+from flows.inputs import VIDEO_SUFFIXES, file_stem
 from flows.outputs import TEMPLATE_FIELDS
 from flows.polling import PollPolicy
 from flows.storage import list_objects, object_exists
 from flows.tasks import DEFAULT_TIMEOUT_SECONDS
 from flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
 # Fields that change from run to run cannot name an output we look for on the next run.
 _UNSTABLE_FIELDS = ("generation", "flow_run", "date")
 

@@ -30,6 +30,7 @@ from flows.redact import safe_url
 # Base64 adds a third, so 20 MiB of video is about 27 MiB of request. Larger local files must be
 # staged to S3 (see `flows.storage`).
 MAX_DATA_URI_BYTES = 20 * 1024 * 1024
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
 # A queued job may wait before the API fetches its input, so presigned input URLs live for hours.
 DEFAULT_PRESIGN_SECONDS = 3 * 3600
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,")
