@@ -114,6 +114,9 @@ def cmd_save_key(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # A temporary Prefect server (no PREFECT_API_URL) would otherwise try to phone home, and log an
+    # error on machines without internet. An explicit setting wins.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if argv and argv[0] == "sandbox":
         from sandbox import main as sandbox_main
 
