@@ -29,15 +29,7 @@ async def _children(parent_id: str) -> list:
 
 
 async def _latest_batch_run() -> object:
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    async with get_client() as client:
-        (run,) = await client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["aimlapi-video-to-video-batch"])),
-            sort=FlowRunSort.START_TIME_DESC, limit=1,
-        )
-    return run
+    return await prefect_api.latest_flow_run("aimlapi-video-to-video-batch")
 
 
 async def test_batch_of_ten_with_two_failures(prefect_server, sandbox, clips, tmp_path):

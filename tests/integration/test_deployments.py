@@ -163,20 +163,9 @@ async def test_scheduled_sweep_does_no_paid_work_twice(prefect_server, sandbox, 
     second = await video_to_video_folder(**arguments)  # the outputs now sit inside the swept bucket
     assert sorted(r.status for r in second) == ["skipped"] * 3
     assert len(sandbox.ledger()) == 3
-    parent = await _latest_run("aimlapi-video-to-video-folder")
+    parent = await prefect_api.latest_flow_run("aimlapi-video-to-video-folder")
     table = next(a for a in await prefect_api.artifacts(parent.id) if a.type == "table")
     assert "0 restyled, 3 skipped" in table.description
-
-
-async def _latest_run(flow_name: str):
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    async with get_client() as client:
-        (run,) = await client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])), sort=FlowRunSort.START_TIME_DESC, limit=1
-        )
-    return run
 
 
 async def test_prefect_deploy_all_creates_both_deployments(prefect_server, tmp_path):
@@ -192,6 +181,10 @@ async def test_prefect_deploy_all_creates_both_deployments(prefect_server, tmp_p
         upload = await client.read_deployment_by_name("aimlapi-video-to-video/on-s3-upload")
         sweep = await client.read_deployment_by_name("aimlapi-video-to-video-folder/nightly-sweep")
         automations = await client.read_automations_by_name("on-s3-upload__automation_1")
+        for deployment in (upload, sweep):  # leave no schedule or trigger behind for later tests
+            await client.delete_deployment(deployment.id)
+        for automation in automations:
+            await client.delete_automation(automation.id)
     assert upload.work_pool_name == "aimlapi" and upload.parameters["output"].startswith("s3://media-bucket/outputs/")
     assert sweep.schedules and sweep.schedules[0].schedule.cron == "0 2 * * *"
     assert automations and automations[0].trigger.match.model_dump()["prefect.resource.id"] == "s3://media-bucket/incoming/*"

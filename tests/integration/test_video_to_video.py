@@ -94,12 +94,7 @@ async def test_unreachable_base_url_fails_fast_before_any_task(prefect_server, s
 
 
 async def _latest_flow_run_id() -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    async with get_client() as client:
-        runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
-    return str(runs[0].id)
+    return str((await prefect_api.latest_flow_run("aimlapi-video-to-video")).id)
 
 
 def _data_uri(content: bytes, mime: str = "video/mp4") -> str:

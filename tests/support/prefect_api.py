@@ -86,3 +86,18 @@ async def everything_recorded(flow_run_id: str | UUID) -> str:
     parts += [record.message for record in await logs(flow_run_id)]
     parts += [json.dumps(a.data, default=str) + (a.description or "") for a in await artifacts(flow_run_id)]
     return "\n".join(parts)
+
+
+async def latest_flow_run(flow_name: str) -> Any:
+    """The most recently started run of a flow (scheduled, not-yet-started runs are ignored)."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilterStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        (run,) = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+    return run
