@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 KEY_ENV_VARS = ("AIMLAPI_API_KEY", "AIML_API_KEY")
 
@@ -20,10 +20,30 @@ def _key_from_env() -> str | None:
     return next((os.environ[name] for name in KEY_ENV_VARS if os.environ.get(name)), None)
 
 
+def _flush_prefect() -> None:
+    """Let Prefect ship its queued events and logs now, so its exit-time warnings come before our
+    last line rather than after it."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (EventsWorker, APILogWorker):
+        worker.drain_all(timeout=5)
+
+
 def _fail(message: str, code: int) -> int:
+    _flush_prefect()
     first_line = " ".join(str(message).split())
-    print(f"error: {first_line}", file=sys.stderr)
+    print(f"error: {first_line}", file=sys.stderr, flush=True)
     return code
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """Argument errors end like every other failure: one `error: ...` line, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SystemExit(_fail(f"{message} (see {self.prog} --help)", 2))
 
 
 def _run_parser(sub: Any) -> None:
@@ -83,7 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return _fail("interrupted; re-running the same flow run resumes without a new charge.", 130)
-    print(one_line_summary(result))
+    _flush_prefect()
+    print(one_line_summary(result), flush=True)
     return 0
 
 
@@ -129,8 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from deployments.serve import main as serve_main
 
         return serve_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="aimlapi-video", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineErrors(prog="aimlapi-video", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors)
     _run_parser(sub)
     sub.add_parser("sandbox", help="Serve the local stand-in of the AI/ML API (see --help).")
     sub.add_parser("s3-events", help="Bridge S3 notifications on an SQS queue to Prefect events (see --help).")

@@ -42,6 +42,7 @@ GENERATIONS_PATH = "/v2/video/generations"
 LOGS_PATH = "/v2/logs"
 DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
 MAX_REDIRECTS = 5
+LOG_RETRY_BASE_SECONDS = 0.5  # backoff of usage-log reads: 0.5, 1, 2 s
 _FLUSH_BYTES = 8 * 1024 * 1024
 
 
@@ -307,10 +308,13 @@ class AimlApiClient:
             raise_for_answer(response, action)
 
     async def find_submission(
-        self, client_request_id: str, *, page_size: int = 100, max_pages: int = 20
+        self, client_request_id: str, *, page_size: int = 100, max_pages: int = 20, attempts: int = 4
     ) -> UsageLogRow | None:
-        """Look up the usage log for a POST we sent with this client request id (newest first)."""
-        action = f"Reading the usage log for client request id {client_request_id}"
+        """Look up the usage log for a POST we sent with this client request id (newest first).
+
+        Reading the log is free and changes nothing, so transient failures (network, 429, 5xx)
+        are retried here with backoff before giving up with `ReconciliationUnavailable`.
+        """
         for page in range(max_pages):
             params = {
                 "model": MODEL,
@@ -318,17 +322,7 @@ class AimlApiClient:
                 "offset": page * page_size,
                 "limit": page_size,
             }
-            try:
-                response = await self._api.get(LOGS_PATH, params=params)
-                raise_for_answer(response, action)
-                body = response.json()
-            except (httpx.TransportError, AimlApiError, ValueError) as exc:
-                raise ReconciliationUnavailable(
-                    f"{action} failed ({redact(str(exc)) or type(exc).__name__})."
-                ) from None
-            rows = _log_rows(body)
-            if rows is None:
-                raise ReconciliationUnavailable(f"{action}: the answer has no list of rows we recognise.")
+            rows = await self._log_page(client_request_id, params, attempts)
             for raw in rows:
                 row = UsageLogRow.model_validate(raw) if isinstance(raw, dict) else None
                 if row and row.client_request_id == client_request_id and row.resolved_generation_id:
@@ -336,6 +330,28 @@ class AimlApiClient:
             if len(rows) < page_size:
                 return None
         return None
+
+    async def _log_page(self, client_request_id: str, params: dict[str, Any], attempts: int) -> list[Any]:
+        action = f"Reading the usage log for client request id {client_request_id}"
+        for attempt in range(attempts):
+            try:
+                response = await self._api.get(LOGS_PATH, params=params)
+                raise_for_answer(response, action)
+                rows = _log_rows(response.json())
+            except (httpx.TransportError, RateLimitedError, TransientApiError) as exc:
+                cause = f"{type(exc).__name__}" + (f" {exc.status_code}" if isinstance(exc, AimlApiError) else "")
+                if attempt + 1 == attempts:
+                    raise ReconciliationUnavailable(f"{action} failed {attempts} times (last: {cause}).") from None
+                retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+                await asyncio.sleep(retry_after or LOG_RETRY_BASE_SECONDS * 2**attempt)
+                continue
+            except (AimlApiError, ValueError) as exc:
+                status = f" {exc.status_code}" if isinstance(exc, AimlApiError) else ""
+                raise ReconciliationUnavailable(f"{action} failed ({type(exc).__name__}{status}).") from None
+            if rows is None:
+                raise ReconciliationUnavailable(f"{action}: the answer has no list of rows we recognise.")
+            return rows
+        raise AssertionError("unreachable")
 
     async def download(self, url: str, destination: Path, *, max_bytes: int | None = None) -> DownloadedFile:
         """Stream `url` to `destination` atomically, verifying length, size cap and MP4 signature."""

@@ -79,7 +79,12 @@ class SubmissionOutcomeUnknown(AimlApiError):
 
 
 class ReconciliationUnavailable(AimlApiError):
-    """The usage log could not be read, so an ambiguous POST cannot be resolved safely."""
+    """The usage log could not be read, so an ambiguous POST cannot be resolved safely.
+
+    Retryable: a retry only reads the log again (nothing is sent until the log has answered).
+    """
+
+    retryable = True
 
 
 class GenerationFailedError(AimlApiError):

@@ -26,10 +26,13 @@ from flows.models import VideoInfo
 from flows.probe import probe_video
 from flows.redact import safe_url
 
-# A data URI travels inside the JSON body; keep bodies well below what an API gateway accepts.
-# Base64 adds a third, so 20 MiB of video is about 27 MiB of request. Larger local files must be
-# staged to S3 (see `flows.storage`).
-MAX_DATA_URI_BYTES = 20 * 1024 * 1024
+# A local file is sent inline: read and base64-encoded inside the submit task, it travels in the
+# POST body. Keep bodies well below what an API gateway accepts: 20 MiB of video is about 27 MiB
+# of request. Larger files go through S3 (`stage_to`, or pass s3://bucket/key).
+MAX_INLINE_FILE_BYTES = 20 * 1024 * 1024
+# A data URI given as the `video` parameter is stored with the flow run, and Prefect's API refuses
+# parameters above 512 KB; 256 KiB of video (~342 KB of base64) leaves room for the rest.
+MAX_DATA_URI_BYTES = 256 * 1024
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
 # A queued job may wait before the API fetches its input, so presigned input URLs live for hours.
 DEFAULT_PRESIGN_SECONDS = 3 * 3600
@@ -71,8 +74,8 @@ def _decode_data_uri(video: str, max_bytes: int) -> bytes:
     size = len(payload) * 3 // 4 - len(payload) + len(payload.rstrip("="))
     if size > max_bytes:
         raise InvalidInputError(
-            f"video data URI holds about {size} bytes, above the {max_bytes}-byte cap "
-            "for inline videos; upload it to S3 and pass s3://bucket/key instead."
+            f"video data URI holds about {size} bytes, above the {max_bytes}-byte cap for a data URI "
+            "parameter (Prefect stores parameters with the flow run); pass a local path or s3://bucket/key."
         )
     try:
         return base64.b64decode(payload, validate=True)
@@ -105,6 +108,7 @@ async def inspect_video(
     stage_to: str | None = None,
     presign_seconds: int = DEFAULT_PRESIGN_SECONDS,
     max_data_uri_bytes: int | None = None,
+    max_inline_file_bytes: int | None = None,
     check_url: bool = True,
 ) -> VideoInput:
     """Validate a video argument without spending anything; raise `InvalidInputError` if unusable.
@@ -112,7 +116,7 @@ async def inspect_video(
     `aws_credentials` names an `AwsCredentials` block for s3:// inputs (default AWS chain if None);
     `stage_to` names an `S3Bucket` block through which local files above the data-URI cap are sent;
     `presign_seconds` is how long the presigned URL the API fetches stays valid;
-    `max_data_uri_bytes` defaults to `MAX_DATA_URI_BYTES`.
+    the caps default to `MAX_DATA_URI_BYTES` and `MAX_INLINE_FILE_BYTES`.
     """
     max_data_uri_bytes = max_data_uri_bytes or MAX_DATA_URI_BYTES
     if not isinstance(video, str) or not video.strip():
@@ -147,7 +151,7 @@ async def inspect_video(
             f"video URL scheme {parts.scheme!r} is not supported; use https://, a data URI, a local path "
             "or s3://bucket/key."
         )
-    source = await _inspect_local(Path(video).expanduser(), max_data_uri_bytes, stage_to)
+    source = await _inspect_local(Path(video).expanduser(), max_inline_file_bytes or MAX_INLINE_FILE_BYTES, stage_to)
     return source.model_copy(update={"presign_seconds": presign_seconds})
 
 

@@ -3,13 +3,15 @@
 Paths (issue: "Exactly-once submission" and "Resume"): a task retry (of the wait, and of the submit
 after a POST timeout), a flow retry, a worker killed with SIGKILL then the same flow run re-run, a
 duplicate trigger (sequential and concurrent), and an accepted POST whose answer was dropped,
-reconciled through GET /v2/logs. Plus the two edges of reconciliation: an empty log (resend only
-after the grace period, same client request id) and an unreadable log (fail, naming the risk).
+reconciled through GET /v2/logs. Plus the edges of reconciliation: an empty log (resend only after
+the grace period, same client request id), an unreadable log (fail, naming the risk), and a single
+transient error while reading the log (to be survived, like any other transient fault).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -268,11 +270,11 @@ async def test_sigkill_while_waiting_then_rerun_resumes(prefect_server, clips, t
     env = subprocess_env(PREFECT_API_URL=prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
     output = tmp_path / "resumed.mp4"
     workers: list[subprocess.Popen] = []
+    deployment = f"aimlapi-video-to-video/{name}"
     with run_sandbox(SandboxConfig(processing_seconds=8, workers=2)) as remote:
         await fast_credentials(remote, timeout_seconds=10).asave(name, overwrite=True)
         try:
             workers.append(_start_worker(script, name, log, env))
-            deployment = f"aimlapi-video-to-video/{name}"
 
             async def deployed() -> bool:
                 async with get_client() as client:
@@ -316,6 +318,9 @@ async def test_sigkill_while_waiting_then_rerun_resumes(prefect_server, clips, t
             for worker in workers:
                 if worker.poll() is None:
                     _kill_group(worker)
+            async with get_client() as client:  # leave no deployment behind
+                with contextlib.suppress(Exception):
+                    await client.delete_deployment((await client.read_deployment_by_name(deployment)).id)
 
         ledger = remote.ledger()
         assert len(ledger) == 1, [(e.generation_id, e.client_request_id) for e in ledger]

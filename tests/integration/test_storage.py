@@ -87,7 +87,7 @@ async def test_local_file_above_inline_cap_is_staged_through_s3(prefect_server, 
     s3.create_bucket(Bucket="staging")
     aws = AwsCredentials(aws_client_parameters=AwsClientParameters(endpoint_url=moto_server))
     await S3Bucket(bucket_name="staging", credentials=aws).asave("staging-it", overwrite=True)
-    monkeypatch.setattr(flows.inputs, "MAX_DATA_URI_BYTES", 1024)  # the clip is ~10 kB
+    monkeypatch.setattr(flows.inputs, "MAX_INLINE_FILE_BYTES", 1024)  # the clip is ~10 kB
 
     with pytest.raises(InvalidInputError, match="stage_to"):
         await video_to_video(video=str(clips["small"]), prompt="x", credentials=credentials(sandbox))

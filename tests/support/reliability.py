@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -149,7 +148,7 @@ async def read_all_events(since: datetime, until: datetime) -> list[Any]:
     events: list[Any] = []
     async with get_client() as client:
         page = await client.read_events(
-            filter=EventFilter(occurred=EventOccurredFilter(since=since, until=until)), limit=200
+            filter=EventFilter(occurred=EventOccurredFilter(since=since, until=until)), limit=50
         )
         events += page.events
         while page.next_page:

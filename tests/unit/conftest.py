@@ -44,3 +44,11 @@ def clip_path(tmp_path: Path, clip_bytes: bytes) -> Path:
     path = tmp_path / "input clip.mp4"
     path.write_bytes(clip_bytes)
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_usage_log_backoff(monkeypatch):
+    """Usage-log reads back off between attempts; unit tests need not wait for it."""
+    import flows.client
+
+    monkeypatch.setattr(flows.client, "LOG_RETRY_BASE_SECONDS", 0.0)

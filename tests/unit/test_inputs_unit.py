@@ -133,8 +133,8 @@ async def test_local_text_file_is_not_a_video(tmp_path):
 
 async def test_local_file_over_cap_and_at_cap(clip_path, clip_bytes):
     with pytest.raises(InvalidInputError, match=f"{len(clip_bytes)} bytes, above the 100-byte cap"):
-        await inspect_video(str(clip_path), max_data_uri_bytes=100)
-    assert (await inspect_video(str(clip_path), max_data_uri_bytes=len(clip_bytes))).kind == "local_file"
+        await inspect_video(str(clip_path), max_inline_file_bytes=100)
+    assert (await inspect_video(str(clip_path), max_inline_file_bytes=len(clip_bytes))).kind == "local_file"
 
 
 @pytest.mark.parametrize("video", ["", "   ", None])

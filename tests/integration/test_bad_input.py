@@ -1,0 +1,219 @@
+"""Bad input: each kind gives a specific error before any charge, through the flow and through the CLI.
+
+Issue: "at least 15 kinds (empty or huge prompt; strength 1.5, NaN, "high"; float seed; missing local
+file; a non-video file; ftp:// or file:// URL; malformed or oversized data URI; missing S3 object;
+unknown credentials block; unreachable base URL; wrong key) give a specific error before any charge,
+and a non-zero exit with a one-line reason from the CLI."
+
+The CLI runs (one `aimlapi-video run` subprocess per case) are started together, once, against a
+sandbox of their own whose ledger must stay empty; each parametrised test then checks its case.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blocks import AimlApiCredentials
+from deployments.local_services import free_port
+from flows.errors import AuthenticationError, InvalidInputError
+from flows.inputs import MAX_DATA_URI_BYTES
+from flows.video_to_video import video_to_video
+from tests.support import prefect_api
+from tests.support.reliability import cli_command, last_line, subprocess_env
+
+pytestmark = pytest.mark.integration
+
+WRONG_KEY = "sk-wrong-0000"
+# A command-line argument holds at most 128 KiB (Linux MAX_ARG_STRLEN), so the CLI's oversized data
+# URI case runs the same CLI with the inline cap lowered to 64 KiB and sends ~96 KiB.
+CLI_INLINE_CAP = 64 * 1024
+CLI_WITH_LOWER_CAP = (
+    "import sys, flows.inputs as inputs; inputs.MAX_DATA_URI_BYTES = %d; "
+    "from deployments.cli import main; sys.exit(main())" % CLI_INLINE_CAP
+)
+
+
+@dataclass
+class Ctx:
+    """Everything the cases refer to; built once per module."""
+
+    tmp: Path
+    clip: Path
+    base_url: str
+    api_key: str
+    dead_url: str
+    bucket: str
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Case:
+    arguments: Any  # Ctx -> overrides of the flow's arguments (credentials as "wrong key" / "dead url")
+    match: str  # the specific reason, as a regex over the error message
+    error: type[Exception] = InvalidInputError
+    cli_match: str | None = None  # when the CLI's reason differs (argument parsing)
+
+
+def _oversized_data_uri(cap: int) -> str:
+    """A base64 data URI whose payload decodes to a little more than `cap` bytes."""
+    return "data:video/mp4;base64," + "A" * (cap // 3 * 4 + 4096)
+
+
+def _data_uri(payload: bytes, mime: str = "video/mp4") -> str:
+    return f"data:{mime};base64,{base64.b64encode(payload).decode()}"
+
+
+CASES: dict[str, Case] = {
+    "empty prompt": Case(lambda c: dict(prompt="   "), r"prompt is empty"),
+    "huge prompt": Case(lambda c: dict(prompt="x" * 5000), r"prompt has 5000 characters; the maximum is 2000"),
+    "strength 1.5": Case(lambda c: dict(strength=1.5), r"strength must be between 0 and 1.*1\.5"),
+    "strength NaN": Case(lambda c: dict(strength=float("nan")), r"strength must be between 0 and 1.*nan"),
+    "strength text": Case(lambda c: dict(strength="high"), r"strength must be a number.*'high'",
+                          cli_match=r"strength.*'high'"),
+    "float seed": Case(lambda c: dict(seed=1.5), r"seed must be a whole number.*1\.5", cli_match=r"seed.*'1\.5'"),
+    "negative seed": Case(lambda c: dict(seed=-3), r"seed must be between 0 and \d+, got -3"),
+    "missing local file": Case(lambda c: dict(video=str(c.tmp / "nowhere" / "clip.mp4")), r"does not exist"),
+    "empty local file": Case(lambda c: dict(video=str(c.files["empty"])), r"is empty"),
+    "non-video file": Case(lambda c: dict(video=str(c.files["text"])), r"not a readable video"),
+    "ftp url": Case(lambda c: dict(video="ftp://example.com/clip.mp4"), r"scheme 'ftp' is not supported"),
+    "file url": Case(lambda c: dict(video=f"file://{c.clip}"), r"scheme 'file' is not supported"),
+    "plain http url": Case(lambda c: dict(video="http://example.com/clip.mp4"), r"must be https"),
+    "malformed data uri": Case(lambda c: dict(video="data:video/mp4"), r"malformed data URI"),
+    "data uri bad base64": Case(lambda c: dict(video="data:video/mp4;base64,@@not*base64@@"),
+                                r"invalid base64 payload"),
+    "data uri not a video": Case(lambda c: dict(video=_data_uri(b"hello world", "text/plain")),
+                                 r"media type 'text/plain'"),
+    "oversized data uri": Case(lambda c: dict(video=_oversized_data_uri(MAX_DATA_URI_BYTES)), r"above the \d+-byte cap"),
+    "missing s3 object": Case(lambda c: dict(video=f"s3://{c.bucket}/missing/clip.mp4"), r"no such object"),
+    "missing s3 bucket": Case(lambda c: dict(video=f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/clip.mp4"),
+                              r"bucket does not exist|no such object \(or bucket\)"),
+    "unknown credentials block": Case(lambda c: dict(credentials="no-such-block-v2v"),
+                                      r"No AimlApiCredentials block named 'no-such-block-v2v'"),
+    "unreachable base url": Case(lambda c: dict(credentials="dead url"), r"cannot connect.*Check base_url"),
+    "wrong key": Case(lambda c: dict(credentials="wrong key"), r"rejected the API key", error=AuthenticationError),
+    "bad output template": Case(lambda c: dict(output=str(c.tmp / "{nope}.mp4")), r"unknown field 'nope'"),
+}
+
+
+def flow_arguments(ctx: Ctx, name: str) -> dict[str, Any]:
+    arguments: dict[str, Any] = dict(video=str(ctx.clip), prompt="watercolor", credentials=None,
+                                     output=str(ctx.tmp / "outputs" / f"{uuid.uuid4().hex}.mp4"))
+    arguments.update(CASES[name].arguments(ctx))
+    credentials = arguments["credentials"]
+    key, base_url = ctx.api_key, ctx.base_url
+    if credentials == "wrong key":
+        key = WRONG_KEY
+    if credentials == "dead url":
+        base_url = ctx.dead_url
+    if credentials in (None, "wrong key", "dead url"):
+        arguments["credentials"] = AimlApiCredentials(api_key=key, base_url=base_url, timeout_seconds=5)
+    return arguments
+
+
+def cli_invocation(ctx: Ctx, name: str) -> tuple[list[str], dict[str, str]]:
+    """`aimlapi-video run ...` for a case (the key in AIMLAPI_API_KEY, as the README says)."""
+    arguments = flow_arguments(ctx, name)
+    credentials = arguments["credentials"]
+    command = cli_command()
+    video = arguments["video"]
+    if name == "oversized data uri":
+        command = [sys.executable, "-c", CLI_WITH_LOWER_CAP]
+        video = _oversized_data_uri(CLI_INLINE_CAP)
+    argv = [*command, "run", video, "--prompt", arguments["prompt"], "--output", arguments["output"]]
+    for option in ("strength", "seed"):
+        if option in arguments:
+            argv += [f"--{option}", str(arguments[option])]
+    env = {"AIMLAPI_API_KEY": ctx.api_key}
+    if isinstance(credentials, str):
+        argv += ["--credentials", credentials]
+    else:
+        argv += ["--base-url", credentials.base_url]
+        env["AIMLAPI_API_KEY"] = credentials.api_key.get_secret_value()
+    return argv, env
+
+
+@pytest.fixture(scope="module")
+def ctx(prefect_server, moto_server, clips, tmp_path_factory, sandbox_server):
+    import boto3
+
+    tmp = tmp_path_factory.mktemp("bad-input")
+    bucket = f"bad-input-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    s3.create_bucket(Bucket=bucket)
+    s3.upload_file(str(clips["small"]), bucket, "present/clip.mp4", ExtraArgs={"ContentType": "video/mp4"})
+    files = {"empty": tmp / "empty.mp4", "text": tmp / "notes.mp4"}
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("this is a shopping list, not a video\n" * 20)
+    yield Ctx(tmp=tmp, clip=Path(clips["small"]), base_url=sandbox_server.base_url, api_key=sandbox_server.api_key,
+              dead_url=f"http://127.0.0.1:{free_port()}", bucket=bucket, files=files)
+    for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        s3.delete_object(Bucket=bucket, Key=item["Key"])
+    s3.delete_bucket(Bucket=bucket)
+
+
+@pytest.fixture(scope="module")
+def cli_results(ctx):
+    """Every case through the CLI, against a sandbox of its own; (results by case, that sandbox's ledger)."""
+    from sandbox import SandboxConfig, run_sandbox
+
+    with run_sandbox(SandboxConfig(processing_seconds=0.3)) as own:
+        cli_ctx = Ctx(**{**ctx.__dict__, "base_url": own.base_url, "api_key": own.api_key})
+        env = subprocess_env()
+
+        def run(name: str) -> subprocess.CompletedProcess:
+            argv, extra = cli_invocation(cli_ctx, name)
+            return subprocess.run(argv, env={**env, **extra}, cwd=ctx.tmp, capture_output=True, text=True, timeout=120)
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            results = dict(zip(CASES, pool.map(run, CASES)))
+        yield results, own.ledger()
+
+
+def test_the_table_has_at_least_fifteen_kinds():
+    assert len(CASES) >= 15
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_bad_input_through_the_flow(prefect_server, sandbox, ctx, name):
+    case = CASES[name]
+    arguments = flow_arguments(ctx, name)
+    try:
+        await video_to_video(**arguments)
+    except Exception as exc:  # noqa: BLE001 - reported below, shortened (a data URI can be megabytes)
+        error = exc
+    else:
+        pytest.fail("the flow accepted the input")
+    message = str(error)
+    assert isinstance(error, case.error), f"{type(error).__name__} instead of {case.error.__name__}: {message[:400]}"
+    assert re.search(case.match, message), message[:400]
+    assert "\n" not in message.strip()
+    assert sandbox.ledger() == []  # nothing accepted, nothing charged
+    assert not Path(arguments["output"]).exists()
+    run = await prefect_api.latest_flow_run("aimlapi-video-to-video")
+    assert run.state.is_failed() and re.search(case.match, run.state.message or ""), run.state.message
+    assert await prefect_api.task_runs(run.id) == {}  # refused before the submit task existed
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_through_the_cli(cli_results, name):
+    results, ledger = cli_results
+    done = results[name]
+    case = CASES[name]
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert done.returncode == (1 if case.error is AuthenticationError else 2), done.returncode
+    assert "completed:" not in done.stdout
+    assert ledger == []  # the CLI's sandbox never accepted (charged) anything
+    reasons = [line for line in done.stderr.splitlines() if re.match(r"^(\S+ )*error: ", line)]
+    assert reasons and re.search(case.cli_match or case.match, reasons[-1]), done.stderr[-1500:]
+    reason = last_line(done.stderr)
+    assert reason.startswith("error: "), f"the last stderr line is not the one-line reason: {reason!r}"
