@@ -369,7 +369,7 @@ class AimlApiClient:
         shown = safe_url(url)
         for _ in range(MAX_REDIRECTS + 1):
             if urlsplit(url).scheme not in ("http", "https"):
-                raise DownloadError(f"Refusing to download from a non-http(s) URL ({shown}).")
+                raise DownloadError(f"Refusing to download from a non-http(s) URL ({shown}).", permanent=True)
             try:
                 async with self._cdn.stream("GET", url) as response:
                     if response.is_redirect:
@@ -386,13 +386,13 @@ class AimlApiClient:
                 raise DownloadError(
                     f"Downloading {shown} failed ({type(exc).__name__}: {redact(str(exc))[:200]})."
                 ) from None
-        raise DownloadError(f"Downloading {shown}: more than {MAX_REDIRECTS} redirects.")
+        raise DownloadError(f"Downloading {shown}: more than {MAX_REDIRECTS} redirects.", permanent=True)
 
     async def _write_body(self, response: httpx.Response, partial: Path, limit: int, shown: str) -> DownloadedFile:
         declared = response.headers.get("content-length")
         expected = int(declared) if declared and declared.isdigit() else None
         if expected is not None and expected > limit:
-            raise DownloadError(f"{shown} is {expected} bytes, above the {limit}-byte download limit.")
+            raise DownloadError(f"{shown} is {expected} bytes, above the {limit}-byte download limit.", permanent=True)
         sink = _HashingWriter(partial)
         size = 0
         head = b""
@@ -400,7 +400,7 @@ class AimlApiClient:
             async for chunk in response.aiter_raw():
                 size += len(chunk)
                 if size > limit:
-                    raise DownloadError(f"{shown} exceeded the {limit}-byte download limit.")
+                    raise DownloadError(f"{shown} exceeded the {limit}-byte download limit.", permanent=True)
                 if len(head) < 12:
                     head += chunk[: 12 - len(head)]
                 await sink.add(chunk)
@@ -410,7 +410,7 @@ class AimlApiClient:
         if expected is not None and size != expected:
             raise DownloadError(f"Download of {shown} was truncated: got {size} of {expected} bytes.")
         if head[4:8] != b"ftyp":
-            raise DownloadError(f"{shown} is not an MP4 file (no 'ftyp' box at the start).")
+            raise DownloadError(f"{shown} is not an MP4 file (no 'ftyp' box at the start).", permanent=True)
         return DownloadedFile(
             path=partial,
             sha256=digest,

@@ -111,6 +111,12 @@ class GenerationTimeoutError(AimlApiError):
 
 
 class DownloadError(AimlApiError):
-    """The result could not be downloaded or failed verification; no partial file is left behind."""
+    """The result could not be downloaded or failed verification; no partial file is left behind.
 
-    retryable = True
+    Retryable unless `permanent` (over the size cap, a non-http(s) URL, a redirect loop, not an
+    MP4): a retry fetches a fresh result URL, which cures expired links and cut transfers.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retryable = not permanent
