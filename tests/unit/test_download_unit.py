@@ -86,6 +86,7 @@ async def test_download_truncated_body_is_refused(tmp_path, clip_bytes):
         with pytest.raises(DownloadError, match="truncated") as info:
             await client.download(SIGNED, destination)
     assert f"got 1000 of {len(clip_bytes)} bytes" in str(info.value)
+    assert info.value.retryable  # a retry with a fresh URL can cure a cut transfer
     assert not destination.exists()
     assert list(tmp_path.iterdir()) == []
     assert "SIGSECRET" not in str(info.value) and "KPIDSECRET" not in str(info.value)
@@ -95,8 +96,9 @@ async def test_download_over_max_bytes_without_content_length(tmp_path, clip_byt
     cdn = Cdn({"https://cdn.test/results/out.mp4": lambda r: streamed(200, clip_bytes, length=None)})
     destination = tmp_path / "r.mp4"
     async with client_for(cdn) as client:
-        with pytest.raises(DownloadError, match="download limit"):
+        with pytest.raises(DownloadError, match="download limit") as info:
             await client.download(SIGNED, destination, max_bytes=1000)
+    assert not info.value.retryable  # the same file will be just as big next time
     assert not destination.exists()
     assert list(tmp_path.iterdir()) == []
 
