@@ -156,7 +156,8 @@ async def run_items(
     limit = await _check_limit(concurrency_limit, max_concurrency)
     local = asyncio.Semaphore(max_concurrency)
     total = len(items)
-    done = failed = 0
+    done = failed = shown = 0
+    progress_lock = asyncio.Lock()
     progress = await acreate_progress_artifact(progress=0.0, description=f"0/{total} generations done")
 
     async def one(index: int, item: BatchItem) -> BatchItemResult:
@@ -178,11 +179,20 @@ async def run_items(
             failed += 1
             row.error = (state.message or state.name)[:300]
         done += 1
-        await aupdate_progress_artifact(
-            artifact_id=progress, progress=100.0 * done / total,
-            description=f"{done}/{total} generations done, {failed} failed",
-        )
+        await show_progress(done, failed)
         return row
+
+    async def show_progress(count: int, failures: int) -> None:
+        """Updates from concurrent children may finish out of order: send only newer counts, one at a time."""
+        nonlocal shown
+        async with progress_lock:
+            if count <= shown:
+                return
+            shown = count
+            await aupdate_progress_artifact(
+                artifact_id=progress, progress=100.0 * count / total,
+                description=f"{count}/{total} generations done, {failures} failed",
+            )
 
     rows = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
     logger.info("Batch finished: %d completed, %d failed of %d.", total - failed, failed, total)
@@ -195,13 +205,26 @@ def _shown(video: str) -> str:
     return "data URI" if video.startswith("data:") else safe_url(video) if "://" in video else video
 
 
-async def publish_table(rows: list[BatchItemResult], description: str) -> None:
+async def report(rows: list[BatchItemResult], *, tolerate_failures: bool) -> list[BatchItemResult]:
+    """Publish the table artifact; fail the run, with a count, if any generation failed."""
     from prefect.artifacts import acreate_table_artifact
 
+    counts = {status: sum(r.status == status for r in rows) for status in ("completed", "skipped")}
+    failed = [row for row in rows if row.status not in counts]
+    description = f"{counts['completed']} completed, {len(failed)} failed"
+    if counts["skipped"]:
+        description += f", {counts['skipped']} skipped (output exists)"
     columns = ("index", "video", "status", "generation_id", "output", "credits", "queued_s", "generating_s",
                "download_s", "total_s", "flow_run_url", "error")
-    table = [{c: getattr(row, c) for c in columns} for row in rows]
-    await acreate_table_artifact(table=table, description=description)
+    await acreate_table_artifact(table=[{c: getattr(row, c) for c in columns} for row in rows],
+                                 description=description)
+    if failed and not tolerate_failures:
+        raise BatchFailedError(
+            f"{len(failed)} of {len(rows) - counts['skipped']} generations failed (items "
+            f"{[r.index for r in failed][:20]}); the others completed. See the table artifact, or pass "
+            "tolerate_failures=True."
+        )
+    return rows
 
 
 def _batch_run_name() -> str:
@@ -269,11 +292,4 @@ async def video_to_video_batch(
         batch, defaults, scope=f"batch:{flow_run.id}", concurrency_limit=concurrency_limit,
         max_concurrency=max_concurrency,
     )
-    failed = [row for row in rows if row.status != "completed"]
-    await publish_table(rows, f"{len(rows) - len(failed)} completed, {len(failed)} failed of {len(rows)}")
-    if failed and not tolerate_failures:
-        raise BatchFailedError(
-            f"{len(failed)} of {len(rows)} generations failed (items {[r.index for r in failed][:20]}); "
-            "the others completed. See the table artifact, or pass tolerate_failures=True."
-        )
-    return rows
+    return await report(rows, tolerate_failures=tolerate_failures)

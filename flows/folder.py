@@ -17,11 +17,10 @@ from blocks import AimlApiCredentials
 from flows.batch import (
     DEFAULT_CONCURRENCY_LIMIT,
     DEFAULT_MAX_CONCURRENCY,
-    BatchFailedError,
     BatchItem,
     BatchItemResult,
     load_manifest,
-    publish_table,
+    report,
     run_items,
 )
 from flows.errors import InvalidInputError
@@ -116,9 +115,4 @@ async def video_to_video_folder(
         done = await run_items(todo, defaults, scope="folder", concurrency_limit=concurrency_limit,
                                max_concurrency=max_concurrency)
         rows = [row.model_copy(update={"index": i}) for i, row in enumerate(rows + done)]
-    failed = [r for r in rows if r.status not in ("completed", "skipped")]
-    await publish_table(rows, f"{len(rows) - len(failed) - sum(r.status == 'skipped' for r in rows)} restyled, "
-                              f"{sum(r.status == 'skipped' for r in rows)} skipped (output exists), {len(failed)} failed")
-    if failed and not tolerate_failures:
-        raise BatchFailedError(f"{len(failed)} of {len(todo)} generations failed; see the table artifact.")
-    return rows
+    return await report(rows, tolerate_failures=tolerate_failures)

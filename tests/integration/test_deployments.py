@@ -165,7 +165,7 @@ async def test_scheduled_sweep_does_no_paid_work_twice(prefect_server, sandbox, 
     assert len(sandbox.ledger()) == 3
     parent = await prefect_api.latest_flow_run("aimlapi-video-to-video-folder")
     table = next(a for a in await prefect_api.artifacts(parent.id) if a.type == "table")
-    assert "0 restyled, 3 skipped" in table.description
+    assert table.description == "0 completed, 0 failed, 3 skipped (output exists)"
 
 
 async def test_prefect_deploy_all_creates_both_deployments(prefect_server, tmp_path):
