@@ -6,7 +6,9 @@ the artifact can only ever show fields that are safe by construction.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 from typing import Any
 
 from flows.models import MODEL, VideoToVideoResult
@@ -93,20 +95,46 @@ async def publish_output_link(location: str) -> None:
 
 
 class ProgressArtifact:
-    """A progress artifact updated only when the shown percentage really moves."""
+    """A progress artifact kept up to date in the background, so waiting never waits on the Prefect API.
 
-    def __init__(self) -> None:
+    `update` only records the latest value; one background task sends it, at most every
+    `min_interval` seconds (except the final 100 %), skipping values overtaken meanwhile.
+    Progress is best effort: a failed update is logged, never raised.
+    """
+
+    def __init__(self, min_interval: float = 2.0) -> None:
+        self.min_interval = min_interval
         self._id: Any = None
         self._shown = -1.0
+        self._wanted: tuple[float, str] | None = None
+        self._sender: asyncio.Task[None] | None = None
 
-    async def update(self, percent: float, description: str) -> None:
+    def update(self, percent: float, description: str) -> None:
+        percent = max(0.0, min(100.0, round(percent, 0)))
+        if percent == self._shown and self._wanted is None:
+            return
+        self._wanted = (percent, description)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.ensure_future(self._send())
+
+    async def _send(self) -> None:
         from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 
-        percent = max(0.0, min(100.0, round(percent, 0)))
-        if percent == self._shown:
-            return
-        if self._id is None:
-            self._id = await acreate_progress_artifact(progress=percent, description=description)
-        else:
-            await aupdate_progress_artifact(artifact_id=self._id, progress=percent, description=description)
-        self._shown = percent
+        while self._wanted is not None:
+            percent, description = self._wanted
+            self._wanted = None
+            try:
+                if self._id is None:
+                    self._id = await acreate_progress_artifact(progress=percent, description=description)
+                else:
+                    await aupdate_progress_artifact(artifact_id=self._id, progress=percent, description=description)
+                self._shown = percent
+            except Exception as exc:  # progress must never fail a generation
+                logging.getLogger(__name__).debug("Progress artifact update failed: %s", exc)
+            if self._wanted is not None and self._wanted[0] < 100:
+                await asyncio.sleep(self.min_interval)
+
+    async def close(self) -> None:
+        """Wait until the latest value is sent (call before the task that owns it ends)."""
+        if self._sender is not None:
+            await self._sender

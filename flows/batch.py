@@ -22,9 +22,11 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from blocks import AimlApiCredentials
+from flows.artifacts import ProgressArtifact
 from flows.errors import AimlApiError, InvalidInputError
 from flows.models import from_text
 from flows.polling import PollPolicy
+from flows.redact import redact, safe_url
 from flows.tasks import DEFAULT_TIMEOUT_SECONDS
 from flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, video_to_video
 
@@ -150,58 +152,50 @@ async def run_items(
     max_concurrency: int,
 ) -> list[BatchItemResult]:
     """Run each item as a child flow run, concurrently within both caps, never cancelling siblings."""
-    from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
-
     logger = get_run_logger()
     limit = await _check_limit(concurrency_limit, max_concurrency)
     local = asyncio.Semaphore(max_concurrency)
     total = len(items)
-    done = failed = shown = 0
-    progress_lock = asyncio.Lock()
-    progress = await acreate_progress_artifact(progress=0.0, description=f"0/{total} generations done")
+    done = failed = 0
+    progress = ProgressArtifact()
+    progress.update(0, f"0/{total} generations done")
+
+    async def run_one(index: int, item: BatchItem) -> BatchItemResult:
+        arguments = {**defaults, **item.model_dump(exclude_none=True)}
+        arguments.setdefault("idempotency_key", f"{scope}:item-{index}")
+        row = BatchItemResult(index=index, video=_shown(item.video), status="failed")
+        try:
+            async with local, _global_slot(limit):
+                state = await video_to_video(**arguments, return_state=True)
+        except Exception as exc:  # e.g. the server refused to create the child run: fail this item only
+            row.error = f"could not run: {type(exc).__name__}: {redact(str(exc))[:250]}"
+            return row
+        flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
+        row = row.model_copy(update={"flow_run_id": flow_run_id, "flow_run_url": _flow_run_url(flow_run_id)})
+        if not state.is_completed():
+            return row.model_copy(update={"status": state.name.lower(),
+                                          "error": redact(state.message or state.name)[:300]})
+        result = await state.aresult()
+        return row.model_copy(update={
+            "status": result.status, "generation_id": result.generation_id, "output": result.output,
+            "credits": result.credits, **result.timing.model_dump(),
+        })
 
     async def one(index: int, item: BatchItem) -> BatchItemResult:
         nonlocal done, failed
-        arguments = {**defaults, **item.model_dump(exclude_none=True)}
-        arguments.setdefault("idempotency_key", f"{scope}:item-{index}")
-        async with local, _global_slot(limit):
-            state = await video_to_video(**arguments, return_state=True)
-        flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
-        row = BatchItemResult(index=index, video=_shown(item.video), status=state.name.lower(),
-                              flow_run_id=flow_run_id, flow_run_url=_flow_run_url(flow_run_id))
-        if state.is_completed():
-            result = await state.aresult()
-            row = row.model_copy(update={
-                "status": result.status, "generation_id": result.generation_id, "output": result.output,
-                "credits": result.credits, **result.timing.model_dump(),
-            })
-        else:
-            failed += 1
-            row.error = (state.message or state.name)[:300]
+        row = await run_one(index, item)
         done += 1
-        await show_progress(done, failed)
+        failed += row.status != "completed"
+        progress.update(100.0 * done / total, f"{done}/{total} generations done, {failed} failed")
         return row
 
-    async def show_progress(count: int, failures: int) -> None:
-        """Updates from concurrent children may finish out of order: send only newer counts, one at a time."""
-        nonlocal shown
-        async with progress_lock:
-            if count <= shown:
-                return
-            shown = count
-            await aupdate_progress_artifact(
-                artifact_id=progress, progress=100.0 * count / total,
-                description=f"{count}/{total} generations done, {failures} failed",
-            )
-
     rows = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+    await progress.close()
     logger.info("Batch finished: %d completed, %d failed of %d.", total - failed, failed, total)
     return list(rows)
 
 
 def _shown(video: str) -> str:
-    from flows.redact import safe_url
-
     return "data URI" if video.startswith("data:") else safe_url(video) if "://" in video else video
 
 

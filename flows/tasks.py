@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,15 @@ class GenerationOutcome(BaseModel):
     generating_s: float | None = None
 
 
+@contextlib.asynccontextmanager
+async def _closing(progress: ProgressArtifact) -> AsyncIterator[None]:
+    """Send the last progress value before the task ends, however it ends."""
+    try:
+        yield
+    finally:
+        await progress.close()
+
+
 def _progress(status_phase: str, since_generating: float) -> float:
     if status_phase == "queued":
         return 5.0
@@ -145,7 +156,7 @@ async def wait_for_generation(
     polls = errors = 0
     retry_after: float | None = None
     first_generating: float | None = None
-    async with credentials.get_client() as client:
+    async with credentials.get_client() as client, _closing(progress):
         while True:
             try:
                 answer = await client.get_generation(generation_id)
@@ -173,17 +184,17 @@ async def wait_for_generation(
                 if generation.status == "generating" and first_generating is None:
                     first_generating = now
                 if generation.phase is Phase.COMPLETED:
-                    await progress.update(100, f"{generation_id}: completed")
+                    progress.update(100, f"{generation_id}: completed")
                     return _outcome(submitted, generation, timeline, request_ids, polls, first_generating, now)
                 if generation.phase is Phase.FAILED:
                     SubmissionStore(Path(store_directory) if store_directory else None).mark_failed(
                         submitted.record_key
                     )
                     name, detail = generation.error_summary()
-                    await progress.update(100, f"{generation_id}: failed")
+                    progress.update(100, f"{generation_id}: failed")
                     raise GenerationFailedError(generation_id, name, detail, raw=generation.error)
                 since = now - first_generating if first_generating else 0.0
-                await progress.update(
+                progress.update(
                     _progress("queued" if first_generating is None else "generating", since),
                     f"{generation_id}: {generation.status} ({time.monotonic() - started:.0f} s)",
                 )

@@ -104,14 +104,16 @@ def validate_params(**values: Any) -> GenerationParams:
 
 
 async def _tag_run(extra: list[str]) -> None:
+    """Add our tags with one request (the run's current tags are known from its context)."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
-    if not flow_run.id:
+    current = set(flow_run.tags)
+    wanted = current | {*RUN_TAGS, *extra}
+    if not flow_run.id or wanted == current:
         return
     async with get_client() as client:
-        run = await client.read_flow_run(flow_run.id)
-        await client.update_flow_run(flow_run.id, tags=sorted({*run.tags, *RUN_TAGS, *extra}))
+        await client.update_flow_run(flow_run.id, tags=sorted(wanted))
 
 
 @flow(
