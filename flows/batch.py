@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, tags
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -28,7 +28,7 @@ from flows.models import from_text
 from flows.polling import PollPolicy
 from flows.redact import redact, safe_url
 from flows.tasks import DEFAULT_TIMEOUT_SECONDS
-from flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, video_to_video
+from flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, RUN_TAGS, video_to_video
 
 DEFAULT_CONCURRENCY_LIMIT = "aimlapi-video-to-video"
 DEFAULT_MAX_CONCURRENCY = 16
@@ -166,7 +166,8 @@ async def run_items(
         row = BatchItemResult(index=index, video=_shown(item.video), status="failed")
         try:
             async with local, _global_slot(limit):
-                state = await video_to_video(**arguments, return_state=True)
+                with tags(*RUN_TAGS):  # set at creation, saving each child a request
+                    state = await video_to_video(**arguments, return_state=True)
         except Exception as exc:  # e.g. the server refused to create the child run: fail this item only
             row.error = f"could not run: {type(exc).__name__}: {redact(str(exc))[:250]}"
             return row

@@ -148,7 +148,7 @@ async def wait_for_generation(
     logger = get_run_logger()
     generation_id = submitted.generation_id
     schedule = (poll_policy or PollPolicy()).schedule()
-    progress = ProgressArtifact()
+    progress = ProgressArtifact(min_interval=10.0)
     timeline = [StatusChange(status=submitted.initial_status, at=submitted.accepted_at)]
     request_ids: list[str] = []
     started = time.monotonic()

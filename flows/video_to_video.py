@@ -103,13 +103,13 @@ def validate_params(**values: Any) -> GenerationParams:
         raise InvalidInputError(f"Invalid parameters: {problems}") from None
 
 
-async def _tag_run(extra: list[str]) -> None:
-    """Add our tags with one request (the run's current tags are known from its context)."""
+async def _tag_run() -> None:
+    """Add our tags with one request, unless the run was created with them (as batch children are)."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
     current = set(flow_run.tags)
-    wanted = current | {*RUN_TAGS, *extra}
+    wanted = current | set(RUN_TAGS)
     if not flow_run.id or wanted == current:
         return
     async with get_client() as client:
@@ -177,7 +177,7 @@ async def video_to_video(
         video, aws_credentials=aws_credentials, stage_to=stage_to, presign_seconds=presign_expiry_seconds
     )
     target = await resolve_output(output, output_storage, aws_credentials)
-    await _tag_run([f"input:{source.kind}", f"output:{target.kind}"])
+    await _tag_run()
     logger.info("Input %s (%s); output to %s.", source.display,
                 source.info.describe() if source.info else "not probed", target.kind)
 
@@ -209,9 +209,12 @@ async def video_to_video(
         queued_s=outcome.queued_s, generating_s=outcome.generating_s,
         download_s=stored.download_s, total_s=time.time() - started,
     )
-    result.sidecar = await write_sidecar(target, path, result.model_dump(mode="json"))
-    await publish_summary(result)
-    await publish_output_link(stored.location)
+    result.sidecar = target.location(f"{path}.json")
+    await asyncio.gather(  # independent writes: don't pay their round trips one after another
+        write_sidecar(target, path, result.model_dump(mode="json")),
+        publish_summary(result),
+        publish_output_link(stored.location),
+    )
     logger.info(
         "Done: %s -> %s (%s credits, %.1f s).", result.generation_id, result.output,
         f"{result.credits:,.0f}" if result.credits is not None else "unknown", result.timing.total_s,

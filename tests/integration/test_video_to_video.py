@@ -57,7 +57,7 @@ async def test_saved_block_flow_run_artifacts_and_ledger(prefect_server, sandbox
     run = await prefect_api.flow_run(result.flow_run_id)
     assert run.state.is_completed()
     assert run.name == "v2v-small-seed-11"
-    assert {"aimlapi", "video-to-video", "input:local_file"} <= set(run.tags)
+    assert {"aimlapi", "video-to-video"} <= set(run.tags)
     artifacts = await prefect_api.artifacts(result.flow_run_id, expect=3)
     summary = next(a.data for a in artifacts if a.type == "markdown" and a.data.startswith("# Video-to-video"))
     link = next(a.data for a in artifacts if a.type == "markdown" and a.data.startswith("["))  # link artifacts
