@@ -1,7 +1,8 @@
 """The `video_to_video` flow: one generation, one flow run, with everything about it on that run.
 
-Order matters for money: every check that can fail for free (parameters, the input video, the
-output destination, the credentials block) runs before the first and only paid call.
+Order matters for money: every check that can fail for free (parameters, the credentials block
+and a free access check, the input video, the output destination) runs before the first and
+only paid call.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from blocks import AimlApiCredentials
 from flows.artifacts import publish_output_link, publish_summary
 from flows.errors import AimlApiError, GenerationFailedError, InvalidInputError, TransientApiError
-from flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, inspect_video
+from flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, file_stem, inspect_video
 from flows.models import GenerationParams, Timing, VideoToVideoResult, from_text
 from flows.outputs import OutputTarget, resolve_output, template_fields, write_sidecar
 from flows.polling import PollPolicy
@@ -33,8 +34,7 @@ def _label(video: Any) -> str:
     text = str(video or "video")
     if text.startswith("data:"):
         return "inline"
-    tail = text.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    return tail.rsplit(".", 1)[0][:40] or "video"
+    return file_stem(text.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])[:40]
 
 
 def _run_name() -> str:

@@ -199,3 +199,18 @@ async def test_truncated_download_is_retried_without_partial_files(prefect_serve
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4", "o.mp4.json"]
     runs = await prefect_api.task_runs(result.flow_run_id, names=("download-video",))
     assert runs["download-video"].run_count == 2
+
+
+async def test_output_to_a_local_filesystem_block(prefect_server, sandbox, clips, tmp_path):
+    from prefect.filesystems import LocalFileSystem
+
+    await LocalFileSystem(basepath=str(tmp_path / "renders")).asave("renders-it", overwrite=True)
+    result = await video_to_video(video=str(clips["small"]), prompt="gouache", seed=5, credentials=credentials(sandbox),
+                                  output_storage="local-file-system/renders-it", output="{date}/{stem}-{seed}.mp4")
+
+    (entry,) = sandbox.ledger()
+    (stored,) = (tmp_path / "renders").rglob("small-5.mp4")
+    assert result.output == f"local-file-system/renders-it:{stored.relative_to(tmp_path / 'renders')}"
+    assert sha256(stored) == entry.output_sha256 == result.sha256
+    assert (stored.parent / "small-5.mp4.json").is_file()
+    assert leftovers(tmp_path) == []
