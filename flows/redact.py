@@ -16,8 +16,9 @@ _DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*,[A-Za-
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s\"',]+")
 _SIGNATURE_PARAM = re.compile(
     r"(?i)\b(X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|Expires|Key-Pair-Id|Policy)="
-    r"[^&\s\"'<>]+"
+    r"[^&\s\"'<>,]+"
 )
+_SIGNATURE_LINE = re.compile(r"(?i)\b(signature):\s*[0-9a-f]{16,}")  # botocore.auth at DEBUG
 
 
 def redact(text: str) -> str:
@@ -25,6 +26,7 @@ def redact(text: str) -> str:
     text = _DATA_URI.sub(lambda m: f"data:{m.group('mime') or ''};base64,<redacted>", text)
     text = _URL_QUERY.sub(lambda m: f"{m.group('base')}?<redacted>", text)
     text = _SIGNATURE_PARAM.sub(lambda m: f"{m.group(1)}=<redacted>", text)
+    text = _SIGNATURE_LINE.sub(lambda m: f"{m.group(1)}: <redacted>", text)
     return _BEARER.sub(lambda m: f"{m.group(1)} <redacted>", text)
 
 
@@ -52,8 +54,16 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def install_log_redaction(logger_names: tuple[str, ...] = ("httpx", "httpcore")) -> None:
-    """Attach `RedactingFilter` once to the loggers of libraries that log full request URLs."""
+# Libraries that log request URLs, headers or signatures (at DEBUG). A logger's filters see only
+# records created at that very logger, so the children that log are listed one by one.
+NOISY_LOGGERS = (
+    "httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2",
+    "botocore.auth", "botocore.endpoint", "botocore.parsers", "botocore.hooks", "urllib3.connectionpool",
+)
+
+
+def install_log_redaction(logger_names: tuple[str, ...] = NOISY_LOGGERS) -> None:
+    """Attach `RedactingFilter` once to the loggers of libraries that log credentials."""
     for name in logger_names:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):

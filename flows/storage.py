@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from flows.errors import InvalidInputError, TransientApiError
 from flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, file_stem
 from flows.outputs import DEFAULT_TEMPLATE, OutputTarget, load_block
+from flows.redact import install_log_redaction
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 16 * 1024 * 1024
@@ -39,6 +40,7 @@ async def s3_client(aws_credentials: str | None = None, bucket_block: Any = None
     """A boto3 S3 client from a bucket block, an `AwsCredentials` block name, or the default chain."""
     from prefect_aws import AwsCredentials
 
+    install_log_redaction()
     if bucket_block is not None:
         return bucket_block.credentials.get_s3_client()
     if aws_credentials:

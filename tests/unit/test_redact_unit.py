@@ -148,3 +148,22 @@ def test_generation_failed_error_holds_no_signed_url():
     failed = GenerationFailedError("gen-1", "FetchError", f"could not download {SIGNED_S3}")
     assert "0123abcdSIGNATURE" not in str(failed)
     assert "0123abcdSIGNATURE" not in failed.error_message
+
+
+def test_library_debug_logs_are_scrubbed(caplog):
+    """What botocore and httpx print at DEBUG (signatures, Authorization headers, signed URLs)."""
+    import logging
+
+    from flows.redact import install_log_redaction
+
+    install_log_redaction()
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("botocore.auth").debug("Signature:\n%s", "9f" * 32)
+        logging.getLogger("botocore.endpoint").debug(
+            "Making request with params: %s",
+            {"headers": {"Authorization": "AWS4-HMAC-SHA256 Credential=AKIA/x, SignedHeaders=host, Signature=abcdef0123456789"}},
+        )
+        logging.getLogger("httpx").info("HTTP Request: GET https://cdn.test/v.mp4?Expires=1&Signature=SIGSECRET")
+    text = caplog.text
+    assert "9f" * 32 not in text and "abcdef0123456789" not in text and "SIGSECRET" not in text
+    assert text.count("<redacted>") >= 3
