@@ -8,6 +8,7 @@ inside the submit task, so that secret never crosses a task boundary.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -23,7 +24,7 @@ from pydantic import BaseModel
 from flows.client import is_loopback
 from flows.errors import InvalidInputError
 from flows.models import VideoInfo
-from flows.probe import probe_video
+from flows.probe import probe_url, probe_video
 from flows.redact import safe_url
 
 # A local file is sent inline: read and base64-encoded inside the submit task, it travels in the
@@ -139,12 +140,14 @@ async def inspect_video(
     if parts.scheme in ("http", "https"):
         if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise InvalidInputError(f"video URL must be https (got {safe_url(video)}); the API fetches it itself.")
+        info = None
         if check_url:
             await _check_remote(video)
+            info = await asyncio.to_thread(probe_url, video, label=f"video URL {safe_url(video)}")
         return VideoInput(
             kind="url", display=safe_url(video),
             identity=f"{safe_url(video)}#{hashlib.sha256(video.encode()).hexdigest()[:16]}",
-            stem=file_stem(parts.path),
+            stem=file_stem(parts.path), info=info,
         )
     if parts.scheme and len(parts.scheme) > 1:
         raise InvalidInputError(

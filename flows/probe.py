@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
+from typing import Any
 
 import av
 
 from flows.errors import InvalidInputError
 from flows.models import VideoInfo
+from flows.redact import redact
+
+REMOTE_TIMEOUT_SECONDS = 15.0
+
+
+def _describe(container: Any, size: int | None, *, label: str, count_frames: bool) -> VideoInfo:
+    if not container.streams.video:
+        raise InvalidInputError(f"{label} has no video stream; give an MP4/MOV/WebM video file.")
+    stream = container.streams.video[0]
+    rate = float(stream.average_rate) if stream.average_rate else None
+    duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+    if duration is None and container.duration:
+        duration = container.duration / av.time_base
+    frames = stream.frames
+    if not frames and count_frames:  # e.g. WebM keeps no frame count: count packets (no decoding)
+        frames = sum(1 for packet in container.demux(stream) if packet.size)
+    if not frames and rate and duration:
+        frames = round(rate * duration)
+    return VideoInfo(
+        width=stream.codec_context.width, height=stream.codec_context.height, frames=frames or 0, fps=rate,
+        duration=duration, codec=stream.codec_context.name, size_bytes=size,
+    )
 
 
 def probe_video(source: Path | bytes, *, label: str) -> VideoInfo:
@@ -17,24 +41,22 @@ def probe_video(source: Path | bytes, *, label: str) -> VideoInfo:
     opened = str(source) if isinstance(source, Path) else io.BytesIO(source)
     try:
         with av.open(opened, mode="r") as container:
-            if not container.streams.video:
-                raise InvalidInputError(f"{label} has no video stream; give an MP4/MOV/WebM video file.")
-            stream = container.streams.video[0]
-            frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
-            rate = float(stream.average_rate) if stream.average_rate else None
-            duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
-            if duration is None and container.duration:
-                duration = container.duration / av.time_base
-            return VideoInfo(
-                width=stream.codec_context.width,
-                height=stream.codec_context.height,
-                frames=frames,
-                fps=rate,
-                duration=duration,
-                codec=stream.codec_context.name,
-                size_bytes=size,
-            )
+            return _describe(container, size, label=label, count_frames=True)
     except InvalidInputError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise InvalidInputError(f"{label} is not a readable video ({type(exc).__name__}: {exc}).") from None
+
+
+def probe_url(url: str, *, label: str, size: int | None = None) -> VideoInfo | None:
+    """Best effort, for the summary: the shape of a remote video from its header, or None.
+
+    FFmpeg reads only what it needs (the MP4 `moov` box, with range requests). A failure is not
+    an input error: the URL was checked already, and the provider fetches it its own way.
+    """
+    try:
+        with av.open(url, mode="r", timeout=REMOTE_TIMEOUT_SECONDS) as container:
+            return _describe(container, size, label=label, count_frames=False)
+    except (InvalidInputError, av.FFmpegError, OSError, ValueError) as exc:
+        logging.getLogger(__name__).warning("Could not read the shape of %s: %s", label, redact(str(exc))[:200])
+        return None

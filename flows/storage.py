@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from flows.errors import InvalidInputError, TransientApiError
 from flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, file_stem
 from flows.outputs import DEFAULT_TEMPLATE, OutputTarget, load_block
+from flows.probe import probe_url
 from flows.redact import install_log_redaction
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -101,9 +102,11 @@ async def inspect_s3_video(video: str, aws_credentials: str | None = None) -> Vi
                 f"video {shown} is not a video (content type {content_type or 'unset'}, no MP4/WebM signature)."
             )
     version = head.get("VersionId") or head.get("ETag", "").strip('"')
+    peek = await presign_video(video, aws_credentials=aws_credentials, expires_in=300)
+    info = await asyncio.to_thread(probe_url, peek, label=f"video {shown}", size=size)
     return VideoInput(
         kind="s3", display=shown, identity=f"{shown}#{version}", stem=file_stem(key), size_bytes=size,
-        aws_credentials=aws_credentials,
+        info=info, aws_credentials=aws_credentials,
     )
 
 

@@ -53,6 +53,8 @@ async def test_s3_input_and_output_default_chain(prefect_server, sandbox, s3, cl
 
     recorded = await prefect_api.everything_recorded(result.flow_run_id)
     assert "s3://media-out/results/beach-day-4.mp4" in recorded
+    assert result.input_info and (result.input_info.width, result.input_info.frames) == (160, 6)  # read via S3
+    assert "| Input video | 160x96, 6 frames @ 12 fps |" in recorded
     assert "https://s3.console.aws.amazon.com/s3/object/media-out?prefix=results/beach-day-4.mp4" in recorded
     assert_no_signature(recorded)
     assert_no_signature(result.model_dump_json())
