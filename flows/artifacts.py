@@ -97,7 +97,8 @@ async def publish_output_link(location: str) -> None:
 class ProgressArtifact:
     """A progress artifact kept up to date in the background, so waiting never waits on the Prefect API.
 
-    `update` only records the latest value; one background task sends it, at most every
+    Use it as `async with ProgressArtifact() as progress:`. `update` only records the latest
+    value; one background task sends it, at most every
     `min_interval` seconds (except the final 100 %), skipping values overtaken meanwhile.
     Progress is best effort: a failed update is logged, never raised.
     """
@@ -134,7 +135,10 @@ class ProgressArtifact:
             if self._wanted is not None and self._wanted[0] < 100:
                 await asyncio.sleep(self.min_interval)
 
-    async def close(self) -> None:
-        """Wait until the latest value is sent (call before the task that owns it ends)."""
+    async def __aenter__(self) -> ProgressArtifact:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Send the latest value before the run that owns it ends, however it ends."""
         if self._sender is not None:
             await self._sender

@@ -157,8 +157,6 @@ async def run_items(
     local = asyncio.Semaphore(max_concurrency)
     total = len(items)
     done = failed = 0
-    progress = ProgressArtifact()
-    progress.update(0, f"0/{total} generations done")
 
     async def run_one(index: int, item: BatchItem) -> BatchItemResult:
         arguments = {**defaults, **item.model_dump(exclude_none=True)}
@@ -190,8 +188,9 @@ async def run_items(
         progress.update(100.0 * done / total, f"{done}/{total} generations done, {failed} failed")
         return row
 
-    rows = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
-    await progress.close()
+    async with ProgressArtifact() as progress:
+        progress.update(0, f"0/{total} generations done")
+        rows = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
     logger.info("Batch finished: %d completed, %d failed of %d.", total - failed, failed, total)
     return list(rows)
 

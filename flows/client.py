@@ -217,7 +217,8 @@ class _HashingWriter:
         return self._digest.hexdigest()
 
     async def close(self) -> None:
-        await asyncio.gather(self._pending, return_exceptions=True) if self._pending else None
+        if self._pending is not None:
+            await asyncio.gather(self._pending, return_exceptions=True)
         self._handle.close()
 
 

@@ -58,7 +58,8 @@ async def _discover(source: str, output_prefix: str, aws_credentials: str | None
         url = f"s3://{source.removeprefix('s3://').split('/', 1)[0]}/{entry['Key']}"
         if url.startswith(output_prefix.rstrip("/") + "/") or not entry["Key"].lower().endswith(VIDEO_SUFFIXES):
             continue
-        items.append(BatchItem(video=url, idempotency_key=f"{url}#{entry.get('ETag', '').strip(chr(34))}"))
+        etag = entry.get("ETag", "").strip('"')
+        items.append(BatchItem(video=url, idempotency_key=f"{url}#{etag}"))
     return items
 
 

@@ -94,8 +94,8 @@ def default_store_directory() -> Path:
 class SubmissionStore:
     """JSON records on a filesystem, one per logical generation, written atomically."""
 
-    def __init__(self, directory: Path | None = None) -> None:
-        self.directory = directory or default_store_directory()
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.directory = Path(directory) if directory else default_store_directory()
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:

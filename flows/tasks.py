@@ -12,13 +12,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +86,7 @@ async def submit_generation(
 ) -> SubmittedGeneration:
     """POST one generation at most once for `idempotency_key` (see `flows.submissions`)."""
     logger = get_run_logger()
-    store = SubmissionStore(Path(store_directory) if store_directory else None)
+    store = SubmissionStore(store_directory)
     async with credentials.get_client() as client:
         try:
             return await submit_once(
@@ -115,15 +113,6 @@ class GenerationOutcome(BaseModel):
     generating_s: float | None = None
 
 
-@contextlib.asynccontextmanager
-async def _closing(progress: ProgressArtifact) -> AsyncIterator[None]:
-    """Send the last progress value before the task ends, however it ends."""
-    try:
-        yield
-    finally:
-        await progress.close()
-
-
 def _progress(status_phase: str, since_generating: float) -> float:
     if status_phase == "queued":
         return 5.0
@@ -148,7 +137,6 @@ async def wait_for_generation(
     logger = get_run_logger()
     generation_id = submitted.generation_id
     schedule = (poll_policy or PollPolicy()).schedule()
-    progress = ProgressArtifact(min_interval=10.0)
     timeline = [StatusChange(status=submitted.initial_status, at=submitted.accepted_at)]
     request_ids: list[str] = []
     started = time.monotonic()
@@ -156,7 +144,7 @@ async def wait_for_generation(
     polls = errors = 0
     retry_after: float | None = None
     first_generating: float | None = None
-    async with credentials.get_client() as client, _closing(progress):
+    async with credentials.get_client() as client, ProgressArtifact(min_interval=10.0) as progress:
         while True:
             try:
                 answer = await client.get_generation(generation_id)
@@ -187,7 +175,7 @@ async def wait_for_generation(
                     progress.update(100, f"{generation_id}: completed")
                     return _outcome(submitted, generation, timeline, request_ids, polls, first_generating, now)
                 if generation.phase is Phase.FAILED:
-                    SubmissionStore(Path(store_directory) if store_directory else None).mark_failed(
+                    SubmissionStore(store_directory).mark_failed(
                         submitted.record_key
                     )
                     name, detail = generation.error_summary()
