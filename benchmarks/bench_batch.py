@@ -575,6 +575,8 @@ def report(args: argparse.Namespace, n: int, d: float, workers: int, baseline_n:
     if others["unaccounted"] > 0.1 * batch_wall:
         print(f"WARNING: other processes used {others['unaccounted'] / batch_wall:.2f} cores on average during (b); "
               "figures from a busy machine are not comparable run to run.")
+    for row in [r for r in run["rows"] if r.status != "completed"][:3]:
+        print(f"failed item {row.index}: {row.error}")
     if warm:
         print(f"warm-up batch of {args.warmup}: {warm['wall_s']:.1f} s (not measured)")
     targets = {

@@ -7,8 +7,10 @@ the artifact can only ever show fields that are safe by construction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 from flows.models import MODEL, VideoToVideoResult
@@ -98,16 +100,20 @@ class ProgressArtifact:
     """A progress artifact kept up to date in the background, so waiting never waits on the Prefect API.
 
     Use it as `async with ProgressArtifact() as progress:`. `update` only records the latest
-    value; one background task sends it, at most every
-    `min_interval` seconds (except the final 100 %), skipping values overtaken meanwhile.
-    Progress is best effort: a failed update is logged, never raised.
+    value; one background task sends it: the first value at once, then at most one value every
+    `min_interval` seconds (each poll would otherwise be a request, and with a batch of
+    generations those requests load the Prefect server more than the runs themselves). A final
+    100 % and the value pending when the block exits are sent without waiting. Progress is best
+    effort: a failed update is logged, never raised.
     """
 
     def __init__(self, min_interval: float = 2.0) -> None:
         self.min_interval = min_interval
         self._id: Any = None
         self._shown = -1.0
+        self._sent_at: float | None = None
         self._wanted: tuple[float, str] | None = None
+        self._hurry = asyncio.Event()  # set for a final value or on exit: stop waiting out the interval
         self._sender: asyncio.Task[None] | None = None
 
     def update(self, percent: float, description: str) -> None:
@@ -115,6 +121,8 @@ class ProgressArtifact:
         if percent == self._shown and self._wanted is None:
             return
         self._wanted = (percent, description)
+        if percent >= 100:
+            self._hurry.set()
         if self._sender is None or self._sender.done():
             self._sender = asyncio.ensure_future(self._send())
 
@@ -122,6 +130,12 @@ class ProgressArtifact:
         from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 
         while self._wanted is not None:
+            if self._sent_at is not None and not self._hurry.is_set():
+                wait = self._sent_at + self.min_interval - time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), max(0.0, wait))
+            if self._wanted is None:
+                return
             percent, description = self._wanted
             self._wanted = None
             try:
@@ -132,13 +146,13 @@ class ProgressArtifact:
                 self._shown = percent
             except Exception as exc:  # progress must never fail a generation
                 logging.getLogger(__name__).debug("Progress artifact update failed: %s", exc)
-            if self._wanted is not None and self._wanted[0] < 100:
-                await asyncio.sleep(self.min_interval)
+            self._sent_at = time.monotonic()
 
     async def __aenter__(self) -> ProgressArtifact:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Send the latest value before the run that owns it ends, however it ends."""
+        self._hurry.set()
         if self._sender is not None:
             await self._sender

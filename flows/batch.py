@@ -28,7 +28,13 @@ from flows.models import from_text
 from flows.polling import PollPolicy
 from flows.redact import redact, safe_url
 from flows.tasks import DEFAULT_TIMEOUT_SECONDS
-from flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, RUN_TAGS, video_to_video
+from flows.video_to_video import (
+    DEFAULT_CREDENTIALS_BLOCK,
+    RUN_TAGS,
+    check_access,
+    load_credentials,
+    video_to_video,
+)
 
 DEFAULT_CONCURRENCY_LIMIT = "aimlapi-video-to-video"
 DEFAULT_MAX_CONCURRENCY = 16
@@ -190,9 +196,22 @@ async def run_items(
 
     async with ProgressArtifact() as progress:
         progress.update(0, f"0/{total} generations done")
-        rows = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+        with _no_child_heartbeats():
+            rows = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
     logger.info("Batch finished: %d completed, %d failed of %d.", total - failed, failed, total)
     return list(rows)
+
+
+def _no_child_heartbeats() -> contextlib.AbstractContextManager[Any]:
+    """Children share this process, so the batch's own heartbeat covers them: no thread per child.
+
+    Prefect gives every flow run a heartbeat thread; in a batch that would be one thread (and a
+    stream of heartbeat events) per waiting generation, for a liveness signal the parent run
+    already sends for the same process.
+    """
+    from prefect.settings import temporary_settings
+
+    return temporary_settings(updates={"flows.heartbeat_frequency": None})
 
 
 def _shown(video: str) -> str:
@@ -277,6 +296,7 @@ async def video_to_video_batch(
     missing = [i for i, item in enumerate(batch) if not (item.prompt or prompt)]
     if missing:
         raise InvalidInputError(f"Items {missing[:10]} have no prompt and the batch has no default `prompt`.")
+    await check_access(await load_credentials(credentials))  # once, before any child: a bad key fails here
     defaults = dict(
         prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion,
         credentials=credentials, output=output, output_storage=output_storage, aws_credentials=aws_credentials,

@@ -7,17 +7,19 @@ reader never sees a partial file (temp name + rename locally, a single verified 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
-import json
 import os
 import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic_core
 from pydantic import BaseModel
 
 from flows.errors import InvalidInputError
@@ -152,15 +154,32 @@ async def store_file(
     return target.location(path)
 
 
+@contextlib.contextmanager
+def staging_file(target: OutputTarget, path: str, suffix: str) -> Iterator[Path]:
+    """A temporary file to build `path` in, removed on exit unless stored meanwhile.
+
+    It sits next to a local destination, so storing it is an atomic rename; for other targets
+    it sits in a temp dir that goes with it.
+    """
+    directory = Path(path).parent if target.kind == "local" else Path(tempfile.mkdtemp(prefix="aimlapi-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    staged = directory / f".{uuid.uuid4().hex}{suffix}"
+    try:
+        yield staged
+    finally:
+        staged.unlink(missing_ok=True)
+        if target.kind != "local":
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 async def write_sidecar(target: OutputTarget, video_path: str, record: dict[str, Any]) -> str:
     """Write `<video path>.json` next to the video: what was asked, what it cost, how it went."""
-    content = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
-    with tempfile.TemporaryDirectory(prefix="aimlapi-") as staging:
-        local = Path(staging) / "sidecar.json"
-        local.write_bytes(content)
+    content = pydantic_core.to_json(record, indent=2, fallback=str)
+    path = f"{video_path}.json"
+    with staging_file(target, path, ".sidecar.json") as staged:
+        staged.write_bytes(content)
         return await store_file(
-            target, local, f"{video_path}.json",
-            sha256=hashlib.sha256(content).hexdigest(), content_type="application/json",
+            target, staged, path, sha256=hashlib.sha256(content).hexdigest(), content_type="application/json"
         )
 
 

@@ -169,8 +169,8 @@ async def submit_once(
     if record is None:
         now = time.time()
         fresh = SubmissionRecord(key=key, fingerprint=fingerprint, scope=scope, created_at=now, updated_at=now)
-        if store.create(fresh):
-            return await _post(client, store, fresh, params, video_url, grace_seconds, logger)
+        if store.create(fresh):  # written as `pending`, fsynced: the write-ahead record of this POST
+            return await _post(client, store, fresh, params, video_url, grace_seconds, logger, written=True)
         record = store.load(key) or fresh  # another run created it a moment ago
     if record.state == "accepted":
         logger.info("Resuming generation %s (already submitted; no new request sent).", record.generation_id)
@@ -200,15 +200,20 @@ async def _post(
     video_url: Callable[[], Awaitable[str]],
     grace_seconds: float,
     logger: logging.Logger | logging.LoggerAdapter,
+    *,
+    written: bool = False,
 ) -> SubmittedGeneration:
     """Send the POST under a durable `pending` record; a lost answer leaves it pending for reconciliation.
 
     While this attempt prepares the input and waits for the answer, a heartbeat keeps the record
     fresh, so a concurrent attempt keeps reconciling instead of deciding the sender is gone.
+    `written`: the record is already stored as `pending` (just created).
     """
-    record.state = "pending"
-    store.save(record)
+    if not (written and record.state == "pending"):
+        record.state = "pending"
+        store.save(record)
     heartbeat = asyncio.create_task(_heartbeat(store, record, grace_seconds / 3))
+    answered = False
     try:
         try:
             url = await video_url()
@@ -217,6 +222,7 @@ async def _post(
             raise
         try:
             answer = await client.submit(params.payload(url), client_request_id=record.client_request_id)
+            answered = True
         except SubmissionOutcomeUnknown:
             raise
         except AimlApiError:
@@ -225,7 +231,8 @@ async def _post(
     finally:
         heartbeat.cancel()
         await asyncio.gather(heartbeat, return_exceptions=True)
-        store.save(record)
+        if not answered:  # `rejected` (nothing sent) or still `pending` (answer lost): record it
+            store.save(record)
     generation = answer.generation
     _accept(store, record, generation, answer.request_id)
     logger.info(

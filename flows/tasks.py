@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import shutil
-import tempfile
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -37,7 +33,7 @@ from flows.errors import (
 )
 from flows.inputs import VideoInput, video_url_for
 from flows.models import GenerationParams, Phase, StatusChange, VideoInfo
-from flows.outputs import OutputTarget, store_file
+from flows.outputs import OutputTarget, staging_file, store_file
 from flows.polling import PollPolicy
 from flows.probe import probe_video
 from flows.submissions import DEFAULT_GRACE_SECONDS, SubmissionStore, SubmittedGeneration, submit_once
@@ -256,10 +252,7 @@ async def download_video(
 
     logger = get_run_logger()
     started = time.monotonic()
-    # Stage next to a local destination (so the final step is a rename), else in a temp dir.
-    staging = Path(path).parent if target.kind == "local" else Path(tempfile.mkdtemp(prefix="aimlapi-"))
-    staged = staging / f".{uuid.uuid4().hex}.download.mp4"
-    try:
+    with staging_file(target, path, ".download.mp4") as staged:
         async with credentials.get_client() as client:
             url = await _result_url(client, generation_id, fresh_ok=task_run.run_count <= 1)
             downloaded = await client.download(url, staged)
@@ -268,10 +261,6 @@ async def download_video(
         except AimlApiError as exc:
             raise DownloadError(f"The result of {generation_id} is not a playable video: {exc}") from None
         location = await store_file(target, staged, path, sha256=downloaded.sha256)
-    finally:
-        staged.unlink(missing_ok=True)
-        if target.kind != "local":
-            shutil.rmtree(staging, ignore_errors=True)
     elapsed = time.monotonic() - started
     logger.info("Stored %s (%d bytes, sha256 %s) in %.1f s.", location, downloaded.size_bytes, downloaded.sha256, elapsed)
     return StoredVideo(

@@ -8,6 +8,7 @@ only paid call.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from typing import Any
@@ -80,8 +81,31 @@ def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
     return from_text(overrides)
 
 
+ACCESS_CHECK_TTL_SECONDS = 60.0
+_access_checks: dict[str, tuple[asyncio.Future[None], float]] = {}
+
+
 async def check_access(credentials: AimlApiCredentials, attempts: int = 3) -> None:
-    """Fail fast, before anything is spent, if the API cannot be reached or refuses the key."""
+    """Fail fast, before anything is spent, if the API cannot be reached or refuses the key.
+
+    A check that passed in this process less than a minute ago, or is in flight, is shared: a
+    batch checks once for all its children instead of once per child.
+    """
+    key = hashlib.sha256(f"{credentials.base_url}|{credentials.api_key.get_secret_value()}".encode()).hexdigest()
+    shared = _access_checks.get(key)
+    if (shared is None or shared[0].get_loop() is not asyncio.get_running_loop()
+            or (shared[0].done() and time.monotonic() - shared[1] > ACCESS_CHECK_TTL_SECONDS)):
+        shared = (asyncio.ensure_future(_check_access_now(credentials, attempts)), time.monotonic())
+        _access_checks[key] = shared
+    try:
+        await asyncio.shield(shared[0])
+    finally:
+        check = shared[0]
+        if check.done() and (check.cancelled() or check.exception()) and _access_checks.get(key) is shared:
+            del _access_checks[key]  # never share a failure: the next caller checks again
+
+
+async def _check_access_now(credentials: AimlApiCredentials, attempts: int) -> None:
     async with credentials.get_client() as client:
         for attempt in range(attempts):
             try:

@@ -11,7 +11,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlo
 
 from blocks import AimlApiCredentials
 from flows.batch import BatchFailedError, video_to_video_batch
-from flows.errors import InvalidInputError
+from flows.errors import AuthenticationError, InvalidInputError
 from tests.support import prefect_api
 
 pytestmark = pytest.mark.integration
@@ -104,3 +104,53 @@ async def test_manifest_csv_and_bad_manifest(prefect_server, sandbox, clips, tmp
     with pytest.raises(InvalidInputError, match="line 2"):
         await video_to_video_batch(manifest=str(broken), prompt="x", credentials=credentials(sandbox))
     assert len(sandbox.ledger()) == 2
+
+
+async def _heartbeats(flow_run_ids: list[str]) -> dict[str, int]:
+    """How many `prefect.flow-run.heartbeat` events the server holds for each of these runs."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+
+    now = datetime.now(timezone.utc)
+    event_filter = EventFilter(
+        occurred=EventOccurredFilter(since=now - timedelta(hours=1), until=now + timedelta(hours=1)),
+        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{i}" for i in flow_run_ids]),
+    )
+    async with get_client() as client:
+        events = (await client.read_events(filter=event_filter, limit=50)).events
+    return {i: sum(e.resource.id == f"prefect.flow-run.{i}" for e in events) for i in flow_run_ids}
+
+
+async def test_children_have_no_heartbeat_threads(prefect_server, sandbox, clips, tmp_path):
+    """One heartbeat for the batch's process, none per waiting generation.
+
+    Prefect's heartbeat thread emits its first event as it starts, so a child without heartbeat
+    events had no heartbeat thread.
+    """
+    items = [{"video": str(clips["small"]), "seed": i} for i in range(4)]
+
+    await video_to_video_batch(items=items, prompt="x", credentials=credentials(sandbox),
+                               output=str(tmp_path / "{seed}.mp4"), concurrency_limit=None, max_concurrency=4)
+
+    parent = await _latest_batch_run()
+    children = [str(c.id) for c in await _children(str(parent.id))]
+    assert len(children) == 4
+    beats = await prefect_api.eventually(lambda: _heartbeats([str(parent.id), *children]),
+                                         lambda found: found[str(parent.id)] >= 1)
+    assert beats[str(parent.id)] >= 1, "the control: the parent's heartbeat is recorded"
+    assert all(beats[c] == 0 for c in children), beats
+
+
+async def test_wrong_key_fails_the_batch_before_any_child(prefect_server, sandbox, clips):
+    items = [{"video": str(clips["small"]), "seed": i} for i in range(5)]
+    wrong = AimlApiCredentials(api_key="not-the-key", base_url=sandbox.base_url)
+
+    with pytest.raises(AuthenticationError, match="AimlApiCredentials block"):
+        await video_to_video_batch(items=items, prompt="x", credentials=wrong, concurrency_limit=None)
+
+    parent = await _latest_batch_run()
+    assert parent.state.is_failed()
+    assert await _children(str(parent.id)) == []
+    assert sandbox.ledger() == []
