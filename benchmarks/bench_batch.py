@@ -13,6 +13,11 @@ its RSS and CPU are the worker's.
 (b) ours: ``video_to_video_batch`` with N items (one child ``video_to_video`` flow run each,
     ``max_concurrency=N``, no global concurrency limit), output to local files.
 
+(c) Prefect's floor, run just before (b) on the same server: the same shape with nothing of ours (N
+    child flow runs of three no-op tasks, the middle one waiting D s; see ``run_floor``). Its wall
+    time is what Prefect's own bookkeeping costs for the structure the issue asks for on this
+    machine; ``ratio_to_floor`` (ours / floor) is what our work adds. ``--skip-floor`` skips it.
+
 Per generation, with the sandbox's ledger (accepted_at / started_at / completed_at, GETs counted):
 
 * detection latency: when our flow saw ``completed`` (the result's status timeline, read from the
@@ -343,6 +348,43 @@ async def run_ours(base_url: str, api_key: str, clip: Path, count: int, out: Pat
     return {"wall_s": wall, "started_at": started_unix, "rows": rows, "loop_lag": loop_lag}
 
 
+# --- (c) Prefect's own floor ---------------------------------------------------------------------------
+
+
+async def run_floor(count: int, seconds: float) -> float:
+    """Wall time of a Prefect-only batch of the same shape as ours, on the same server.
+
+    A parent gathering `count` child flow runs (named at start, tagged, no heartbeat thread, like
+    ours), each running three tasks, the middle one waiting `seconds` (the provider's processing).
+    Nothing else: no API client, no checks, files, artifacts or logs of ours. So ours / floor is
+    what our work costs on top of Prefect's own bookkeeping for the structure the issue asks for
+    (a child flow run per generation, submit / wait / download as tasks).
+    """
+    from prefect import flow, tags, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.settings import temporary_settings
+
+    @task(cache_policy=NO_CACHE)
+    async def step(index: int, wait: float) -> int:
+        await asyncio.sleep(wait)
+        return index
+
+    @flow(name="bench-floor-child", flow_run_name="floor-{index}")
+    async def child(index: int) -> int:
+        await step(index, 0)
+        await step(index, seconds)
+        return await step(index, 0)
+
+    @flow(name="bench-floor-batch")
+    async def parent() -> list[int]:
+        with temporary_settings(updates={"flows.heartbeat_frequency": None}), tags("aimlapi", "video-to-video"):
+            return await asyncio.gather(*(child(i) for i in range(count)))
+
+    started = time.perf_counter()
+    await parent()
+    return time.perf_counter() - started
+
+
 async def child_runs(flow_run_ids: list[str]) -> dict[str, Any]:
     """The child flow runs as the Prefect server recorded them (start/end times)."""
     from uuid import UUID
@@ -440,6 +482,8 @@ def main() -> None:
     parser.add_argument("--baseline-n", type=int, default=None,
                         help="generations for the baseline (default N; fewer: its wall time is extrapolated to N)")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--skip-floor", action="store_true",
+                        help="skip (c), the Prefect-only batch of the same shape (its wall time is our floor)")
     parser.add_argument("--workers", type=int, default=None, help="sandbox GPU slots (default N)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="items of an unmeasured batch run first (server start-up, flow registration)")
@@ -488,6 +532,11 @@ def main() -> None:
                 if args.warmup:
                     print(f"warm-up: a batch of {args.warmup} (not measured) ...", flush=True)
                     warm = await run_ours(sandbox.base_url, api_key, clip, args.warmup, work / "warmup", False)
+                floor = None
+                if not args.skip_floor:
+                    print(f"(c) Prefect's floor: {n} child flow runs of three no-op tasks, the middle one "
+                          f"waiting {d:g} s ...", flush=True)
+                    floor = await run_floor(n, d)
                 print(f"(b) video_to_video_batch: {n} items ...", flush=True)
                 postgres_port = int(database_url.rsplit(":", 1)[1].split("/")[0]) if database_url else None
                 cpu = CpuWatch(int(api_url.rsplit(":", 1)[1].split("/")[0]), postgres_port, sandbox_pid)
@@ -502,6 +551,7 @@ def main() -> None:
                 ids = [r.flow_run_id for r in run["rows"] if r.flow_run_id]
                 children = await child_runs(ids)
                 await flush_to_server()
+                run["floor_wall_s"] = floor
                 return warm, run, children
 
             try:
@@ -555,6 +605,10 @@ def report(args: argparse.Namespace, n: int, d: float, workers: int, baseline_n:
     if ratio:
         extrapolated = " (baseline extrapolated linearly from " + str(baseline_n) + ")" if baseline_n != n else ""
         print(f"ratio baseline / ours = {ratio:.1f}x{extrapolated}, baseline poll {args.baseline_poll:g} s")
+    floor = run.get("floor_wall_s")
+    if floor:
+        print(f"Prefect's floor (c): {floor:.1f} s for {n} child flow runs of three no-op tasks waiting {d:g} s; "
+              f"ours / floor = {batch_wall / floor:.2f}")
     o = ours["overhead"]
     print(f"orchestration overhead per generation: mean {o['mean']:.2f} s, p95 {o['p95']:.2f} s "
           f"(child total_s minus the sandbox's accepted->completed; provider processing mean "
@@ -599,6 +653,7 @@ def report(args: argparse.Namespace, n: int, d: float, workers: int, baseline_n:
         "baseline_detection_p95_s": base["detection"]["p95"] if base else None,
         "baseline_polls_per_generation_mean": base["polls"]["mean"] if base else None,
         "batch_wall_s": rnd(batch_wall, 2), "ratio": rnd(ratio, 2),
+        "prefect_floor_wall_s": rnd(floor, 2), "ratio_to_floor": rnd(batch_wall / floor, 3) if floor else None,
         "completed": ours["completed"], "failed": ours["failed"],
         "detection_p50_s": ours["detection"]["p50"], "detection_p95_s": ours["detection"]["p95"],
         "detection_max_s": ours["detection"]["max"],
