@@ -134,8 +134,6 @@ class ProgressArtifact:
                 wait = self._sent_at + self.min_interval - time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hurry.wait(), max(0.0, wait))
-            if self._wanted is None:
-                return
             percent, description = self._wanted
             self._wanted = None
             try:

@@ -157,8 +157,12 @@ async def run_items(
     concurrency_limit: str | None,
     max_concurrency: int,
 ) -> list[BatchItemResult]:
-    """Run each item as a child flow run, concurrently within both caps, never cancelling siblings."""
+    """Run each item as a child flow run, concurrently within both caps, never cancelling siblings.
+
+    The key is checked first, so a wrong one fails here instead of in every child.
+    """
     logger = get_run_logger()
+    await check_access(await load_credentials(defaults["credentials"]))  # once, before any child
     limit = await _check_limit(concurrency_limit, max_concurrency)
     local = asyncio.Semaphore(max_concurrency)
     total = len(items)
@@ -296,7 +300,6 @@ async def video_to_video_batch(
     missing = [i for i, item in enumerate(batch) if not (item.prompt or prompt)]
     if missing:
         raise InvalidInputError(f"Items {missing[:10]} have no prompt and the batch has no default `prompt`.")
-    await check_access(await load_credentials(credentials))  # once, before any child: a bad key fails here
     defaults = dict(
         prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion,
         credentials=credentials, output=output, output_storage=output_storage, aws_credentials=aws_credentials,

@@ -209,7 +209,7 @@ async def _post(
     fresh, so a concurrent attempt keeps reconciling instead of deciding the sender is gone.
     `written`: the record is already stored as `pending` (just created).
     """
-    if not (written and record.state == "pending"):
+    if not written:
         record.state = "pending"
         store.save(record)
     heartbeat = asyncio.create_task(_heartbeat(store, record, grace_seconds / 3))

@@ -171,9 +171,7 @@ async def wait_for_generation(
                     progress.update(100, f"{generation_id}: completed")
                     return _outcome(submitted, generation, timeline, request_ids, polls, first_generating, now)
                 if generation.phase is Phase.FAILED:
-                    SubmissionStore(store_directory).mark_failed(
-                        submitted.record_key
-                    )
+                    SubmissionStore(store_directory).mark_failed(submitted.record_key)
                     name, detail = generation.error_summary()
                     progress.update(100, f"{generation_id}: failed")
                     raise GenerationFailedError(generation_id, name, detail, raw=generation.error)
