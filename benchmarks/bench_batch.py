@@ -119,7 +119,7 @@ def summary(values: list[float]) -> dict[str, float | None]:
 
 def _serve_sandbox(conn: Any, processing_seconds: float, workers: int, api_key: str) -> None:
     """Child process: the sandbox on a free port until the parent says stop."""
-    from sandbox import SandboxConfig, run_sandbox
+    from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
 
     config = SandboxConfig(api_key=api_key, processing_seconds=processing_seconds, workers=workers)
     with run_sandbox(config) as handle:
@@ -130,7 +130,7 @@ def _serve_sandbox(conn: Any, processing_seconds: float, workers: int, api_key: 
 @contextlib.contextmanager
 def sandbox_process(processing_seconds: float, workers: int, api_key: str) -> Iterator[tuple[Any, int]]:
     """The sandbox in its own process (so its CPU and memory are not the worker's); yields (handle, pid)."""
-    from sandbox import SandboxHandle
+    from prefect_aimlapi_video.sandbox import SandboxHandle
 
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
@@ -330,8 +330,8 @@ def run_baseline(base_url: str, api_key: str, clip: Path, count: int, poll: floa
 
 
 async def run_ours(base_url: str, api_key: str, clip: Path, count: int, out: Path, measure: bool) -> dict[str, Any]:
-    from blocks import AimlApiCredentials
-    from flows.batch import video_to_video_batch
+    from prefect_aimlapi_video.blocks import AimlApiCredentials
+    from prefect_aimlapi_video.flows.batch import video_to_video_batch
 
     credentials = AimlApiCredentials(api_key=api_key, base_url=base_url)
     items = [{"video": str(clip), "seed": i} for i in range(count)]
@@ -505,8 +505,8 @@ def main() -> None:
     os.environ.pop("PREFECT_API_KEY", None)
     os.environ.pop("PREFECT_API_URL", None)
 
-    from deployments.local_services import postgres_server, prefect_server
-    from sandbox import make_test_clip
+    from prefect_aimlapi_video.deployments.local_services import postgres_server, prefect_server
+    from prefect_aimlapi_video.sandbox import make_test_clip
 
     api_key = "bench-batch-key"
     try:

@@ -24,8 +24,8 @@ import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
 
-from sandbox.media import add_h264_stream, frame_rate, make_test_clip, open_video, probe_video
-from sandbox.transform import transform_video
+from prefect_aimlapi_video.sandbox.media import add_h264_stream, frame_rate, make_test_clip, open_video, probe_video
+from prefect_aimlapi_video.sandbox.transform import transform_video
 
 TARGET_SECONDS = 2.0
 

@@ -1,7 +1,7 @@
 """Upload-to-flow-start latency of the event-triggered deployment (S3 -> SQS -> bridge -> trigger -> run).
 
 Starts PostgreSQL + a Prefect server, moto's server (S3 notifications to SQS), the sandbox, the
-`on-s3-upload` deployment served by `python -m deployments.serve`, and the bridge; then uploads
+`on-s3-upload` deployment served by `python -m prefect_aimlapi_video.deployments.serve`, and the bridge; then uploads
 `--uploads` videos one at a time and measures, for each, the time from the end of `put_object`
 to the flow run's start time as recorded by the Prefect server. Prints every figure and, last,
 one JSON line.
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployments import local_services  # noqa: E402
+from prefect_aimlapi_video.deployments import local_services  # noqa: E402
 
 POLL_FREQUENCY = "1"
 
@@ -103,8 +103,8 @@ def main() -> None:
         import boto3
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from blocks import AimlApiCredentials
-        from sandbox import SandboxConfig, make_test_clip, run_sandbox
+        from prefect_aimlapi_video.blocks import AimlApiCredentials
+        from prefect_aimlapi_video.sandbox import SandboxConfig, make_test_clip, run_sandbox
 
         s3, sqs = boto3.client("s3"), boto3.client("sqs")
         queue_url = sqs.create_queue(QueueName="bench-uploads")["QueueUrl"]
@@ -117,8 +117,8 @@ def main() -> None:
                "PYTHONPATH": str(ROOT)}
         with temporary_settings({PREFECT_API_URL: api_url}), run_sandbox(SandboxConfig(processing_seconds=1)) as sb:
             AimlApiCredentials(api_key=sb.api_key, base_url=sb.base_url).save("aimlapi", overwrite=True)
-            serve = _start(["-m", "deployments.serve", "--only", "on-s3-upload"], work / "serve.log", env)
-            bridge = _start(["-m", "deployments.bridge", "--queue-url", queue_url, "--prefix", "incoming/",
+            serve = _start(["-m", "prefect_aimlapi_video.deployments.serve", "--only", "on-s3-upload"], work / "serve.log", env)
+            bridge = _start(["-m", "prefect_aimlapi_video.deployments.bridge", "--queue-url", queue_url, "--prefix", "incoming/",
                              "--exclude-prefix", "outputs/", "--state-file", str(work / "seen.sqlite")],
                             work / "bridge.log", env)
             try:

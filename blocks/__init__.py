@@ -1,5 +1,5 @@
-"""Prefect blocks of this integration (`prefect block register -m blocks` registers them)."""
+"""Prefect blocks of this integration (`prefect block register -m prefect_aimlapi_video` registers them)."""
 
-from blocks.credentials import AimlApiCredentials
+from prefect_aimlapi_video.blocks.credentials import AimlApiCredentials
 
 __all__ = ["AimlApiCredentials"]

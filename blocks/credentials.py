@@ -6,19 +6,20 @@ from pydantic import Field, SecretStr, field_validator
 
 from prefect.blocks.abstract import CredentialsBlock
 
-from flows.client import DEFAULT_BASE_URL, DEFAULT_MAX_DOWNLOAD_BYTES, AimlApiClient, check_base_url
+from prefect_aimlapi_video.flows.client import DEFAULT_BASE_URL, DEFAULT_MAX_DOWNLOAD_BYTES, AimlApiClient, check_base_url
 
 
 class AimlApiCredentials(CredentialsBlock):
     """Credentials and connection settings for the AI/ML API (https://aimlapi.com).
 
     Example:
-        Save once, then refer to it by name from flows and deployments:
+        Load a saved block by name and use its client:
         ```python
-        from blocks import AimlApiCredentials
+        from prefect_aimlapi_video import AimlApiCredentials
 
-        AimlApiCredentials(api_key="...").save("aimlapi")
-        client = AimlApiCredentials.load("aimlapi").get_client()
+        aimlapi_credentials_block = AimlApiCredentials.load("BLOCK_NAME")
+        async with aimlapi_credentials_block.get_client() as client:
+            generation = await client.get_generation("GENERATION_ID")
         ```
     """
 

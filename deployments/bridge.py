@@ -36,7 +36,7 @@ import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.events import Event
 
-from flows.inputs import VIDEO_SUFFIXES
+from prefect_aimlapi_video.flows.inputs import VIDEO_SUFFIXES
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EVENT_NAME = "aimlapi.s3.object.created"

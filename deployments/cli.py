@@ -66,9 +66,9 @@ def _run_parser(sub: Any) -> None:
 
 def _credentials(args: argparse.Namespace) -> Any:
     """A block name, or an in-memory block built from the environment's key (never saved)."""
-    from blocks import AimlApiCredentials
-    from flows.client import DEFAULT_BASE_URL
-    from flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK
+    from prefect_aimlapi_video.blocks import AimlApiCredentials
+    from prefect_aimlapi_video.flows.client import DEFAULT_BASE_URL
+    from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK
 
     if args.credentials:
         return args.credentials
@@ -81,8 +81,8 @@ def _credentials(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.errors import AimlApiError, InvalidInputError
-    from flows.video_to_video import video_to_video
+    from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
+    from prefect_aimlapi_video.flows.video_to_video import video_to_video
 
     options: dict[str, Any] = {}
     if args.timeout is not None:
@@ -118,7 +118,7 @@ def one_line_summary(result: Any) -> str:
 
 
 def cmd_save_key(args: argparse.Namespace) -> int:
-    from blocks import AimlApiCredentials
+    from prefect_aimlapi_video.blocks import AimlApiCredentials
 
     key = _key_from_env()
     if not key:
@@ -139,15 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # error on machines without internet. An explicit setting wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if argv and argv[0] == "sandbox":
-        from sandbox import main as sandbox_main
+        from prefect_aimlapi_video.sandbox import main as sandbox_main
 
         return sandbox_main(argv[1:])
     if argv and argv[0] == "s3-events":
-        from deployments.bridge import main as bridge_main
+        from prefect_aimlapi_video.deployments.bridge import main as bridge_main
 
         return bridge_main(argv[1:])
     if argv and argv[0] == "serve":
-        from deployments.serve import main as serve_main
+        from prefect_aimlapi_video.deployments.serve import main as serve_main
 
         return serve_main(argv[1:])
     parser = _OneLineErrors(prog="aimlapi-video", description=__doc__.splitlines()[0])
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "save-key":
         return cmd_save_key(args)
     if args.command == "demo":
-        from deployments.demo import run_demo
+        from prefect_aimlapi_video.deployments.demo import run_demo
 
         return run_demo()
     return _fail(f"unknown command {args.command}", 2)

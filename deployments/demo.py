@@ -28,10 +28,10 @@ def _where_to_look(flow_run_id: str | None) -> str:
 
 
 def run_demo(output_dir: Path | None = None, processing_seconds: float = 3.0) -> int:
-    from blocks import AimlApiCredentials
-    from deployments.cli import one_line_summary
-    from flows.video_to_video import video_to_video
-    from sandbox import SandboxConfig, make_test_clip, run_sandbox
+    from prefect_aimlapi_video.blocks import AimlApiCredentials
+    from prefect_aimlapi_video.deployments.cli import one_line_summary
+    from prefect_aimlapi_video.flows.video_to_video import video_to_video
+    from prefect_aimlapi_video.sandbox import SandboxConfig, make_test_clip, run_sandbox
 
     output_dir = (output_dir or Path("aimlapi-outputs")).absolute()
     with tempfile.TemporaryDirectory(prefix="aimlapi-demo-") as scratch, run_sandbox(

@@ -4,7 +4,7 @@ For development and demos: the same deployments, triggers and schedules as `pref
 creates, without a work pool or worker. The YAML is the one source; this reads it, fills in its
 `{{ $ENV_VAR }}` placeholders from the environment, and serves each entry.
 
-    AIMLAPI_BUCKET=my-bucket python -m deployments.serve
+    AIMLAPI_BUCKET=my-bucket python -m prefect_aimlapi_video.deployments.serve
 """
 
 from __future__ import annotations

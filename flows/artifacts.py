@@ -13,8 +13,8 @@ import logging
 import time
 from typing import Any
 
-from flows.models import MODEL, VideoToVideoResult
-from flows.redact import redact
+from prefect_aimlapi_video.flows.models import MODEL, VideoToVideoResult
+from prefect_aimlapi_video.flows.redact import redact
 
 
 def _cell(value: Any) -> str:

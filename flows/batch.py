@@ -21,14 +21,14 @@ from prefect import flow, tags
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from blocks import AimlApiCredentials
-from flows.artifacts import ProgressArtifact
-from flows.errors import AimlApiError, InvalidInputError
-from flows.models import from_text
-from flows.polling import PollPolicy
-from flows.redact import redact, safe_url
-from flows.tasks import DEFAULT_TIMEOUT_SECONDS
-from flows.video_to_video import (
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.flows.artifacts import ProgressArtifact
+from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
+from prefect_aimlapi_video.flows.models import from_text
+from prefect_aimlapi_video.flows.polling import PollPolicy
+from prefect_aimlapi_video.flows.redact import redact, safe_url
+from prefect_aimlapi_video.flows.tasks import DEFAULT_TIMEOUT_SECONDS
+from prefect_aimlapi_video.flows.video_to_video import (
     DEFAULT_CREDENTIALS_BLOCK,
     RUN_TAGS,
     check_access,
@@ -95,7 +95,7 @@ def _parse_rows(text: str, name: str) -> list[dict[str, Any]]:
 async def load_manifest(manifest: str, aws_credentials: str | None = None) -> list[BatchItem]:
     """Items from a CSV or JSONL manifest, local or `s3://bucket/key`; errors name the line."""
     if manifest.startswith("s3://"):
-        from flows.storage import read_object
+        from prefect_aimlapi_video.flows.storage import read_object
 
         text = (await read_object(manifest, aws_credentials)).decode()
     else:

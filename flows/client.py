@@ -1,6 +1,6 @@
 """An async client for the AI/ML API video-generation endpoints. Plain Python: no Prefect here.
 
-The client maps every HTTP outcome to one exception type from `flows.errors`, and it keeps the
+The client maps every HTTP outcome to one exception type from `prefect_aimlapi_video.flows.errors`, and it keeps the
 one distinction that matters for money: a POST that certainly was not accepted (connection
 refused, an HTTP error answer) versus one whose answer was lost (`SubmissionOutcomeUnknown`).
 Downloads use a second HTTP client without the API key, since result URLs point to a CDN.
@@ -24,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from pydantic import BaseModel, SecretStr
 
-from flows.errors import (
+from prefect_aimlapi_video.flows.errors import (
     AimlApiError,
     AuthenticationError,
     DownloadError,
@@ -36,8 +36,8 @@ from flows.errors import (
     SubmissionOutcomeUnknown,
     TransientApiError,
 )
-from flows.models import MODEL, Generation, UsageLogRow
-from flows.redact import install_log_redaction, redact, safe_url
+from prefect_aimlapi_video.flows.models import MODEL, Generation, UsageLogRow
+from prefect_aimlapi_video.flows.redact import install_log_redaction, redact, safe_url
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com"
 GENERATIONS_PATH = "/v2/video/generations"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.redact import redact
+from prefect_aimlapi_video.flows.redact import redact
 
 
 class AimlApiError(Exception):

@@ -13,8 +13,8 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from blocks import AimlApiCredentials
-from flows.batch import (
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.flows.batch import (
     DEFAULT_CONCURRENCY_LIMIT,
     DEFAULT_MAX_CONCURRENCY,
     BatchItem,
@@ -23,13 +23,13 @@ from flows.batch import (
     report,
     run_items,
 )
-from flows.errors import InvalidInputError
-from flows.inputs import VIDEO_SUFFIXES, file_stem
-from flows.outputs import TEMPLATE_FIELDS
-from flows.polling import PollPolicy
-from flows.storage import list_objects, object_exists
-from flows.tasks import DEFAULT_TIMEOUT_SECONDS
-from flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.inputs import VIDEO_SUFFIXES, file_stem
+from prefect_aimlapi_video.flows.outputs import TEMPLATE_FIELDS
+from prefect_aimlapi_video.flows.polling import PollPolicy
+from prefect_aimlapi_video.flows.storage import list_objects, object_exists
+from prefect_aimlapi_video.flows.tasks import DEFAULT_TIMEOUT_SECONDS
+from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK
 
 # Fields that change from run to run cannot name an output we look for on the next run.
 _UNSTABLE_FIELDS = ("generation", "flow_run", "date")

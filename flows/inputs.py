@@ -21,11 +21,11 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from pydantic import BaseModel
 
-from flows.client import is_loopback
-from flows.errors import InvalidInputError
-from flows.models import VideoInfo
-from flows.probe import probe_url, probe_video
-from flows.redact import safe_url
+from prefect_aimlapi_video.flows.client import is_loopback
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.models import VideoInfo
+from prefect_aimlapi_video.flows.probe import probe_url, probe_video
+from prefect_aimlapi_video.flows.redact import safe_url
 
 # A local file is sent inline: read and base64-encoded inside the submit task, it travels in the
 # POST body. Keep bodies well below what an API gateway accepts: 20 MiB of video is about 27 MiB
@@ -133,7 +133,7 @@ async def inspect_video(
         )
     parts = urlsplit(video)
     if parts.scheme == "s3":
-        from flows.storage import inspect_s3_video
+        from prefect_aimlapi_video.flows.storage import inspect_s3_video
 
         source = await inspect_s3_video(video, aws_credentials)
         return source.model_copy(update={"presign_seconds": presign_seconds})
@@ -172,7 +172,7 @@ async def _inspect_local(path: Path, max_bytes: int, stage_to: str | None) -> Vi
             "upload it to S3 and pass s3://bucket/key, or set `stage_to` to an S3Bucket block."
         )
     if stage_to:
-        from flows.outputs import load_block
+        from prefect_aimlapi_video.flows.outputs import load_block
 
         await load_block(stage_to, what="stage_to")
     info = probe_video(path, label=f"video file {path}")
@@ -195,14 +195,14 @@ async def video_url_for(video: str, source: VideoInput) -> str:
     if source.kind == "local_file":
         path = Path(source.display)
         if source.stage_to:
-            from flows.storage import stage_local_file
+            from prefect_aimlapi_video.flows.storage import stage_local_file
 
             return await stage_local_file(
                 path, source.stage_to, source.identity.removeprefix("sha256:"), expires_in=source.presign_seconds
             )
         return data_uri(path.read_bytes(), mimetypes.guess_type(path.name)[0] or "video/mp4")
     if source.kind == "s3":
-        from flows.storage import presign_video
+        from prefect_aimlapi_video.flows.storage import presign_video
 
         return await presign_video(video, aws_credentials=source.aws_credentials, expires_in=source.presign_seconds)
     return video.strip()

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import pydantic_core
 from pydantic import BaseModel
 
-from flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.errors import InvalidInputError
 
 DEFAULT_TEMPLATE = "{stem}-{generation}.mp4"
 DEFAULT_DIRECTORY = "aimlapi-outputs"
@@ -85,7 +85,7 @@ async def resolve_output(
     if output_storage:
         target = await _resolve_block(output_storage, output or DEFAULT_TEMPLATE, aws_credentials)
     elif output and output.startswith("s3://"):
-        from flows.storage import resolve_s3_output
+        from prefect_aimlapi_video.flows.storage import resolve_s3_output
 
         target = await resolve_s3_output(output, aws_credentials)
     else:
@@ -110,7 +110,7 @@ async def _resolve_block(slug_and_name: str, template: str, aws_credentials: str
     from prefect_aws.s3 import S3Bucket
 
     if isinstance(block, S3Bucket):
-        from flows.storage import resolve_s3_bucket_output
+        from prefect_aimlapi_video.flows.storage import resolve_s3_bucket_output
 
         return await resolve_s3_bucket_output(block, slug_and_name, template)
     return OutputTarget(kind="block", template=template.lstrip("/"), block=slug_and_name)
@@ -141,7 +141,7 @@ async def store_file(
         move_atomically(local_file, Path(path))
         return path
     if target.kind == "s3":
-        from flows.storage import upload_file
+        from prefect_aimlapi_video.flows.storage import upload_file
 
         return await upload_file(target, local_file, path, sha256=sha256, content_type=content_type)
     block = await load_block(target.block or "", what="output_storage")

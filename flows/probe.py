@@ -9,9 +9,9 @@ from typing import Any
 
 import av
 
-from flows.errors import InvalidInputError
-from flows.models import VideoInfo
-from flows.redact import redact
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.models import VideoInfo
+from prefect_aimlapi_video.flows.redact import redact
 
 REMOTE_TIMEOUT_SECONDS = 15.0
 

@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from flows.errors import InvalidInputError, TransientApiError
-from flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, file_stem
-from flows.outputs import DEFAULT_TEMPLATE, OutputTarget, load_block
-from flows.probe import probe_url
-from flows.redact import install_log_redaction
+from prefect_aimlapi_video.flows.errors import InvalidInputError, TransientApiError
+from prefect_aimlapi_video.flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, file_stem
+from prefect_aimlapi_video.flows.outputs import DEFAULT_TEMPLATE, OutputTarget, load_block
+from prefect_aimlapi_video.flows.probe import probe_url
+from prefect_aimlapi_video.flows.redact import install_log_redaction
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 16 * 1024 * 1024

@@ -37,9 +37,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from flows.client import AimlApiClient
-from flows.errors import AimlApiError, ReconciliationUnavailable, SubmissionOutcomeUnknown
-from flows.models import Generation, GenerationParams
+from prefect_aimlapi_video.flows.client import AimlApiClient
+from prefect_aimlapi_video.flows.errors import AimlApiError, ReconciliationUnavailable, SubmissionOutcomeUnknown
+from prefect_aimlapi_video.flows.models import Generation, GenerationParams
 
 # After a lost answer, how long the usage log must stay silent before a resend. It must cover a
 # POST still in flight elsewhere (the client's request timeout, 30 s by default) plus the time the

@@ -2,7 +2,7 @@
 
 * `submit_generation` retries only where a resend is safe: failures that certainly were not
   accepted (connection refused, 429, 5xx answers), and lost answers, which the next attempt
-  reconciles through the usage log before sending anything (see `flows.submissions`).
+  reconciles through the usage log before sending anything (see `prefect_aimlapi_video.flows.submissions`).
 * `wait_for_generation` polls (free) with an adaptive schedule and absorbs transient errors
   itself; it raises on `error` and on its overall timeout.
 * `download_video` streams and verifies the result, retrying transient and truncated downloads
@@ -21,9 +21,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
-from blocks import AimlApiCredentials
-from flows.artifacts import ProgressArtifact
-from flows.errors import (
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.flows.artifacts import ProgressArtifact
+from prefect_aimlapi_video.flows.errors import (
     AimlApiError,
     DownloadError,
     GenerationFailedError,
@@ -31,12 +31,12 @@ from flows.errors import (
     RateLimitedError,
     TransientApiError,
 )
-from flows.inputs import VideoInput, video_url_for
-from flows.models import GenerationParams, Phase, StatusChange, VideoInfo
-from flows.outputs import OutputTarget, staging_file, store_file
-from flows.polling import PollPolicy
-from flows.probe import probe_video
-from flows.submissions import DEFAULT_GRACE_SECONDS, SubmissionStore, SubmittedGeneration, submit_once
+from prefect_aimlapi_video.flows.inputs import VideoInput, video_url_for
+from prefect_aimlapi_video.flows.models import GenerationParams, Phase, StatusChange, VideoInfo
+from prefect_aimlapi_video.flows.outputs import OutputTarget, staging_file, store_file
+from prefect_aimlapi_video.flows.polling import PollPolicy
+from prefect_aimlapi_video.flows.probe import probe_video
+from prefect_aimlapi_video.flows.submissions import DEFAULT_GRACE_SECONDS, SubmissionStore, SubmittedGeneration, submit_once
 
 DEFAULT_TIMEOUT_SECONDS = 20 * 60
 MAX_CONSECUTIVE_POLL_ERRORS = 10
@@ -49,7 +49,7 @@ _fresh_result_urls: dict[str, tuple[str, float]] = {}
 
 
 def _retry_if_retryable(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry only errors flagged `retryable` (see `flows.errors`).
+    """Prefect retry condition: retry only errors flagged `retryable` (see `prefect_aimlapi_video.flows.errors`).
 
     The engine hands us `Failed(data=<the exception>)`, so the exception is read from `data`.
     """
@@ -80,7 +80,7 @@ async def submit_generation(
     reconcile_grace_seconds: float = DEFAULT_GRACE_SECONDS,
     store_directory: str | None = None,
 ) -> SubmittedGeneration:
-    """POST one generation at most once for `idempotency_key` (see `flows.submissions`)."""
+    """POST one generation at most once for `idempotency_key` (see `prefect_aimlapi_video.flows.submissions`)."""
     logger = get_run_logger()
     store = SubmissionStore(store_directory)
     async with credentials.get_client() as client:

@@ -17,15 +17,15 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from pydantic import ValidationError
 
-from blocks import AimlApiCredentials
-from flows.artifacts import publish_output_link, publish_summary
-from flows.errors import AimlApiError, GenerationFailedError, InvalidInputError, TransientApiError
-from flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, file_stem, inspect_video
-from flows.models import GenerationParams, Timing, VideoToVideoResult, from_text
-from flows.outputs import OutputTarget, resolve_output, template_fields, write_sidecar
-from flows.polling import PollPolicy
-from flows.submissions import DEFAULT_GRACE_SECONDS
-from flows.tasks import DEFAULT_TIMEOUT_SECONDS, download_video, submit_generation, wait_for_generation
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.flows.artifacts import publish_output_link, publish_summary
+from prefect_aimlapi_video.flows.errors import AimlApiError, GenerationFailedError, InvalidInputError, TransientApiError
+from prefect_aimlapi_video.flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, file_stem, inspect_video
+from prefect_aimlapi_video.flows.models import GenerationParams, Timing, VideoToVideoResult, from_text
+from prefect_aimlapi_video.flows.outputs import OutputTarget, resolve_output, template_fields, write_sidecar
+from prefect_aimlapi_video.flows.polling import PollPolicy
+from prefect_aimlapi_video.flows.submissions import DEFAULT_GRACE_SECONDS
+from prefect_aimlapi_video.flows.tasks import DEFAULT_TIMEOUT_SECONDS, download_video, submit_generation, wait_for_generation
 
 DEFAULT_CREDENTIALS_BLOCK = "aimlapi"
 RUN_TAGS = ("aimlapi", "video-to-video")

@@ -32,7 +32,7 @@ def prefect_server() -> Iterator[str]:
     """
     from contextlib import ExitStack
 
-    from deployments import local_services
+    from prefect_aimlapi_video.deployments import local_services
 
     with ExitStack() as stack:
         database = None
@@ -50,7 +50,7 @@ def prefect_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small real H.264 clips, made once per session."""
-    from sandbox import make_test_clip
+    from prefect_aimlapi_video.sandbox import make_test_clip
 
     directory = tmp_path_factory.mktemp("clips")
     return {
@@ -62,7 +62,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator:
     """One sandbox for the session; tests reset it and set their own faults."""
-    from sandbox import SandboxConfig, run_sandbox
+    from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
 
     with run_sandbox(SandboxConfig(processing_seconds=0.3, workers=16)) as handle:
         yield handle
@@ -83,7 +83,7 @@ def moto_server() -> Iterator[str]:
     The default AWS credential chain of this process (and its children) points at it through
     the standard environment variables, AWS_ENDPOINT_URL included.
     """
-    from deployments import local_services
+    from prefect_aimlapi_video.deployments import local_services
 
     with local_services.moto_server(_SESSION_HOME / "moto-server.log") as endpoint:
         os.environ.update(local_services.AWS_TEST_ENV, AWS_ENDPOINT_URL=endpoint)

@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from blocks import AimlApiCredentials
-from deployments.local_services import free_port
-from flows.errors import AuthenticationError, InvalidInputError
-from flows.inputs import MAX_DATA_URI_BYTES
-from flows.video_to_video import video_to_video
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.deployments.local_services import free_port
+from prefect_aimlapi_video.flows.errors import AuthenticationError, InvalidInputError
+from prefect_aimlapi_video.flows.inputs import MAX_DATA_URI_BYTES
+from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from tests.support import prefect_api
 from tests.support.reliability import cli_command, last_line, subprocess_env
 
@@ -164,7 +164,7 @@ def ctx(prefect_server, moto_server, clips, tmp_path_factory, sandbox_server):
 @pytest.fixture(scope="module")
 def cli_results(ctx):
     """Every case through the CLI, against a sandbox of its own; (results by case, that sandbox's ledger)."""
-    from sandbox import SandboxConfig, run_sandbox
+    from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
 
     with run_sandbox(SandboxConfig(processing_seconds=0.3)) as own:
         cli_ctx = Ctx(**{**ctx.__dict__, "base_url": own.base_url, "api_key": own.api_key})

@@ -9,9 +9,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-from blocks import AimlApiCredentials
-from flows.batch import BatchFailedError, video_to_video_batch
-from flows.errors import AuthenticationError, InvalidInputError
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.flows.batch import BatchFailedError, video_to_video_batch
+from prefect_aimlapi_video.flows.errors import AuthenticationError, InvalidInputError
 from tests.support import prefect_api
 
 pytestmark = pytest.mark.integration

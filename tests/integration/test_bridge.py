@@ -29,8 +29,8 @@ from boto3.s3.transfer import TransferConfig
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
-from deployments.bridge import EVENT_NAME, Filters, PrefectEventEmitter, S3EventBridge, SeenStore, main
-from deployments.local_services import free_port
+from prefect_aimlapi_video.deployments.bridge import EVENT_NAME, Filters, PrefectEventEmitter, S3EventBridge, SeenStore, main
+from prefect_aimlapi_video.deployments.local_services import free_port
 from tests.support.prefect_api import eventually
 
 pytestmark = pytest.mark.integration
@@ -338,7 +338,7 @@ def test_command_runs_until_sigterm_and_exits_cleanly(prefect_server, s3, queue,
     stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "deployments.bridge", "--queue-url", queue.url, "--prefix", "incoming/",
+            [sys.executable, "-m", "prefect_aimlapi_video.deployments.bridge", "--queue-url", queue.url, "--prefix", "incoming/",
              "--exclude-prefix", "incoming/renders/", "--state-file", str(state), "--wait-seconds", "1"],
             cwd=REPO, stdout=out, stderr=err,
         )

@@ -1,7 +1,7 @@
 """Deployments end to end: S3 upload -> SQS -> bridge -> Prefect event -> trigger -> served flow run.
 
 Everything real: a Prefect server, moto's server (S3 notifications to SQS), the sandbox, the
-deployments of deployments/prefect.yaml served by `python -m deployments.serve` in a subprocess,
+deployments of deployments/prefect.yaml served by `python -m prefect_aimlapi_video.deployments.serve` in a subprocess,
 and the bridge. The tests never call the flow directly: runs start through the trigger.
 """
 
@@ -20,8 +20,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
 
-from blocks import AimlApiCredentials
-from flows.folder import video_to_video_folder
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.flows.folder import video_to_video_folder
 from tests.support import prefect_api
 
 pytestmark = pytest.mark.integration
@@ -92,9 +92,9 @@ async def _wait_for_runs(name: str, count: int, *, final: bool, timeout: float =
 async def test_upload_starts_one_flow_run_through_the_trigger(prefect_server, sandbox, s3, watched_bucket, clips,
                                                               tmp_path):
     await credentials(sandbox).asave("aimlapi", overwrite=True)
-    serve = _start(["-m", "deployments.serve", "--only", "on-s3-upload"], tmp_path / "serve.log",
+    serve = _start(["-m", "prefect_aimlapi_video.deployments.serve", "--only", "on-s3-upload"], tmp_path / "serve.log",
                    AIMLAPI_BUCKET="watched")
-    bridge = _start(["-m", "deployments.bridge", "--queue-url", watched_bucket, "--prefix", "incoming/",
+    bridge = _start(["-m", "prefect_aimlapi_video.deployments.bridge", "--queue-url", watched_bucket, "--prefix", "incoming/",
                      "--exclude-prefix", "outputs/", "--state-file", str(tmp_path / "seen.sqlite")],
                     tmp_path / "bridge.log")
     try:

@@ -56,8 +56,8 @@ FLOWS_SCRIPT = textwrap.dedent(
 
     import httpx
 
-    from blocks import AimlApiCredentials
-    from flows.video_to_video import video_to_video
+    from prefect_aimlapi_video.blocks import AimlApiCredentials
+    from prefect_aimlapi_video.flows.video_to_video import video_to_video
 
     cfg = json.loads(sys.argv[1])
 
@@ -146,7 +146,7 @@ async def _events_for(run_ids: list[str], since: datetime) -> list:
 
 
 async def test_no_key_or_signature_anywhere(prefect_server, moto_server, s3, clips, tmp_path):
-    from sandbox import SandboxConfig, run_sandbox
+    from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
 
     canary = f"leakcanary{uuid.uuid4().hex[:8]}"
     bucket = f"leak-{uuid.uuid4().hex[:8]}"

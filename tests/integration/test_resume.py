@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-import flows.video_to_video as v2v_module
-from flows.errors import ReconciliationUnavailable
-from flows.inputs import sha256_file as input_sha256
-from flows.models import GenerationParams
-from flows.submissions import SubmissionRecord, SubmissionStore, record_key
-from flows.video_to_video import video_to_video
+import prefect_aimlapi_video.flows.video_to_video as v2v_module
+from prefect_aimlapi_video.flows.errors import ReconciliationUnavailable
+from prefect_aimlapi_video.flows.inputs import sha256_file as input_sha256
+from prefect_aimlapi_video.flows.models import GenerationParams
+from prefect_aimlapi_video.flows.submissions import SubmissionRecord, SubmissionStore, record_key
+from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from tests.support import prefect_api
 from tests.support.reliability import (
     REPO,
@@ -217,7 +217,7 @@ SERVE_SCRIPT = textwrap.dedent(
     """
     import sys
 
-    from flows.video_to_video import video_to_video
+    from prefect_aimlapi_video.flows.video_to_video import video_to_video
 
     if __name__ == "__main__":  # the runner starts each flow run in a spawned child that imports this file
         video_to_video.serve(name=sys.argv[1], print_starting_message=True)
@@ -261,7 +261,7 @@ async def test_sigkill_while_waiting_then_rerun_resumes(prefect_server, clips, t
     from prefect.deployments import run_deployment
     from prefect.states import Scheduled
 
-    from sandbox import SandboxConfig, run_sandbox
+    from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
 
     name = f"sigkill-{uuid.uuid4().hex[:8]}"
     script = tmp_path / "serve_worker.py"

@@ -10,10 +10,10 @@ from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 from prefect_aws.s3 import S3Bucket
 
-import flows.inputs
-from blocks import AimlApiCredentials
-from flows.errors import InvalidInputError
-from flows.video_to_video import video_to_video
+import prefect_aimlapi_video.flows.inputs as inputs_module
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from tests.support import prefect_api
 
 pytestmark = pytest.mark.integration
@@ -89,7 +89,7 @@ async def test_local_file_above_inline_cap_is_staged_through_s3(prefect_server, 
     s3.create_bucket(Bucket="staging")
     aws = AwsCredentials(aws_client_parameters=AwsClientParameters(endpoint_url=moto_server))
     await S3Bucket(bucket_name="staging", credentials=aws).asave("staging-it", overwrite=True)
-    monkeypatch.setattr(flows.inputs, "MAX_INLINE_FILE_BYTES", 1024)  # the clip is ~10 kB
+    monkeypatch.setattr(inputs_module, "MAX_INLINE_FILE_BYTES", 1024)  # the clip is ~10 kB
 
     with pytest.raises(InvalidInputError, match="stage_to"):
         await video_to_video(video=str(clips["small"]), prompt="x", credentials=credentials(sandbox))

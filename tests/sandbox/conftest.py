@@ -18,7 +18,7 @@ import httpx
 import jsonschema
 import pytest
 
-from sandbox import SandboxConfig, SandboxHandle, make_test_clip, run_sandbox
+from prefect_aimlapi_video.sandbox import SandboxConfig, SandboxHandle, make_test_clip, run_sandbox
 
 MODEL = "krea/krea-wan-14b/video-to-video"
 SCHEMA_DIR = Path(__file__).parent / "schemas"

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from sandbox import FaultConfig, FaultRule
+from prefect_aimlapi_video.sandbox import FaultConfig, FaultRule
 
 KNOWN_STATUSES = {"queued", "generating", "completed", "error"}
 

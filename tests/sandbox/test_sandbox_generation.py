@@ -11,8 +11,8 @@ import av
 import httpx
 import numpy as np
 
-from sandbox import make_test_clip, probe_video
-from sandbox.media import decode_frames
+from prefect_aimlapi_video.sandbox import make_test_clip, probe_video
+from prefect_aimlapi_video.sandbox.media import decode_frames
 
 
 def mean_abs_diff(a: bytes | Path, b: bytes | Path) -> float:

@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
-from sandbox import make_test_clip, probe_video
-from sandbox.inputs import parse_data_uri
-from sandbox.transform import Styliser, look_for, transform_video
+from prefect_aimlapi_video.sandbox import make_test_clip, probe_video
+from prefect_aimlapi_video.sandbox.inputs import parse_data_uri
+from prefect_aimlapi_video.sandbox.transform import Styliser, look_for, transform_video
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -59,7 +59,7 @@ def temp_leftovers(directory: Path) -> list[str]:
 
 def fast_credentials(sandbox: Any, **overrides: Any) -> Any:
     """Credentials with short timeouts, so an injected `slow_response` (3 s) becomes a client timeout."""
-    from blocks import AimlApiCredentials
+    from prefect_aimlapi_video.blocks import AimlApiCredentials
 
     settings = dict(timeout_seconds=2, connect_timeout_seconds=2, download_timeout_seconds=2)
     settings.update(overrides)
@@ -67,7 +67,7 @@ def fast_credentials(sandbox: Any, **overrides: Any) -> Any:
 
 
 def fast_polls() -> Any:
-    from flows.polling import PollPolicy
+    from prefect_aimlapi_video.flows.polling import PollPolicy
 
     return PollPolicy(initial_seconds=0.25, fast_phase_seconds=30, jitter=0.1)
 
@@ -84,7 +84,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def cli_command() -> list[str]:
     """The `aimlapi-video` console script of this environment."""
     script = Path(sys.executable).with_name("aimlapi-video")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "deployments.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "prefect_aimlapi_video.deployments.cli"]
 
 
 def last_line(text: str) -> str:

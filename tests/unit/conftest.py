@@ -49,6 +49,6 @@ def clip_path(tmp_path: Path, clip_bytes: bytes) -> Path:
 @pytest.fixture(autouse=True)
 def no_usage_log_backoff(monkeypatch):
     """Usage-log reads back off between attempts; unit tests need not wait for it."""
-    import flows.client
+    import prefect_aimlapi_video.flows.client as client_module
 
-    monkeypatch.setattr(flows.client, "LOG_RETRY_BASE_SECONDS", 0.0)
+    monkeypatch.setattr(client_module, "LOG_RETRY_BASE_SECONDS", 0.0)

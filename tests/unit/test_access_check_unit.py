@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-import flows.video_to_video as v2v
-from blocks import AimlApiCredentials
-from flows.errors import AuthenticationError
+import prefect_aimlapi_video.flows.video_to_video as v2v
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.flows.errors import AuthenticationError
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flows.artifacts import summary_markdown
-from flows.models import MODEL, StatusChange, Timing, VideoInfo, VideoToVideoResult
+from prefect_aimlapi_video.flows.artifacts import summary_markdown
+from prefect_aimlapi_video.flows.models import MODEL, StatusChange, Timing, VideoInfo, VideoToVideoResult
 
 GEN_ID = "3637be63-e8d1-4ac1-9a4b-00afbdf10a55:krea/krea-wan-14b/video-to-video"
 

@@ -8,7 +8,7 @@ from uuid import NAMESPACE_URL, uuid5
 
 import pytest
 
-from deployments.bridge import (
+from prefect_aimlapi_video.deployments.bridge import (
     EVENT_NAME,
     Filters,
     MalformedMessage,

@@ -1,4 +1,4 @@
-"""flows.client: answer mapping, submit/get/find_submission over httpx.MockTransport, base URL checks."""
+"""prefect_aimlapi_video.flows.client: answer mapping, submit/get/find_submission over httpx.MockTransport, base URL checks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from flows.client import AimlApiClient, check_base_url, parse_retry_after, raise_for_answer
-from flows.errors import (
+from prefect_aimlapi_video.flows.client import AimlApiClient, check_base_url, parse_retry_after, raise_for_answer
+from prefect_aimlapi_video.flows.errors import (
     AimlApiError,
     AuthenticationError,
     InvalidRequestError,
@@ -22,7 +22,7 @@ from flows.errors import (
     SubmissionOutcomeUnknown,
     TransientApiError,
 )
-from flows.models import MODEL
+from prefect_aimlapi_video.flows.models import MODEL
 
 API_KEY = "sk-unit-test-SECRET-KEY-0123456789"
 BASE_URL = "https://api.test"

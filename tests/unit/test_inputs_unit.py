@@ -1,4 +1,4 @@
-"""flows.inputs: checking the `video` argument before anything is spent (no network here)."""
+"""prefect_aimlapi_video.flows.inputs: checking the `video` argument before anything is spent (no network here)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from flows.errors import InvalidInputError
-from flows.inputs import data_uri, inspect_video, video_url_for
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.inputs import data_uri, inspect_video, video_url_for
 
 
 def as_data_uri(content: bytes, mime: str = "video/mp4") -> str:

@@ -1,4 +1,4 @@
-"""flows.models: strict GenerationParams, lenient Generation, UsageLogRow, credits."""
+"""prefect_aimlapi_video.flows.models: strict GenerationParams, lenient Generation, UsageLogRow, credits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from flows.models import (
+from prefect_aimlapi_video.flows.models import (
     MODEL,
     Generation,
     GenerationParams,

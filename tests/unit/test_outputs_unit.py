@@ -1,4 +1,4 @@
-"""flows.outputs: local output targets, template fields, atomic moves (no Prefect server needed)."""
+"""prefect_aimlapi_video.flows.outputs: local output targets, template fields, atomic moves (no Prefect server needed)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.errors import InvalidInputError
-from flows.outputs import (
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.outputs import (
     DEFAULT_DIRECTORY,
     DEFAULT_TEMPLATE,
     TEMPLATE_FIELDS,

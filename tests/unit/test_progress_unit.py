@@ -8,7 +8,7 @@ import time
 import pytest
 
 import prefect.artifacts
-from flows.artifacts import ProgressArtifact
+from prefect_aimlapi_video.flows.artifacts import ProgressArtifact
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""flows.submissions: the exactly-once protocol against a stateful fake API on httpx.MockTransport."""
+"""prefect_aimlapi_video.flows.submissions: the exactly-once protocol against a stateful fake API on httpx.MockTransport."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import uuid
 import httpx
 import pytest
 
-from flows.client import AimlApiClient
-from flows.errors import ReconciliationUnavailable, SubmissionOutcomeUnknown, TransientApiError
-from flows.models import MODEL, GenerationParams
-from flows.submissions import SubmissionRecord, SubmissionStore, record_key, submit_once
+from prefect_aimlapi_video.flows.client import AimlApiClient
+from prefect_aimlapi_video.flows.errors import ReconciliationUnavailable, SubmissionOutcomeUnknown, TransientApiError
+from prefect_aimlapi_video.flows.models import MODEL, GenerationParams
+from prefect_aimlapi_video.flows.submissions import SubmissionRecord, SubmissionStore, record_key, submit_once
 
 API_KEY = "sk-unit-test-SECRET-KEY-0123456789"
 BASE_URL = "https://api.test"
