@@ -113,8 +113,7 @@ def main() -> None:
         s3.put_bucket_notification_configuration(Bucket="bench", NotificationConfiguration={
             "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
         clip = make_test_clip(work / "clip.mp4", width=160, height=96, seconds=0.5, fps=12)
-        env = {**os.environ, "AIMLAPI_BUCKET": "bench", "PREFECT_RUNNER_POLL_FREQUENCY": POLL_FREQUENCY,
-               "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "AIMLAPI_BUCKET": "bench", "PREFECT_RUNNER_POLL_FREQUENCY": POLL_FREQUENCY}
         with temporary_settings({PREFECT_API_URL: api_url}), run_sandbox(SandboxConfig(processing_seconds=1)) as sb:
             AimlApiCredentials(api_key=sb.api_key, base_url=sb.base_url).save("aimlapi", overwrite=True)
             serve = _start(["-m", "prefect_aimlapi_video.deployments.serve", "--only", "on-s3-upload"], work / "serve.log", env)

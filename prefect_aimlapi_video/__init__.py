@@ -15,7 +15,7 @@ looks up a block does not pay for importing our flows.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 
@@ -67,23 +67,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
-
-if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported for real
-    from prefect_aimlapi_video.flows.batch import BatchFailedError, BatchItem, BatchItemResult, video_to_video_batch
-    from prefect_aimlapi_video.flows.client import AimlApiClient
-    from prefect_aimlapi_video.flows.errors import (
-        AimlApiError,
-        AuthenticationError,
-        DownloadError,
-        GenerationFailedError,
-        GenerationTimeoutError,
-        InvalidInputError,
-        OutOfCreditsError,
-        ReconciliationUnavailable,
-        SubmissionOutcomeUnknown,
-    )
-    from prefect_aimlapi_video.flows.folder import video_to_video_folder
-    from prefect_aimlapi_video.flows.models import GenerationParams, VideoToVideoResult
-    from prefect_aimlapi_video.flows.polling import PollPolicy
-    from prefect_aimlapi_video.flows.tasks import download_video, submit_generation, wait_for_generation
-    from prefect_aimlapi_video.flows.video_to_video import video_to_video

@@ -34,7 +34,6 @@ from prefect_aimlapi_video.deployments.local_services import free_port
 from tests.support.prefect_api import eventually
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -340,7 +339,7 @@ def test_command_runs_until_sigterm_and_exits_cleanly(prefect_server, s3, queue,
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect_aimlapi_video.deployments.bridge", "--queue-url", queue.url, "--prefix", "incoming/",
              "--exclude-prefix", "incoming/renders/", "--state-file", str(state), "--wait-seconds", "1"],
-            cwd=REPO, stdout=out, stderr=err,
+            cwd=tmp_path, stdout=out, stderr=err,
         )
         try:
             s3.put_object(Bucket=bucket, Key="incoming/renders/out.mp4", Body=b"an output")

@@ -33,7 +33,9 @@ def credentials(sandbox) -> AimlApiCredentials:
 
 
 def _subprocess_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PYTHONPATH": str(ROOT), **extra}
+    """No PYTHONPATH and (below) no cwd in the repository: the installed package is what runs."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "PREFECT_RUNNER_POLL_FREQUENCY": "1", **extra}
 
 
 @pytest.fixture
@@ -55,7 +57,7 @@ def watched_bucket(s3):
 
 def _start(args: list[str], log: Path, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, env=_subprocess_env(**env), stdout=open(log, "wb"),
+        [sys.executable, *args], cwd=log.parent, env=_subprocess_env(**env), stdout=open(log, "wb"),
         stderr=subprocess.STDOUT, start_new_session=True,
     )
 
@@ -171,10 +173,11 @@ async def test_scheduled_sweep_does_no_paid_work_twice(prefect_server, sandbox, 
 async def test_prefect_deploy_all_creates_both_deployments(prefect_server, tmp_path):
     env = _subprocess_env(AIMLAPI_BUCKET="media-bucket")
     subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "aimlapi", "--type", "process",
-                    "--overwrite"], cwd=ROOT, env=env, check=True, capture_output=True)
+                    "--overwrite"], cwd=tmp_path, env=env, check=True, capture_output=True)
     deploy = subprocess.run(
-        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+         "--prefect-file", str(ROOT / "deployments" / "prefect.yaml")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
     )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     async with get_client() as client:
@@ -186,5 +189,9 @@ async def test_prefect_deploy_all_creates_both_deployments(prefect_server, tmp_p
         for automation in automations:
             await client.delete_automation(automation.id)
     assert upload.work_pool_name == "aimlapi" and upload.parameters["output"].startswith("s3://media-bucket/outputs/")
+    # module-path entrypoints and no pull steps: a worker needs the package, not our source tree
+    assert upload.entrypoint == "prefect_aimlapi_video.flows.video_to_video:video_to_video"
+    assert sweep.entrypoint == "prefect_aimlapi_video.flows.folder:video_to_video_folder"
+    assert upload.pull_steps == [] and sweep.pull_steps == []
     assert sweep.schedules and sweep.schedules[0].schedule.cron == "0 2 * * *"
     assert automations and automations[0].trigger.match.model_dump()["prefect.resource.id"] == "s3://media-bucket/incoming/*"

@@ -31,7 +31,6 @@ from prefect_aimlapi_video.flows.submissions import SubmissionRecord, Submission
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from tests.support import prefect_api
 from tests.support.reliability import (
-    REPO,
     fast_credentials,
     fast_polls,
     logical_request,
@@ -228,7 +227,7 @@ SERVE_SCRIPT = textwrap.dedent(
 def _start_worker(script: Path, name: str, log: Path, env: dict[str, str]) -> subprocess.Popen:
     with open(log, "ab") as output:
         return subprocess.Popen(
-            [sys.executable, str(script), name], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
+            [sys.executable, str(script), name], cwd=script.parent, env=env, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: SIGKILL reaches the flow run's process too
         )
 

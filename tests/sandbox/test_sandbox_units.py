@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
+import tempfile
 import sys
 from fractions import Fraction
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,7 +16,6 @@ from prefect_aimlapi_video.sandbox import make_test_clip, probe_video
 from prefect_aimlapi_video.sandbox.inputs import parse_data_uri
 from prefect_aimlapi_video.sandbox.transform import Styliser, look_for, transform_video
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_look_depends_on_seed_and_prompt_only() -> None:
@@ -64,9 +62,8 @@ def test_test_clips_are_reproducible_and_probed(tmp_path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_command_line_serves_until_signalled(sig) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--port", "0", "--api-key", "cli-key", "--processing-seconds", "0"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        [sys.executable, "-m", "prefect_aimlapi_video.sandbox", "--port", "0", "--api-key", "cli-key", "--processing-seconds", "0"],
+        cwd=tempfile.gettempdir(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -73,9 +73,12 @@ def fast_polls() -> Any:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """This process's environment (Prefect server URL, submissions dir, AWS test env) plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    """This process's environment (Prefect server URL, submissions dir, AWS test env) plus `extra`.
+
+    No PYTHONPATH to the repository: children import the installed `prefect_aimlapi_video`, as a
+    user's processes do.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST") and k != "PYTHONPATH"}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra)
     return env

@@ -1,0 +1,161 @@
+"""As a user installs it: the built wheel in a fresh venv, inside a Prefect project that has its own
+`flows` and `blocks` packages.
+
+The wheel is built from a copy of the source (not an editable install) and installed with its
+dependencies into a new virtual environment. Everything after that runs with that venv's Python,
+from the user's project folder: their own `import flows.etl`, `prefect block register`, `prefect
+deploy` of a prefect.yaml that names our module entrypoint, and a process worker that runs the
+deployment against the sandbox. The user's `blocks/__init__.py` leaves a marker file if anything
+imports it, which Prefect's collection loading used to do.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from prefect_aimlapi_video import AimlApiCredentials
+from tests.support import prefect_api
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = "prefect_aimlapi_video"
+IGNORED = shutil.ignore_patterns(".git", ".venv", "__pycache__", "build", "dist", "*.egg-info", "aimlapi-outputs")
+
+
+def _run(argv: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> str:
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{argv} exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel built (PEP 517, isolated) from a copy of the repository, never touching the checkout."""
+    work = tmp_path_factory.mktemp("wheel-build")
+    source = work / "source"
+    shutil.copytree(REPO, source, ignore=IGNORED)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(work / "dist"), str(source)],
+         cwd=work)
+    (built,) = (work / "dist").glob("prefect_aimlapi_video-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def user_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
+    """A fresh venv with the wheel and its dependencies (pip compiles bytecode, as users get it)."""
+    home = tmp_path_factory.mktemp("user-venv") / "venv"
+    venv.create(home, with_pip=True)
+    python = home / "bin" / "python"
+    _run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], cwd=home.parent, timeout=1200)
+    return python
+
+
+def test_wheel_holds_one_top_level_import_package(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (top_level_txt,) = [n for n in names if n.endswith(".dist-info/top_level.txt")] or [None]
+        top = {name.split("/", 1)[0] for name in names if not name.split("/", 1)[0].endswith(".dist-info")}
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+        if top_level_txt:
+            assert archive.read(top_level_txt).decode().split() == [PACKAGE]
+    assert top == {PACKAGE}
+    for sub in ("blocks", "flows", "deployments", "sandbox"):
+        assert f"{PACKAGE}/{sub}/__init__.py" in names
+    assert f"{PACKAGE}/deployments/prefect.yaml" in names
+    assert f"prefect_aimlapi_video = {PACKAGE}" in entry_points
+    assert f"aimlapi-video = {PACKAGE}.deployments.cli:main" in entry_points
+
+
+def _user_project(root: Path, pool: str, block: str, output: Path) -> Path:
+    project = root / "user-project"
+    (project / "flows").mkdir(parents=True)
+    (project / "blocks").mkdir()
+    (project / "flows" / "__init__.py").write_text("")
+    (project / "flows" / "etl.py").write_text("WHO = 'the user project'\n")
+    (project / "blocks" / "__init__.py").write_text(textwrap.dedent("""
+        # The user's own blocks package. Anything importing it leaves a marker next to it.
+        from pathlib import Path
+
+        Path(__file__).with_name("IMPORTED").write_text("imported")
+    """))
+    (project / "prefect.yaml").write_text(textwrap.dedent(f"""
+        name: user-project
+        prefect-version: 3.9.1
+        build: null
+        push: null
+        pull: []
+        deployments:
+          - name: restyle
+            entrypoint: {PACKAGE}.flows.video_to_video:video_to_video
+            work_pool:
+              name: {pool}
+            parameters:
+              prompt: "a linocut print"
+              seed: 3
+              credentials: {block}
+              output: "{output}/{{stem}}-restyled.mp4"
+    """))
+    return project
+
+
+async def test_deploy_and_run_from_a_user_project_with_its_own_flows_and_blocks(
+    user_venv: Path, prefect_server: str, sandbox, clips, tmp_path: Path
+) -> None:
+    from prefect.deployments import run_deployment
+
+    tag = uuid.uuid4().hex[:8]
+    pool, block = f"wheel-pool-{tag}", f"wheel-{tag}"
+    output = tmp_path / "outputs"
+    project = _user_project(tmp_path, pool, block, output)
+    prefect = str(user_venv.with_name("prefect"))
+    env = {
+        "PATH": f"{user_venv.parent}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "user-prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "AIMLAPI_SUBMISSIONS_DIR": str(tmp_path / "submissions"),
+    }
+
+    # The user's own packages win in their project, and ours is the installed one.
+    where = _run([str(user_venv), "-c", "import flows.etl, prefect_aimlapi_video as p; "
+                  "print(flows.etl.WHO); print(p.__file__)"], cwd=project, env=env)
+    user_line, ours = where.splitlines()
+    assert user_line == "the user project"
+    assert "site-packages" in ours and not ours.startswith(str(REPO))
+    # Prefect loads collections with the project on sys.path (as `PYTHONPATH=.` or `python -m` does).
+    loaded = _run([str(user_venv), "-c", "from prefect.plugins import load_prefect_collections as l; "
+                   "print(sorted((k, type(v).__name__) for k, v in l().items()))"],
+                  cwd=project, env={**env, "PYTHONPATH": str(project)})
+    assert f"('{PACKAGE}', 'module')" in loaded
+
+    _run([prefect, "block", "register", "-m", PACKAGE], cwd=project, env=env)
+    await AimlApiCredentials(api_key=sandbox.api_key, base_url=sandbox.base_url).asave(block, overwrite=True)
+    _run([prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"], cwd=project, env=env)
+    _run([prefect, "--no-prompt", "deploy", "--all"], cwd=project, env=env)
+
+    run = await run_deployment("aimlapi-video-to-video/restyle", timeout=0,
+                               parameters={"video": str(clips["small"])})
+    worker = subprocess.run([prefect, "worker", "start", "--pool", pool, "--run-once"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=600)
+    finished = await prefect_api.flow_run(run.id)
+    assert finished.state.is_completed(), (finished.state, worker.stdout[-4000:], worker.stderr[-4000:])
+
+    (entry,) = sandbox.ledger()
+    result = output / "small-restyled.mp4"
+    assert result.is_file() and entry.prompt == "a linocut print" and entry.seed == 3
+    artifacts = await prefect_api.artifacts(run.id, expect=3)
+    assert any(a.type == "markdown" and a.data.startswith("# Video-to-video") and entry.generation_id in a.data
+               for a in artifacts)
+    assert any(a.type == "markdown" and a.data.startswith(f"[{result}]") for a in artifacts)  # the link
+    assert any(a.type == "progress" and a.data == 100 for a in artifacts)
+    assert not (project / "blocks" / "IMPORTED").exists(), "something imported the user's blocks package"

@@ -1,0 +1,82 @@
+"""The distribution's shape: one import package, every package folder mapped into it, no bare imports.
+
+The wheel itself is built and installed into a fresh venv by tests/integration/test_installed_wheel.py;
+these checks read the source tree and the installed metadata, so they run in milliseconds.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.metadata
+import tomllib
+from pathlib import Path
+
+import prefect_aimlapi_video
+
+REPO = Path(__file__).resolve().parents[2]
+FOLDERS = ("blocks", "flows", "deployments", "sandbox")
+PACKAGE = "prefect_aimlapi_video"
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _package_folders() -> dict[str, Path]:
+    """Every folder holding an __init__.py under the mapped top-level folders, by its package name."""
+    found = {PACKAGE: REPO / PACKAGE}
+    for folder in FOLDERS:
+        for init in (REPO / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(REPO / folder)
+            found[".".join((PACKAGE, folder, *relative.parts))] = init.parent
+    return found
+
+
+def test_every_package_folder_is_mapped_into_the_one_import_package() -> None:
+    setuptools = _pyproject()["tool"]["setuptools"]
+    assert sorted(setuptools["packages"]) == sorted(_package_folders())
+    for name, directory in setuptools["package-dir"].items():
+        assert name.startswith(PACKAGE) and (REPO / directory / "__init__.py").is_file()
+
+
+def test_no_module_imports_a_bare_top_level_folder() -> None:
+    """`import flows` / `from blocks import ...` would resolve to a user's own packages once installed."""
+    offenders = []
+    sources = [p for folder in (*FOLDERS, PACKAGE, "tests", "benchmarks") for p in (REPO / folder).rglob("*.py")]
+    assert len(sources) > 50
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{source.relative_to(REPO)}:{node.lineno} {n}" for n in names
+                          if n.split(".")[0] in FOLDERS]
+    assert offenders == []
+
+
+def test_public_names_resolve_and_the_version_is_the_distributions() -> None:
+    missing = [name for name in prefect_aimlapi_video.__all__ if not hasattr(prefect_aimlapi_video, name)]
+    assert missing == []
+    assert {"AimlApiCredentials", "video_to_video", "video_to_video_batch", "submit_generation",
+            "wait_for_generation", "download_video", "VideoToVideoResult", "AimlApiError"} <= set(
+        prefect_aimlapi_video.__all__)
+    assert prefect_aimlapi_video.__version__ == importlib.metadata.version("prefect-aimlapi-video")
+
+
+def test_entry_points_name_the_package() -> None:
+    project = _pyproject()["project"]
+    assert project["entry-points"]["prefect.collections"] == {PACKAGE: PACKAGE}
+    assert project["scripts"]["aimlapi-video"] == f"{PACKAGE}.deployments.cli:main"
+    installed = importlib.metadata.entry_points(group="prefect.collections", name=PACKAGE)
+    assert [ep.value for ep in installed] == [PACKAGE]
+    module, _, attribute = project["scripts"]["aimlapi-video"].partition(":")
+    assert callable(getattr(importlib.import_module(module), attribute))
+
+
+def test_prefect_floor_is_the_one_the_project_needs() -> None:
+    dependencies = _pyproject()["project"]["dependencies"]
+    assert "prefect>=3.9.1,<4" in dependencies
+    assert not [d for d in dependencies if d.startswith(("fastapi", "sqlalchemy"))]  # 3.8.x-only pins
