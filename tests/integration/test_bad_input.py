@@ -38,8 +38,8 @@ WRONG_KEY = "sk-wrong-0000"
 # URI case runs the same CLI with the inline cap lowered to 64 KiB and sends ~96 KiB.
 CLI_INLINE_CAP = 64 * 1024
 CLI_WITH_LOWER_CAP = (
-    "import sys, flows.inputs as inputs; inputs.MAX_DATA_URI_BYTES = %d; "
-    "from deployments.cli import main; sys.exit(main())" % CLI_INLINE_CAP
+    "import sys, prefect_aimlapi_video.flows.inputs as inputs; inputs.MAX_DATA_URI_BYTES = %d; "
+    "from prefect_aimlapi_video.deployments.cli import main; sys.exit(main())" % CLI_INLINE_CAP
 )
 
 

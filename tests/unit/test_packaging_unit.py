@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import importlib.metadata
 import tomllib
 from pathlib import Path
@@ -17,6 +18,7 @@ import prefect_aimlapi_video
 REPO = Path(__file__).resolve().parents[2]
 FOLDERS = ("blocks", "flows", "deployments", "sandbox")
 PACKAGE = "prefect_aimlapi_video"
+BARE_IN_TEXT = re.compile(rf"(^|[\s;\"'])(import|from) ({'|'.join(FOLDERS)})([.\s]|$)", re.M)
 
 
 def _pyproject() -> dict:
@@ -54,6 +56,11 @@ def test_no_module_imports_a_bare_top_level_folder() -> None:
                 names = [node.module]
             offenders += [f"{source.relative_to(REPO)}:{node.lineno} {n}" for n in names
                           if n.split(".")[0] in FOLDERS]
+            # code run in a subprocess (`python -c "..."`, generated scripts) counts too
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and source.name not in ("test_installed_wheel.py", "test_packaging_unit.py")
+                    and BARE_IN_TEXT.search(node.value)):
+                offenders.append(f"{source.relative_to(REPO)}:{node.lineno} (in a string)")
     assert offenders == []
 
 
