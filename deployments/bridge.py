@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote_plus
@@ -37,15 +36,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prefect.events import Event
 
 from prefect_aimlapi_video.flows.inputs import VIDEO_SUFFIXES
+from prefect_aimlapi_video.flows.s3_requests import object_idempotency_key, overrides_from_metadata
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EVENT_NAME = "aimlapi.s3.object.created"
-METADATA_OVERRIDES = {  # user metadata (x-amz-meta-*) -> flow parameter; the flow validates the values
-    "aimlapi-prompt": "prompt",
-    "aimlapi-strength": "strength",
-    "aimlapi-seed": "seed",
-    "aimlapi-enable-prompt-expansion": "enable_prompt_expansion",
-}
 COUNTS = ("received", "emitted", "duplicates", "skipped", "malformed", "failed")
 EVENTBRIDGE_REASONS = {"PutObject": "Put", "POST Object": "Post", "CopyObject": "Copy",
                        "CompleteMultipartUpload": "CompleteMultipartUpload"}
@@ -96,7 +90,7 @@ class ObjectCreated(BaseModel):
     @property
     def event_id(self) -> UUID:
         """Deterministic, so that a re-emit after a crash is recognised downstream as the same event."""
-        return uuid5(NAMESPACE_URL, f"{self.uri}#{self.etag}")
+        return uuid5(NAMESPACE_URL, object_idempotency_key(self.uri, self.etag))
 
 
 def _json(text: Any, what: str) -> Any:
@@ -162,18 +156,6 @@ def _from_eventbridge(document: dict[str, Any]) -> list[ObjectCreated]:
         event_name=f"ObjectCreated:{EVENTBRIDGE_REASONS.get(reason, reason)}", event_time=document["time"],
         source="eventbridge",
     )]
-
-
-def overrides_from_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-    """Per-object flow parameters from user metadata, which arrives atomically with the object.
-
-    S3 metadata is ASCII; non-ASCII values (a prompt in any language) travel RFC 2047-encoded.
-    """
-    lowered = {name.lower(): value for name, value in metadata.items()}
-    return {
-        parameter: str(make_header(decode_header(lowered[name]))) if "=?" in lowered[name] else lowered[name]
-        for name, parameter in METADATA_OVERRIDES.items() if name in lowered
-    }
 
 
 def build_event(obj: ObjectCreated, overrides: Mapping[str, str]) -> Event:

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -60,7 +61,13 @@ def _run_parser(sub: Any) -> None:
     who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
     run.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
     run.add_argument("--stage-to", default=None, help="S3Bucket block (s3-bucket/name) for big local files")
-    run.add_argument("--idempotency-key", default=None)
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--idempotency-key", default=None,
+                       help="generations with the same key (and request) are paid once; default: the request itself")
+    again.add_argument("--new", action="store_true",
+                       help="a fresh, paid generation even if this exact request ran before")
+    run.add_argument("--submissions", default=None,
+                     help="exactly-once records: a directory or s3://bucket/prefix (default AIMLAPI_SUBMISSIONS_DIR)")
     run.add_argument("--timeout", type=float, default=None, help="seconds to wait for the generation")
 
 
@@ -80,11 +87,21 @@ def _credentials(args: argparse.Namespace) -> Any:
     return DEFAULT_CREDENTIALS_BLOCK
 
 
+def _same_generation(args: argparse.Namespace) -> dict[str, Any]:
+    """By default the request itself is the scope: running the same command again resumes it (or
+    returns its output) without a new charge. `--new` asks for a fresh generation."""
+    if args.new:
+        return {"idempotency_key": f"cli-new:{uuid.uuid4()}"}
+    if args.idempotency_key:
+        return {"idempotency_key": args.idempotency_key}
+    return {"idempotency_scope": "request"}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
     from prefect_aimlapi_video.flows.video_to_video import video_to_video
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = _same_generation(args)
     if args.timeout is not None:
         options["timeout_seconds"] = args.timeout
     try:
@@ -93,8 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 video=args.video, prompt=args.prompt, strength=args.strength, seed=args.seed,
                 enable_prompt_expansion=not args.no_prompt_expansion, credentials=_credentials(args),
                 output=args.output, output_storage=args.output_storage, aws_credentials=args.aws_credentials,
-                stage_to=args.stage_to,
-                idempotency_key=args.idempotency_key, **options,
+                stage_to=args.stage_to, submissions=args.submissions, **options,
             )
         )
     except InvalidInputError as exc:
@@ -102,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except AimlApiError as exc:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:
-        return _fail("interrupted; re-running the same flow run resumes without a new charge.", 130)
+        return _fail("interrupted; run the same command again to resume without a new charge.", 130)
     _flush_prefect()
     print(one_line_summary(result), flush=True)
     return 0

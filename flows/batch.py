@@ -26,8 +26,11 @@ from prefect_aimlapi_video.flows.artifacts import ProgressArtifact
 from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
 from prefect_aimlapi_video.flows.models import from_text
 from prefect_aimlapi_video.flows.polling import PollPolicy
+from prefect_aimlapi_video.flows.record_store import open_store
 from prefect_aimlapi_video.flows.redact import redact, safe_url
-from prefect_aimlapi_video.flows.tasks import DEFAULT_TIMEOUT_SECONDS
+from prefect_aimlapi_video.flows.settings import RunSettings, validate_settings
+from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
+from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS
 from prefect_aimlapi_video.flows.video_to_video import (
     DEFAULT_CREDENTIALS_BLOCK,
     RUN_TAGS,
@@ -159,10 +162,15 @@ async def run_items(
 ) -> list[BatchItemResult]:
     """Run each item as a child flow run, concurrently within both caps, never cancelling siblings.
 
-    The key is checked first, so a wrong one fails here instead of in every child.
+    The settings, the key and the record store are checked first, so a wrong one fails here
+    instead of in every child.
     """
     logger = get_run_logger()
+    given = {name: value for name, value in defaults.items() if name in RunSettings.model_fields}
+    settings = validate_settings(**given)
+    defaults = {**defaults, **settings.model_dump(include=set(given))}
     await check_access(await load_credentials(defaults["credentials"]))  # once, before any child
+    await (await open_store(settings.submissions, settings.aws_credentials)).check()
     limit = await _check_limit(concurrency_limit, max_concurrency)
     local = asyncio.Semaphore(max_concurrency)
     total = len(items)
@@ -271,6 +279,8 @@ async def video_to_video_batch(
     tolerate_failures: bool = False,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     poll_policy: PollPolicy | None = None,
+    reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
+    submissions: str | None = None,
 ) -> list[BatchItemResult]:
     """Restyle many videos: one child `video_to_video` flow run per item.
 
@@ -282,6 +292,7 @@ async def video_to_video_batch(
             with a warning if it does not exist; None to not use one).
         max_concurrency: this batch's own cap on generations in flight.
         tolerate_failures: end Completed even if some items failed (the table says which).
+        timeout_seconds, poll_policy, reconcile_grace_seconds, submissions: as for `video_to_video`.
     """
     from prefect.runtime import flow_run
 
@@ -303,7 +314,8 @@ async def video_to_video_batch(
     defaults = dict(
         prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion,
         credentials=credentials, output=output, output_storage=output_storage, aws_credentials=aws_credentials,
-        timeout_seconds=timeout_seconds, poll_policy=poll_policy,
+        timeout_seconds=timeout_seconds, poll_policy=poll_policy, reconcile_grace_seconds=reconcile_grace_seconds,
+        submissions=submissions,
     )
     rows = await run_items(
         batch, defaults, scope=f"batch:{flow_run.id}", concurrency_limit=concurrency_limit,

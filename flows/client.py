@@ -31,12 +31,13 @@ from prefect_aimlapi_video.flows.errors import (
     InvalidRequestError,
     NotFoundError,
     OutOfCreditsError,
+    ProviderSubmitError,
     RateLimitedError,
     ReconciliationUnavailable,
     SubmissionOutcomeUnknown,
     TransientApiError,
 )
-from prefect_aimlapi_video.flows.models import MODEL, Generation, UsageLogRow
+from prefect_aimlapi_video.flows.models import MODEL, Generation
 from prefect_aimlapi_video.flows.redact import install_log_redaction, redact, safe_url
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com"
@@ -122,6 +123,28 @@ def _error_text(response: httpx.Response) -> str:
             loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
             parts.append(f"{loc}: {item.get('msg', '')}")
     return redact("; ".join(p for p in parts if p)[:500])
+
+
+# POST answers that prove the provider did not accept the request (nothing was charged).
+REFUSED_POST_STATUSES = frozenset({400, 401, 403, 404, 422, 429})
+
+
+def provider_error_shape(response: httpx.Response) -> bool:
+    """True for the provider's own error body, `{message, path, requestId, statusCode, timestamp}`.
+
+    A gateway in front of the provider (load balancer, CDN) answers with its own page instead,
+    which says nothing about whether the provider accepted the request behind it.
+    """
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return (
+        isinstance(body, dict)
+        and isinstance(body.get("message"), str)
+        and body.get("statusCode") == response.status_code
+        and ("requestId" in body or "path" in body)
+    )
 
 
 def raise_for_answer(response: httpx.Response, action: str) -> None:
@@ -241,6 +264,8 @@ class AimlApiClient:
             raise AuthenticationError("No API key: set api_key on the AimlApiCredentials block.")
         install_log_redaction()
         self.base_url = check_base_url(base_url)
+        # Tells accounts apart (shared usage-log readers, access checks) without holding the key.
+        self.key_fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
         self.max_download_bytes = max_download_bytes
         self._transport = transport
         self._cdn_timeout = httpx.Timeout(download_timeout_seconds, connect=connect_timeout_seconds)
@@ -280,7 +305,16 @@ class AimlApiClient:
             await self._cdn_client.aclose()
 
     async def submit(self, payload: dict[str, Any], *, client_request_id: str) -> ApiAnswer:
-        """POST a generation. Raises `SubmissionOutcomeUnknown` when the answer was lost."""
+        """POST a generation, sorting every outcome by what it proves about acceptance (money).
+
+        * connection refused / connect timeout: not sent -> `TransientApiError` (resend at once);
+        * 400/401/403/404/422, 429: the provider refused it -> the matching error (429 retryable);
+        * 500/503 in the provider's own JSON error shape -> `ProviderSubmitError` (resend only after
+          the usage log, read after a short pause, shows no row);
+        * anything else (a reset or timeout after sending, 502/504, an HTML or other non-provider
+          error page, an unreadable 2xx body) -> `SubmissionOutcomeUnknown` (reconcile, never resend
+          blindly).
+        """
         action = "Submitting the generation"
         try:
             response = await self._api.post(
@@ -298,15 +332,30 @@ class AimlApiClient:
                 "before sending it again.",
                 client_request_id=client_request_id,
             ) from None
-        raise_for_answer(response, action)
+        request_id = response.headers.get("x-request-id")
+        status = response.status_code
+        if status in REFUSED_POST_STATUSES:
+            raise_for_answer(response, action)
+        if status in (500, 503) and provider_error_shape(response):
+            raise ProviderSubmitError(
+                f"{action}: the provider answered {status} ({_error_text(response)}); it will be sent again "
+                f"only if the usage log shows no request {client_request_id} after a short pause.",
+                client_request_id=client_request_id, status_code=status, request_id=request_id,
+            )
+        if not response.is_success:
+            raise SubmissionOutcomeUnknown(
+                f"{action}: answered {status} by a gateway or in a form the provider does not use "
+                f"({_error_text(response)[:120]}); the provider may still have accepted it. Reconcile with "
+                f"client request id {client_request_id} before sending it again.",
+                client_request_id=client_request_id, status_code=status, request_id=request_id,
+            )
         try:
             return self._answer(response)
         except TransientApiError:
             raise SubmissionOutcomeUnknown(
-                f"{action}: the provider answered {response.status_code} but the body cannot be read; "
+                f"{action}: the provider answered {status} but the body cannot be read; "
                 f"reconcile with client request id {client_request_id}.",
-                client_request_id=client_request_id,
-                request_id=response.headers.get("x-request-id"),
+                client_request_id=client_request_id, request_id=request_id,
             ) from None
 
     async def get_generation(self, generation_id: str) -> ApiAnswer:
@@ -333,32 +382,14 @@ class AimlApiClient:
         if response.status_code in (401, 403):
             raise_for_answer(response, action)
 
-    async def find_submission(
-        self, client_request_id: str, *, page_size: int = 100, max_pages: int = 20, attempts: int = 4
-    ) -> UsageLogRow | None:
-        """Look up the usage log for a POST we sent with this client request id (newest first).
+    async def read_log_page(self, offset: int, limit: int, *, attempts: int = 4) -> list[Any]:
+        """One page of `GET /v2/logs` for our model, newest first (the raw rows).
 
         Reading the log is free and changes nothing, so transient failures (network, 429, 5xx)
         are retried here with backoff before giving up with `ReconciliationUnavailable`.
         """
-        for page in range(max_pages):
-            params = {
-                "model": MODEL,
-                "client_request_id": client_request_id,
-                "offset": page * page_size,
-                "limit": page_size,
-            }
-            rows = await self._log_page(client_request_id, params, attempts)
-            for raw in rows:
-                row = UsageLogRow.model_validate(raw) if isinstance(raw, dict) else None
-                if row and row.client_request_id == client_request_id and row.resolved_generation_id:
-                    return row
-            if len(rows) < page_size:
-                return None
-        return None
-
-    async def _log_page(self, client_request_id: str, params: dict[str, Any], attempts: int) -> list[Any]:
-        action = f"Reading the usage log for client request id {client_request_id}"
+        action = "Reading the usage log"
+        params = {"model": MODEL, "offset": offset, "limit": limit}
         for attempt in range(attempts):
             try:
                 response = await self._api.get(LOGS_PATH, params=params)

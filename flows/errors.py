@@ -66,9 +66,12 @@ class TransientApiError(AimlApiError):
 
 
 class SubmissionOutcomeUnknown(AimlApiError):
-    """A POST was sent but no answer came back: the provider may have accepted (and will charge) it.
+    """A POST may have been accepted (and will then be charged), but we cannot tell.
 
-    Never resend blindly: reconcile through the usage log with `client_request_id` first.
+    Its answer was lost (a reset or timeout after sending), unreadable, or came from a gateway
+    (502/504, or any answer not in the provider's own JSON error shape): a gateway's answer says
+    nothing about whether the provider behind it accepted the request. Never resend blindly:
+    reconcile through the usage log with `client_request_id` first.
     """
 
     retryable = True
@@ -76,6 +79,28 @@ class SubmissionOutcomeUnknown(AimlApiError):
     def __init__(self, message: str, *, client_request_id: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.client_request_id = client_request_id
+
+
+class ProviderSubmitError(AimlApiError):
+    """The provider itself answered the POST with 500 or 503 in its documented JSON error shape.
+
+    Most likely not accepted, but not proven: it may be resent only once the usage log, read after
+    a short pause, shows no row for `client_request_id`.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, client_request_id: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.client_request_id = client_request_id
+
+
+class UnidentifiedGenerationError(AimlApiError):
+    """The usage log lists our request but no generation id we can recognise in its row.
+
+    Failing closed: the request was accepted (and may be charged), so it is never sent again; the
+    message names the client request id so a person can find the generation and collect it.
+    """
 
 
 class ReconciliationUnavailable(AimlApiError):

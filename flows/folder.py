@@ -1,8 +1,9 @@
 """The scheduled sweep: restyle every video under an S3 prefix (or in a manifest) not done yet.
 
-Made to be re-run on a schedule: an item whose output already exists is skipped before any
-request, and each generation's idempotency key is the input object's identity (its etag), so
-a run that crashed half-way resumes its accepted generations instead of paying for them again.
+Made to be re-run on a schedule, and to run beside the upload trigger: an item whose output already
+exists is skipped before any request, and each object runs exactly as the trigger would run it
+(see `flows.s3_requests`), so a run that crashed half-way, or an object the trigger is handling,
+resumes its accepted generation instead of paying for it again.
 """
 
 from __future__ import annotations
@@ -27,18 +28,34 @@ from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.inputs import VIDEO_SUFFIXES, file_stem
 from prefect_aimlapi_video.flows.outputs import TEMPLATE_FIELDS
 from prefect_aimlapi_video.flows.polling import PollPolicy
-from prefect_aimlapi_video.flows.storage import list_objects, object_exists
-from prefect_aimlapi_video.flows.tasks import DEFAULT_TIMEOUT_SECONDS
-from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK
+from prefect_aimlapi_video.flows.s3_requests import object_idempotency_key, overrides_from_metadata
+from prefect_aimlapi_video.flows.storage import head_object, list_objects, object_exists, object_version, s3_identity
+from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
+from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS
+from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, parse_overrides, validate_params
 
-# Fields that change from run to run cannot name an output we look for on the next run.
-_UNSTABLE_FIELDS = ("generation", "flow_run", "date")
+# Fields that stay the same from run to run for one object and one request: outputs named with
+# them can be found again by the next run (and by the upload trigger, which uses the same names).
+STABLE_FIELDS = ("stem", "seed", "strength", "fingerprint")
 
 
-def _output_for(video: str, output_prefix: str, output_name: str, seed: int | None, strength: float) -> str:
-    stem = file_stem(video.rsplit("/", 1)[-1])
-    name = output_name.format_map({"stem": stem, "seed": "random" if seed is None else seed, "strength": f"{strength:g}"})
-    return f"{output_prefix.rstrip('/')}/{name}"
+def _check_output_name(output_name: str, source: str) -> None:
+    used = {f for f in TEMPLATE_FIELDS if "{" + f + "}" in output_name}
+    if used - set(STABLE_FIELDS):
+        raise InvalidInputError(
+            f"output_name may use only {{stem}}, {{seed}}, {{strength}} and {{fingerprint}} (the same for the "
+            f"same object and request, so the next run finds it); got {output_name!r}."
+        )
+    if "fingerprint" in used and not source.startswith("s3://"):
+        raise InvalidInputError("output_name may use {fingerprint} only when sweeping an s3:// prefix; give manifest "
+                                "items their own `output` instead.")
+
+
+def _render(output_prefix: str, output_name: str, video: str, seed: int | None, strength: float,
+            fingerprint: str = "") -> str:
+    fields = dict(stem=file_stem(video.rsplit("/", 1)[-1]), seed="random" if seed is None else seed,
+                  strength=f"{strength:g}", fingerprint=fingerprint[:12])
+    return f"{output_prefix.rstrip('/')}/{output_name.format_map(fields)}"
 
 
 async def _exists(location: str, aws_credentials: str | None) -> bool:
@@ -47,20 +64,42 @@ async def _exists(location: str, aws_credentials: str | None) -> bool:
     return Path(location).expanduser().exists()
 
 
-async def _discover(source: str, output_prefix: str, aws_credentials: str | None) -> list[BatchItem]:
-    """Videos under an S3 prefix (never those under the output prefix), or a manifest's items."""
+async def _object_item(url: str, request: dict[str, Any], output_prefix: str, output_name: str,
+                       aws_credentials: str | None) -> BatchItem:
+    """The batch item for one object, as the upload trigger would run it: the object's metadata
+    overrides, its object+etag idempotency key, and the output name its request fingerprint gives."""
+    head = await head_object(url, aws_credentials)
+    version_id, etag = object_version(head)
+    overrides = parse_overrides(overrides_from_metadata(head.get("Metadata", {})))
+    params = validate_params(**{**request, **overrides})
+    fingerprint = params.fingerprint(s3_identity(url, version_id, etag))
+    output = _render(output_prefix, output_name, url, params.seed, params.strength, fingerprint)
+    return BatchItem(video=url, idempotency_key=object_idempotency_key(url, etag), output=output,
+                     **params.model_dump())
+
+
+async def _discover(source: str, output_prefix: str, output_name: str, request: dict[str, Any],
+                    aws_credentials: str | None) -> list[BatchItem | BatchItemResult]:
+    """Items to run (S3 objects under the prefix, never under the output prefix; or a manifest's
+    rows), and a failed row for each object whose metadata overrides are invalid."""
     if source.lower().endswith((".csv", ".jsonl")):
-        return await load_manifest(source, aws_credentials)
+        items = await load_manifest(source, aws_credentials)
+        return [item if item.output else item.model_copy(update={"output": _render(
+            output_prefix, output_name, item.video, item.seed if item.seed is not None else request["seed"],
+            item.strength if item.strength is not None else request["strength"])}) for item in items]
     if not source.startswith("s3://"):
         raise InvalidInputError(f"source must be s3://bucket/prefix/ or a .csv/.jsonl manifest, got {source!r}.")
-    items = []
+    bucket = source.removeprefix("s3://").split("/", 1)[0]
+    found: list[BatchItem | BatchItemResult] = []
     for entry in await list_objects(source, aws_credentials):
-        url = f"s3://{source.removeprefix('s3://').split('/', 1)[0]}/{entry['Key']}"
+        url = f"s3://{bucket}/{entry['Key']}"
         if url.startswith(output_prefix.rstrip("/") + "/") or not entry["Key"].lower().endswith(VIDEO_SUFFIXES):
             continue
-        etag = entry.get("ETag", "").strip('"')
-        items.append(BatchItem(video=url, idempotency_key=f"{url}#{etag}"))
-    return items
+        try:
+            found.append(await _object_item(url, request, output_prefix, output_name, aws_credentials))
+        except InvalidInputError as exc:  # bad metadata on one object fails that object only
+            found.append(BatchItemResult(index=0, video=url, status="failed", error=f"metadata overrides: {exc}"))
+    return found
 
 
 @flow(name="aimlapi-video-to-video-folder")
@@ -79,6 +118,8 @@ async def video_to_video_folder(
     tolerate_failures: bool = False,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     poll_policy: PollPolicy | None = None,
+    reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
+    submissions: str | None = None,
 ) -> list[BatchItemResult]:
     """Restyle each video under `source` whose output under `output_prefix` does not exist yet.
 
@@ -86,34 +127,37 @@ async def video_to_video_folder(
         source: `s3://bucket/prefix/` to sweep, or a .csv/.jsonl manifest (local or s3://).
         output_prefix: where results go (`s3://bucket/outputs/` or a local directory); objects under
             it are never treated as inputs, even inside `source`.
-        output_name: file name under `output_prefix`; {stem}, {seed} and {strength} only, so the
-            next run can tell which outputs exist.
+        output_name: file name under `output_prefix`: {stem}, {seed}, {strength} and (for s3://
+            sources) {fingerprint}, which stay the same for the same object and request, so the next
+            run, and the upload trigger when its `output` is `output_prefix` + `output_name`, find it.
+        reconcile_grace_seconds, submissions: as for `video_to_video` (use a shared s3:// store when
+            the upload trigger's runs may run on other hosts).
+
+    Each S3 object runs as the upload trigger would run it: its metadata overrides
+    (x-amz-meta-aimlapi-prompt, ...), its object+etag idempotency key, the same output name. So an
+    object either of them handled is skipped (output exists) or resumed (same record), never paid twice.
     """
     logger = get_run_logger()
-    unstable = [f for f in _UNSTABLE_FIELDS if "{" + f + "}" in output_name]
-    unknown = [f for f in TEMPLATE_FIELDS if f not in ("stem", "seed", "strength") and "{" + f + "}" in output_name]
-    if unstable or unknown:
-        raise InvalidInputError(f"output_name may use only {{stem}}, {{seed}}, {{strength}}; got {output_name!r}.")
+    _check_output_name(output_name, source)
+    request = dict(prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion)
+    validate_params(**request)
     rows: list[BatchItemResult] = []
     todo: list[BatchItem] = []
-    for index, item in enumerate(await _discover(source, output_prefix, aws_credentials)):
-        output = item.output or _output_for(
-            item.video, output_prefix, output_name,
-            item.seed if item.seed is not None else seed, item.strength if item.strength is not None else strength,
-        )
-        if await _exists(output, aws_credentials):
-            rows.append(BatchItemResult(index=index, video=item.video, status="skipped", output=output,
+    for found in await _discover(source, output_prefix, output_name, request, aws_credentials):
+        if isinstance(found, BatchItemResult):
+            rows.append(found)
+        elif found.output and await _exists(found.output, aws_credentials):
+            rows.append(BatchItemResult(index=0, video=found.video, status="skipped", output=found.output,
                                         error="output exists"))
         else:
-            todo.append(item.model_copy(update={"output": output}))
-    logger.info("%d videos to restyle, %d already done.", len(todo), len(rows))
+            todo.append(found)
+    logger.info("%d videos to restyle, %d already done or refused.", len(todo), len(rows))
     defaults: dict[str, Any] = dict(
-        prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion,
-        credentials=credentials, aws_credentials=aws_credentials, timeout_seconds=timeout_seconds,
-        poll_policy=poll_policy,
+        **request, credentials=credentials, aws_credentials=aws_credentials, timeout_seconds=timeout_seconds,
+        poll_policy=poll_policy, reconcile_grace_seconds=reconcile_grace_seconds, submissions=submissions,
     )
     if todo:
-        done = await run_items(todo, defaults, scope="folder", concurrency_limit=concurrency_limit,
-                               max_concurrency=max_concurrency)
-        rows = [row.model_copy(update={"index": i}) for i, row in enumerate(rows + done)]
+        rows += await run_items(todo, defaults, scope="folder", concurrency_limit=concurrency_limit,
+                                max_concurrency=max_concurrency)
+    rows = [row.model_copy(update={"index": i}) for i, row in enumerate(rows)]
     return await report(rows, tolerate_failures=tolerate_failures)

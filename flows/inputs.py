@@ -54,6 +54,8 @@ class VideoInput(BaseModel):
     aws_credentials: str | None = None
     stage_to: str | None = None
     presign_seconds: int = DEFAULT_PRESIGN_SECONDS
+    version_id: str | None = None  # s3: the version that was checked (versioned buckets)
+    etag: str | None = None  # s3: the etag that was checked
 
 
 def file_stem(name: str) -> str:
@@ -204,5 +206,6 @@ async def video_url_for(video: str, source: VideoInput) -> str:
     if source.kind == "s3":
         from prefect_aimlapi_video.flows.storage import presign_video
 
-        return await presign_video(video, aws_credentials=source.aws_credentials, expires_in=source.presign_seconds)
+        return await presign_video(video, aws_credentials=source.aws_credentials, expires_in=source.presign_seconds,
+                                   version_id=source.version_id, etag=source.etag)
     return video.strip()

@@ -199,22 +199,6 @@ class Generation(BaseModel):
         return "GenerationError", "the provider reported status 'error' without details"
 
 
-class UsageLogRow(BaseModel):
-    """A row of `GET /v2/logs`, as far as we need it to reconcile an ambiguous POST."""
-
-    model_config = ConfigDict(extra="allow")
-
-    client_request_id: str | None = None
-    generation_id: str | None = None
-    inference_id: str | None = None
-    id: str | None = None
-    status: str | None = None
-
-    @property
-    def resolved_generation_id(self) -> str | None:
-        return self.generation_id or self.inference_id or self.id
-
-
 def credits_to_usd(credits: float | None) -> float | None:
     return None if credits is None else credits / CREDITS_PER_USD
 

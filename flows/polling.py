@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import random
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+# How long a flow waits for a generation by default (the provider quotes ~2.5 min of processing;
+# queueing comes on top).
+DEFAULT_TIMEOUT_SECONDS = 20 * 60.0
 
 
 class PollPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field from a deployment is refused, not ignored
+
     initial_seconds: float = Field(default=1.0, gt=0)
     fast_phase_seconds: float = Field(default=12.0, ge=0, description="poll at initial_seconds this long")
     growth: float = Field(default=1.3, ge=1.0)

@@ -101,25 +101,54 @@ async def inspect_s3_video(video: str, aws_credentials: str | None = None) -> Vi
             raise InvalidInputError(
                 f"video {shown} is not a video (content type {content_type or 'unset'}, no MP4/WebM signature)."
             )
-    version = head.get("VersionId") or head.get("ETag", "").strip('"')
-    peek = await presign_video(video, aws_credentials=aws_credentials, expires_in=300)
+    version_id, etag = object_version(head)
+    peek = await presign_video(video, aws_credentials=aws_credentials, expires_in=300, version_id=version_id)
     info = await asyncio.to_thread(probe_url, peek, label=f"video {shown}", size=size)
     return VideoInput(
-        kind="s3", display=shown, identity=f"{shown}#{version}", stem=file_stem(key), size_bytes=size,
-        info=info, aws_credentials=aws_credentials,
+        kind="s3", display=shown, identity=s3_identity(shown, version_id, etag), stem=file_stem(key),
+        size_bytes=size, info=info, aws_credentials=aws_credentials, version_id=version_id, etag=etag,
     )
+
+
+def object_version(head: dict[str, Any]) -> tuple[str | None, str]:
+    """(VersionId on a versioned bucket, else None; the ETag without quotes) of a HeadObject answer."""
+    version_id = head.get("VersionId")
+    return (version_id if version_id and version_id != "null" else None), str(head.get("ETag", "")).strip('"')
+
+
+def s3_identity(shown: str, version_id: str | None, etag: str) -> str:
+    """The identity of an object's content in request fingerprints: its version, else its etag."""
+    return f"{shown}#{version_id or etag}"
 
 
 async def presign_video(
     video: str, *, aws_credentials: str | None = None, bucket_block: Any = None,
-    expires_in: int = DEFAULT_PRESIGN_SECONDS,
+    expires_in: int = DEFAULT_PRESIGN_SECONDS, version_id: str | None = None, etag: str | None = None,
 ) -> str:
-    """A presigned GET URL for the API to fetch the input. A secret: never log or return it."""
+    """A presigned GET URL for the API to fetch the input. A secret: never log or return it.
+
+    Pinned to what was checked: `version_id` (a versioned bucket) goes into the URL, so the API
+    fetches exactly that version; otherwise, with `etag`, the object must still have that etag
+    now, or nothing is sent (the fingerprint, and so the exactly-once record, named that content).
+    """
     bucket, key = parse_s3_url(video)
     client = await s3_client(aws_credentials, bucket_block)
+    params = {"Bucket": bucket, "Key": key}
+    if version_id:
+        params["VersionId"] = version_id
+    elif etag:
+        try:
+            await asyncio.to_thread(client.head_object, Bucket=bucket, Key=key, IfMatch=f'"{etag}"')
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (404, 412):
+                raise InvalidInputError(
+                    f"video s3://{bucket}/{key} changed (or vanished) since it was checked (etag {etag}); "
+                    "nothing was sent. Run again to restyle the current content."
+                ) from None
+            raise _explain(exc, f"video s3://{bucket}/{key}", "no such object") from None
     return await _call(
         f"presigning s3://{bucket}/{key}", client.generate_presigned_url,
-        ClientMethod="get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_in,
+        ClientMethod="get_object", Params=params, ExpiresIn=expires_in,
     )
 
 
@@ -203,6 +232,13 @@ async def list_objects(prefix_url: str, aws_credentials: str | None = None) -> l
         return [item for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for item in page.get("Contents", [])]
 
     return await _call(f"listing s3://{bucket}/{prefix}", pages, missing=_NO_BUCKET)
+
+
+async def head_object(url: str, aws_credentials: str | None = None) -> dict[str, Any]:
+    """HeadObject of `s3://bucket/key`: size, ETag, VersionId, user metadata."""
+    bucket, key = parse_s3_url(url)
+    client = await s3_client(aws_credentials)
+    return await _call(f"s3://{bucket}/{key}", client.head_object, Bucket=bucket, Key=key)
 
 
 async def object_exists(url: str, aws_credentials: str | None = None) -> bool:

@@ -1,59 +1,84 @@
 """Exactly-once submission: a write-ahead record per logical generation, and the protocol over it.
 
-The API has no idempotency key and every accepted POST is charged, so we keep our own:
+Every accepted POST is charged and the API has no idempotency key, so the guarantee is ours.
 
-* A logical generation is (the request's fingerprint, a scope). The scope is the flow run id by
-  default (so task retries, flow retries and re-runs of a crashed run share it) or an explicit
-  `idempotency_key` (so a duplicate trigger for the same S3 object version shares it too).
-* Before a POST we durably write a `pending` record holding a deterministic client request id,
-  sent as `X-Client-Request-Id`. After an accepted POST the record becomes `accepted` with the
-  generation id, and every later attempt resumes waiting on it instead of posting.
-* If an attempt finds a `pending` record (a POST whose answer was lost, or a crash mid-POST) it
-  asks the provider's usage log for that client request id and adopts the generation found.
-  Only when the log shows nothing, checked again after `grace_seconds`, does it post again
-  (with the same client request id). `grace_seconds` runs from the last write of the record,
-  which a live sender refreshes (a heartbeat) until its POST is answered, so only an abandoned
-  record is ever resent. If the log cannot be read it fails and names the risk.
-* A generation that ended in `error` is not charged; the record becomes `failed` and the next
-  attempt posts anew under a new attempt number (a new client request id).
+* A logical generation is (the request's fingerprint, a scope). The scope is the flow run by
+  default (task retries, flow retries and re-runs of a crashed run share it), an explicit
+  `idempotency_key` (a duplicate trigger for the same S3 object version shares it), or the request
+  itself (the CLI: the same command twice is one generation). Each of its POSTs carries a
+  deterministic client request id, `v2v-<key>-a<attempt>`, one attempt number per POST.
+* The record lives in a `RecordStore` (a local directory, or S3 for many hosts) and every
+  transition is a compare-and-swap, so of two attempts that read the same record, one acts and
+  the other sees what it did. A `pending` record is written before the POST and kept fresh while
+  the POST is in flight (a heartbeat); afterwards it holds the generation id (`accepted`), a
+  definite refusal (`rejected`), or what is known of an unclear outcome.
+* The usage log is read before every POST that is not provably the first of its logical
+  generation (a record exists, a task or flow retry, an explicit or request scope another run may
+  share): a live row is adopted, a row whose generation id cannot be identified fails closed.
+* An unclear outcome (a lost answer, a gateway's 502/504 or HTML page, a crash mid-POST) is sent
+  again only when the log still shows nothing after `reconcile_seconds` of silence: by default
+  long enough for a provider that lists a request only when its generation completes. The
+  provider's own 500/503 JSON answer needs only a short pause before that log read. A definite
+  refusal (connection refused, 400/401/403/422, 429) allows a new POST at once.
+* A generation that ended in `error` is not charged; its record becomes `failed` and the next
+  attempt posts anew.
 
-Records are JSON files in a directory (default `$PREFECT_HOME/aimlapi/submissions`, or
-`AIMLAPI_SUBMISSIONS_DIR`): share that directory between workers that may run the same logical
-generation. A `pending` record is created with O_EXCL, so two runs racing on one logical
-generation cannot both post without one of them reconciling first.
+What holds without a shared store (several hosts, each with its own directory): a later attempt on
+another host finds the first one only through the usage log. If the provider lists requests when
+it accepts them, that is enough; if it lists them only at completion, an attempt on another host
+while the first generation is still running pays a second time. Use an `s3://` store there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
 
 from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.errors import AimlApiError, ReconciliationUnavailable, SubmissionOutcomeUnknown
-from prefect_aimlapi_video.flows.models import Generation, GenerationParams
+from prefect_aimlapi_video.flows.errors import (
+    AimlApiError,
+    ProviderSubmitError,
+    ReconciliationUnavailable,
+    SubmissionOutcomeUnknown,
+    UnidentifiedGenerationError,
+)
+from prefect_aimlapi_video.flows.models import GenerationParams
+from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS
+from prefect_aimlapi_video.flows.record_store import RecordStore, open_store
+from prefect_aimlapi_video.flows.usage_log import Finding, UsageLog, attempt_of
 
-# After a lost answer, how long the usage log must stay silent before a resend. It must cover a
-# POST still in flight elsewhere (the client's request timeout, 30 s by default) plus the time the
-# provider takes to list an accepted request.
-DEFAULT_GRACE_SECONDS = 60.0
+# How long a POST with an unclear outcome must stay absent from the usage log (and its record
+# unrefreshed by a live sender) before it is sent again. The provider records charges for video
+# when a generation completes and may list the request only then; this is how long the flow waits
+# for a generation by default, so a generation that would finish in that time shows up first.
+DEFAULT_RECONCILE_SECONDS = DEFAULT_TIMEOUT_SECONDS
+# After the provider's own 500/503 JSON answer: the pause before the one log read that decides.
+PROVIDER_ERROR_PAUSE_SECONDS = 5.0
+HEARTBEAT_SECONDS = 5.0
+_LOG_RECHECK_MAX_SECONDS = 15.0
+
 State = Literal["pending", "accepted", "rejected", "failed"]
+Outcome = Literal["in_flight", "unknown", "provider_error"]
 
 
 class SubmissionRecord(BaseModel):
+    """The write-ahead record of one logical generation."""
+
     key: str
     fingerprint: str
     scope: str
     attempt: int = 1
     state: State = "pending"
+    outcome: Outcome | None = None  # for `pending`: what is known of the last POST
+    owner: str | None = None  # the attempt that holds a `pending` record
     generation_id: str | None = None
     request_id: str | None = None
     initial_status: str | None = None
@@ -63,9 +88,28 @@ class SubmissionRecord(BaseModel):
     accepted_at: float | None = None
 
     @property
+    def logical_prefix(self) -> str:
+        """What every client request id of this logical generation starts with."""
+        return client_request_prefix(self.key)
+
+    @property
     def client_request_id(self) -> str:
         """Deterministic per logical generation and attempt; fits the provider's 1-128 [A-Za-z0-9._:-]."""
-        return f"v2v-{self.key[:32]}-a{self.attempt}"
+        return f"{self.logical_prefix}{self.attempt}"
+
+
+def client_request_prefix(key: str) -> str:
+    return f"v2v-{key[:32]}-a"
+
+
+class StoreRef(BaseModel):
+    """Where a record lives, as plain values a task can take (the store itself is reopened)."""
+
+    location: str
+    aws_credentials: str | None = None
+
+    async def open(self) -> RecordStore:
+        return await open_store(self.location, self.aws_credentials)
 
 
 class SubmittedGeneration(BaseModel):
@@ -80,60 +124,19 @@ class SubmittedGeneration(BaseModel):
     resumed: bool = False
     reconciled: bool = False
     record_key: str
-
-
-def default_store_directory() -> Path:
-    configured = os.environ.get("AIMLAPI_SUBMISSIONS_DIR")
-    if configured:
-        return Path(configured).expanduser()
-    from prefect.settings import PREFECT_HOME
-
-    return Path(PREFECT_HOME.value()) / "aimlapi" / "submissions"
-
-
-class SubmissionStore:
-    """JSON records on a filesystem, one per logical generation, written atomically."""
-
-    def __init__(self, directory: str | Path | None = None) -> None:
-        self.directory = Path(directory) if directory else default_store_directory()
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, key: str) -> Path:
-        return self.directory / f"{key}.json"
-
-    def load(self, key: str) -> SubmissionRecord | None:
-        try:
-            return SubmissionRecord.model_validate_json(self._path(key).read_text())
-        except FileNotFoundError:
-            return None
-
-    def create(self, record: SubmissionRecord) -> bool:
-        """Write a new record; False if one exists already (someone else got there first)."""
-        try:
-            fd = os.open(self._path(record.key), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as handle:
-            handle.write(record.model_dump_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        return True
-
-    def save(self, record: SubmissionRecord) -> None:
-        record.updated_at = time.time()
-        temporary = self.directory / f".{record.key}.{uuid.uuid4().hex}.tmp"
-        temporary.write_text(record.model_dump_json())
-        os.replace(temporary, self._path(record.key))
-
-    def mark_failed(self, key: str) -> None:
-        record = self.load(key)
-        if record and record.state == "accepted":
-            record.state = "failed"
-            self.save(record)
+    store: StoreRef | None = None
 
 
 def record_key(fingerprint: str, scope: str) -> str:
     return hashlib.sha256(f"{fingerprint}|{scope}".encode()).hexdigest()
+
+
+def _load(data: bytes) -> SubmissionRecord:
+    return SubmissionRecord.model_validate_json(data)
+
+
+def _dump(record: SubmissionRecord) -> bytes:
+    return record.model_dump_json().encode()
 
 
 def _accepted(record: SubmissionRecord, *, resumed: bool, reconciled: bool) -> SubmittedGeneration:
@@ -151,139 +154,284 @@ def _accepted(record: SubmissionRecord, *, resumed: bool, reconciled: bool) -> S
     )
 
 
+class _Restart(Exception):
+    """The record changed under us: read it again and decide afresh."""
+
+
+class Submission:
+    """One call of `submit_once`: the decisions about one logical generation, made against its record."""
+
+    def __init__(
+        self,
+        client: AimlApiClient,
+        store: RecordStore,
+        params: GenerationParams,
+        video_identity: str,
+        scope: str,
+        video_url: Callable[[], Awaitable[str]],
+        *,
+        reconcile_seconds: float,
+        may_repeat: bool,
+        logger: logging.Logger | logging.LoggerAdapter,
+    ) -> None:
+        self.client, self.store, self.params, self.video_url = client, store, params, video_url
+        self.fingerprint = params.fingerprint(video_identity)
+        self.scope = scope
+        self.key = record_key(self.fingerprint, scope)
+        self.reconcile_seconds = reconcile_seconds
+        self.may_repeat = may_repeat
+        self.logger = logger
+        self.owner = uuid.uuid4().hex
+        self.log = UsageLog.of(client)
+        self._announced = False
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def _read(self) -> tuple[SubmissionRecord, str] | None:
+        found = await self.store.read(self.key)
+        return None if found is None else (_load(found[0]), found[1])
+
+    async def _find(self, record: SubmissionRecord | None) -> Finding:
+        """The log's rows for every attempt of this generation, back to when the record began."""
+        prefix = client_request_prefix(self.key)
+        try:
+            finding = await self.log.find(self.client, prefix, record.created_at if record else None)
+        except ReconciliationUnavailable as exc:
+            named = f"{record.client_request_id} (or another {prefix}N)" if record else f"{prefix}N"
+            raise ReconciliationUnavailable(
+                f"Cannot tell whether an earlier POST with client request id {named} was accepted: {exc} "
+                "Sending it again could charge twice. Check GET /v2/logs (or the usage page of your AI/ML API "
+                "dashboard) for that client_request_id, then re-run this flow run."
+            ) from None
+        if finding.live is None and finding.unidentified is not None:
+            crid = finding.unidentified.client_request_id
+            raise UnidentifiedGenerationError(
+                f"The usage log lists our request {crid} (status {finding.unidentified.status!r}) but no generation "
+                "id we can recognise in its row, so it was accepted and may be charged. It will not be sent again. "
+                f"Find the generation for client request id {crid} in your AI/ML API dashboard, then collect its "
+                "result by id (or pass that id to wait_for_generation / download_video)."
+            )
+        return finding
+
+    # -- the decision --------------------------------------------------------------------------------
+
+    async def run(self) -> SubmittedGeneration:
+        while True:
+            try:
+                return await self._step()
+            except _Restart:
+                continue
+
+    async def _step(self) -> SubmittedGeneration:
+        current = await self._read()
+        if current is None:
+            return await self._first()
+        record, version = current
+        if record.state == "accepted":
+            self.logger.info("Resuming generation %s (already submitted; no new request sent).", record.generation_id)
+            return _accepted(record, resumed=True, reconciled=False)
+        if record.state == "pending":
+            return await self._reconcile(record, version)
+        finding = await self._find(record)  # rejected or failed: not the first POST
+        if finding.live is not None:
+            return await self._adopt(record, version, finding)
+        if record.state == "failed":
+            self.logger.info("The previous generation failed (not charged); submitting a new attempt.")
+        return await self._claim_and_post(record, version, finding)
+
+    async def _first(self) -> SubmittedGeneration:
+        """No record here. Unless this is provably the first attempt, ask the log before posting."""
+        attempt = 1
+        now = time.time()
+        fresh = SubmissionRecord(key=self.key, fingerprint=self.fingerprint, scope=self.scope, created_at=now,
+                                 updated_at=now)
+        if self.may_repeat:
+            finding = await self._find(None)
+            if finding.live is not None:
+                adopted = fresh.model_copy(update=self._acceptance(finding.live.generation_id, None, "queued", None))
+                adopted.attempt = max(1, attempt_of(finding.live.client_request_id))
+                if await self.store.create(self.key, _dump(adopted)) is None:
+                    raise _Restart
+                self.logger.info("Adopted generation %s found in the usage log (client request id %s); no new "
+                                 "request sent.", adopted.generation_id, finding.live.client_request_id)
+                return _accepted(adopted, resumed=True, reconciled=True)
+            attempt = finding.highest_attempt + 1
+        fresh = fresh.model_copy(update=dict(attempt=attempt, outcome="in_flight", owner=self.owner))
+        version = await self.store.create(self.key, _dump(fresh))
+        if version is None:
+            raise _Restart  # created by another attempt a moment ago
+        return await self._post(fresh, version)
+
+    async def _reconcile(self, record: SubmissionRecord, version: str) -> SubmittedGeneration:
+        """A `pending` record: a POST in flight elsewhere, or one whose outcome is unclear."""
+        if not self._announced:
+            self._announced = True
+            self.logger.warning(
+                "A previous attempt may have submitted this generation (client request id %s, %s); checking the "
+                "provider's usage log before sending anything.", record.client_request_id, record.outcome or "pending",
+            )
+        pause = 2.0
+        while True:
+            read_at = time.time()
+            finding = await self._find(record)
+            if finding.live is not None:
+                return await self._adopt(record, version, finding)
+            needed = PROVIDER_ERROR_PAUSE_SECONDS if record.outcome == "provider_error" else self.reconcile_seconds
+            silent = read_at - record.updated_at
+            if silent >= needed:
+                self.logger.info("The usage log shows no request %s* after %.0f s without a sign of it; submitting "
+                                 "again.", record.logical_prefix, silent)
+                return await self._claim_and_post(record, version, finding)
+            await asyncio.sleep(max(0.05, min(pause, needed - silent)))
+            pause = min(pause * 2, _LOG_RECHECK_MAX_SECONDS)
+            current = await self._read()
+            if current is None or current[0].state != "pending":
+                raise _Restart
+            record, version = current
+
+    async def _adopt(self, record: SubmissionRecord, version: str, finding: Finding) -> SubmittedGeneration:
+        assert finding.live is not None and finding.live.generation_id
+        adopted = record.model_copy(update=self._acceptance(finding.live.generation_id, None, "queued", None))
+        adopted.attempt = attempt_of(finding.live.client_request_id) or record.attempt
+        if await self.store.replace(self.key, _dump(adopted), version) is None:
+            raise _Restart
+        self.logger.info("Adopted generation %s found in the usage log (client request id %s); no new request sent.",
+                         adopted.generation_id, finding.live.client_request_id)
+        return _accepted(adopted, resumed=True, reconciled=True)
+
+    async def _claim_and_post(self, record: SubmissionRecord, version: str, finding: Finding) -> SubmittedGeneration:
+        claim = record.model_copy(update=dict(
+            state="pending", outcome="in_flight", owner=self.owner, generation_id=None, request_id=None,
+            attempt=max(record.attempt, finding.highest_attempt) + 1, updated_at=time.time(),
+        ))
+        claimed = await self.store.replace(self.key, _dump(claim), version)
+        if claimed is None:
+            raise _Restart  # another attempt claimed it first: it posts, we see what it did
+        return await self._post(claim, claimed)
+
+    # -- the POST ------------------------------------------------------------------------------------
+
+    async def _post(self, record: SubmissionRecord, version: str) -> SubmittedGeneration:
+        """Send the POST under our `pending` record, kept fresh until answered; record what it proved."""
+        held = _Held(record, version)
+        heartbeat = asyncio.create_task(self._heartbeat(held))
+        try:
+            url = await self.video_url()
+        except Exception:
+            await _stop(heartbeat)
+            await self._settle(held, state="rejected", outcome=None)  # nothing was sent
+            raise
+        try:
+            answer = await self.client.submit(self.params.payload(url), client_request_id=record.client_request_id)
+        except AimlApiError as exc:
+            await _stop(heartbeat)
+            if isinstance(exc, SubmissionOutcomeUnknown):
+                await self._settle(held, state="pending", outcome="unknown")
+            elif isinstance(exc, ProviderSubmitError):
+                await self._settle(held, state="pending", outcome="provider_error")
+            else:  # refused by the provider, or never sent
+                await self._settle(held, state="rejected", outcome=None)
+            raise
+        finally:
+            await _stop(heartbeat)
+        generation = answer.generation
+        accepted = await self._settle(held, **self._acceptance(generation.id, answer.request_id, generation.status,
+                                                                generation.credits))
+        self.logger.info(
+            "Submitted generation %s (status %s, client request id %s, x-request-id %s).",
+            generation.id, generation.status, record.client_request_id, answer.request_id,
+        )
+        return _accepted(accepted, resumed=False, reconciled=False)
+
+    @staticmethod
+    def _acceptance(generation_id: str | None, request_id: str | None, status: str | None,
+                    credits: float | None) -> dict[str, object]:
+        now = time.time()
+        return dict(state="accepted", outcome=None, owner=None, generation_id=generation_id, request_id=request_id,
+                    initial_status=status, credits=credits, accepted_at=now, updated_at=now)
+
+    async def _heartbeat(self, held: _Held) -> None:
+        interval = max(0.25, min(HEARTBEAT_SECONDS, self.reconcile_seconds / 4))
+        while True:
+            await asyncio.sleep(interval)
+            fresh = held.record.model_copy(update={"updated_at": time.time()})
+            version = await self.store.replace(self.key, _dump(fresh), held.version)
+            if version is None:
+                self.logger.warning("Record %s was taken over while our POST was in flight.", self.key[:12])
+                return
+            held.record, held.version = fresh, version
+
+    async def _settle(self, held: _Held, **changes: object) -> SubmissionRecord:
+        """Write what the POST proved. If the record moved on meanwhile, an acceptance is still written
+        (the generation exists and is paid for); anything else yields to the newer state."""
+        update = {"updated_at": time.time(), **changes}
+        if changes.get("state") != "accepted":
+            update.setdefault("owner", None)
+        wanted = held.record.model_copy(update=update)
+        while True:
+            if await self.store.replace(self.key, _dump(wanted), held.version) is not None:
+                return wanted
+            current = await self._read()
+            if current is None:
+                return wanted
+            record, version = current
+            if changes.get("state") != "accepted" and record.owner != self.owner:
+                return record
+            if record.state == "accepted" and record.generation_id != wanted.generation_id:
+                self.logger.error(
+                    "Generation %s was accepted for this request while another attempt's generation %s was recorded: "
+                    "both may be charged. Keeping %s.", wanted.generation_id, record.generation_id,
+                    record.generation_id)
+                return wanted
+            held.record, held.version = record, version
+            wanted = record.model_copy(update=update)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class _Held:
+    """The record our POST holds, with its latest version (the heartbeat moves both)."""
+
+    def __init__(self, record: SubmissionRecord, version: str) -> None:
+        self.record, self.version = record, version
+
+
 async def submit_once(
     client: AimlApiClient,
-    store: SubmissionStore,
+    store: RecordStore,
     params: GenerationParams,
     video_identity: str,
     scope: str,
     video_url: Callable[[], Awaitable[str]],
     *,
-    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS,
+    may_repeat: bool = True,
     logger: logging.Logger | logging.LoggerAdapter = logging.getLogger(__name__),
 ) -> SubmittedGeneration:
-    """Make sure exactly one accepted POST exists for this logical generation, and return it."""
-    fingerprint = params.fingerprint(video_identity)
-    key = record_key(fingerprint, scope)
-    record = store.load(key)
-    if record is None:
-        now = time.time()
-        fresh = SubmissionRecord(key=key, fingerprint=fingerprint, scope=scope, created_at=now, updated_at=now)
-        if store.create(fresh):  # written as `pending`, fsynced: the write-ahead record of this POST
-            return await _post(client, store, fresh, params, video_url, grace_seconds, logger, written=True)
-        record = store.load(key) or fresh  # another run created it a moment ago
-    if record.state == "accepted":
-        logger.info("Resuming generation %s (already submitted; no new request sent).", record.generation_id)
-        return _accepted(record, resumed=True, reconciled=False)
-    if record.state == "pending":
-        adopted = await _reconcile(client, store, record, grace_seconds, logger)
-        if adopted:
-            return adopted
-    elif record.state == "failed":
-        record.attempt += 1
-        record.generation_id = None
-        logger.info("The previous generation failed (not charged); submitting attempt %d.", record.attempt)
-    return await _post(client, store, record, params, video_url, grace_seconds, logger)
+    """Make sure exactly one accepted POST exists for this logical generation, and return it.
 
-
-async def _heartbeat(store: SubmissionStore, record: SubmissionRecord, interval: float) -> None:
-    while True:
-        await asyncio.sleep(max(interval, 0.05))
-        store.save(record)
-
-
-async def _post(
-    client: AimlApiClient,
-    store: SubmissionStore,
-    record: SubmissionRecord,
-    params: GenerationParams,
-    video_url: Callable[[], Awaitable[str]],
-    grace_seconds: float,
-    logger: logging.Logger | logging.LoggerAdapter,
-    *,
-    written: bool = False,
-) -> SubmittedGeneration:
-    """Send the POST under a durable `pending` record; a lost answer leaves it pending for reconciliation.
-
-    While this attempt prepares the input and waits for the answer, a heartbeat keeps the record
-    fresh, so a concurrent attempt keeps reconciling instead of deciding the sender is gone.
-    `written`: the record is already stored as `pending` (just created).
+    `may_repeat`: False only when this call is provably the first of its logical generation (a
+    fresh flow-run scope on its first run); then a missing record needs no usage-log read.
     """
-    if not written:
-        record.state = "pending"
-        store.save(record)
-    heartbeat = asyncio.create_task(_heartbeat(store, record, grace_seconds / 3))
-    answered = False
-    try:
-        try:
-            url = await video_url()
-        except Exception:
-            record.state = "rejected"  # nothing was sent
-            raise
-        try:
-            answer = await client.submit(params.payload(url), client_request_id=record.client_request_id)
-            answered = True
-        except SubmissionOutcomeUnknown:
-            raise
-        except AimlApiError:
-            record.state = "rejected"
-            raise
-    finally:
-        heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)
-        if not answered:  # `rejected` (nothing sent) or still `pending` (answer lost): record it
-            store.save(record)
-    generation = answer.generation
-    _accept(store, record, generation, answer.request_id)
-    logger.info(
-        "Submitted generation %s (status %s, client request id %s, x-request-id %s).",
-        generation.id, generation.status, record.client_request_id, answer.request_id,
-    )
-    return _accepted(record, resumed=False, reconciled=False)
+    return await Submission(
+        client, store, params, video_identity, scope, video_url,
+        reconcile_seconds=reconcile_seconds, may_repeat=may_repeat, logger=logger,
+    ).run()
 
 
-def _accept(store: SubmissionStore, record: SubmissionRecord, generation: Generation, request_id: str | None) -> None:
-    record.state = "accepted"
-    record.generation_id = generation.id
-    record.request_id = request_id
-    record.initial_status = generation.status
-    record.credits = generation.credits
-    record.accepted_at = time.time()
-    store.save(record)
-
-
-async def _reconcile(
-    client: AimlApiClient,
-    store: SubmissionStore,
-    record: SubmissionRecord,
-    grace_seconds: float,
-    logger: logging.Logger | logging.LoggerAdapter,
-) -> SubmittedGeneration | None:
-    """Resolve a pending record through the usage log: adopt what the provider accepted, if anything."""
-    crid = record.client_request_id
-    logger.warning(
-        "A previous attempt may have submitted this generation (client request id %s); checking the "
-        "provider's usage log before sending anything.", crid,
-    )
+async def mark_failed(store: RecordStore, key: str, generation_id: str) -> None:
+    """The generation ended in `error` (not charged): let the next attempt post anew."""
     while True:
-        latest = store.load(record.key) or record
-        if latest.state == "accepted":  # a concurrent attempt finished its POST meanwhile
-            return _accepted(latest, resumed=True, reconciled=False)
-        try:
-            row = await client.find_submission(crid)
-        except ReconciliationUnavailable as exc:
-            raise ReconciliationUnavailable(
-                f"Cannot tell whether an earlier POST with client request id {crid} was accepted: {exc} "
-                "Sending it again could charge twice. Check GET /v2/logs (or the usage page of your "
-                "AI/ML API dashboard) for that client_request_id, then re-run this flow run."
-            ) from None
-        if row is not None:
-            generation = Generation(id=row.resolved_generation_id or "", status="queued")
-            _accept(store, record, generation, request_id=None)
-            logger.info("Adopted generation %s found in the usage log; no new request sent.", generation.id)
-            return _accepted(record, resumed=True, reconciled=True)
-        remaining = latest.updated_at + grace_seconds - time.time()
-        if remaining <= 0:
-            logger.info("The usage log shows no request %s after the grace period; submitting it.", crid)
-            return None
-        await asyncio.sleep(min(remaining, 2.0))
+        found = await store.read(key)
+        if found is None:
+            return
+        record = _load(found[0])
+        if record.state != "accepted" or record.generation_id != generation_id:
+            return
+        failed = record.model_copy(update={"state": "failed", "updated_at": time.time()})
+        if await store.replace(key, _dump(failed), found[1]) is not None:
+            return

@@ -34,11 +34,17 @@ from prefect_aimlapi_video.flows.errors import (
 from prefect_aimlapi_video.flows.inputs import VideoInput, video_url_for
 from prefect_aimlapi_video.flows.models import GenerationParams, Phase, StatusChange, VideoInfo
 from prefect_aimlapi_video.flows.outputs import OutputTarget, staging_file, store_file
-from prefect_aimlapi_video.flows.polling import PollPolicy
+from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.probe import probe_video
-from prefect_aimlapi_video.flows.submissions import DEFAULT_GRACE_SECONDS, SubmissionStore, SubmittedGeneration, submit_once
+from prefect_aimlapi_video.flows.record_store import default_location
+from prefect_aimlapi_video.flows.submissions import (
+    DEFAULT_RECONCILE_SECONDS,
+    StoreRef,
+    SubmittedGeneration,
+    mark_failed,
+    submit_once,
+)
 
-DEFAULT_TIMEOUT_SECONDS = 20 * 60
 MAX_CONSECUTIVE_POLL_ERRORS = 10
 EXPECTED_GENERATION_SECONDS = 150.0  # the provider's docs quote ~2.5 min for this model
 _RESULT_URL_TTL = 60.0
@@ -77,22 +83,35 @@ async def submit_generation(
     source: VideoInput,
     credentials: AimlApiCredentials,
     idempotency_key: str,
-    reconcile_grace_seconds: float = DEFAULT_GRACE_SECONDS,
-    store_directory: str | None = None,
+    reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
+    submissions: str | None = None,
+    aws_credentials: str | None = None,
+    shared_scope: bool = True,
 ) -> SubmittedGeneration:
-    """POST one generation at most once for `idempotency_key` (see `prefect_aimlapi_video.flows.submissions`)."""
+    """POST one generation at most once for `idempotency_key` (see `flows.submissions`).
+
+    `submissions`: where the records live (a directory or s3://bucket/prefix; default
+    `AIMLAPI_SUBMISSIONS_DIR` or `$PREFECT_HOME/aimlapi/submissions`). `shared_scope`: False only
+    for a scope no other run can share (this flow run's own): then the first attempt of its first
+    run needs no usage-log read.
+    """
+    from prefect.runtime import flow_run, task_run
+
     logger = get_run_logger()
-    store = SubmissionStore(store_directory)
+    ref = StoreRef(location=(submissions or default_location()), aws_credentials=aws_credentials)
+    store = await ref.open()
+    may_repeat = shared_scope or task_run.run_count > 1 or flow_run.run_count > 1
     async with credentials.get_client() as client:
         try:
-            return await submit_once(
+            submitted = await submit_once(
                 client, store, params, source.identity, idempotency_key,
                 lambda: video_url_for(video, source),
-                grace_seconds=reconcile_grace_seconds, logger=logger,
+                reconcile_seconds=reconcile_grace_seconds, may_repeat=may_repeat, logger=logger,
             )
         except AimlApiError as exc:
             await _respect_retry_after(exc)
             raise
+    return submitted.model_copy(update={"store": ref})
 
 
 class GenerationOutcome(BaseModel):
@@ -127,7 +146,6 @@ async def wait_for_generation(
     credentials: AimlApiCredentials,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     poll_policy: PollPolicy | None = None,
-    store_directory: str | None = None,
 ) -> GenerationOutcome:
     """Poll until the generation completes; raise `GenerationFailedError` or `GenerationTimeoutError`."""
     logger = get_run_logger()
@@ -171,7 +189,8 @@ async def wait_for_generation(
                     progress.update(100, f"{generation_id}: completed")
                     return _outcome(submitted, generation, timeline, request_ids, polls, first_generating, now)
                 if generation.phase is Phase.FAILED:
-                    SubmissionStore(store_directory).mark_failed(submitted.record_key)
+                    if submitted.store is not None:
+                        await mark_failed(await submitted.store.open(), submitted.record_key, generation_id)
                     name, detail = generation.error_summary()
                     progress.update(100, f"{generation_id}: failed")
                     raise GenerationFailedError(generation_id, name, detail, raw=generation.error)

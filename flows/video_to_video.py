@@ -23,9 +23,11 @@ from prefect_aimlapi_video.flows.errors import AimlApiError, GenerationFailedErr
 from prefect_aimlapi_video.flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, file_stem, inspect_video
 from prefect_aimlapi_video.flows.models import GenerationParams, Timing, VideoToVideoResult, from_text
 from prefect_aimlapi_video.flows.outputs import OutputTarget, resolve_output, template_fields, write_sidecar
-from prefect_aimlapi_video.flows.polling import PollPolicy
-from prefect_aimlapi_video.flows.submissions import DEFAULT_GRACE_SECONDS
-from prefect_aimlapi_video.flows.tasks import DEFAULT_TIMEOUT_SECONDS, download_video, submit_generation, wait_for_generation
+from prefect_aimlapi_video.flows.record_store import open_store
+from prefect_aimlapi_video.flows.settings import RunSettings, Scope, validate_settings
+from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
+from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
+from prefect_aimlapi_video.flows.tasks import download_video, submit_generation, wait_for_generation
 
 DEFAULT_CREDENTIALS_BLOCK = "aimlapi"
 RUN_TAGS = ("aimlapi", "video-to-video")
@@ -158,8 +160,10 @@ async def video_to_video(
     stage_to: str | None = None,
     presign_expiry_seconds: int = DEFAULT_PRESIGN_SECONDS,
     idempotency_key: str | None = None,
+    idempotency_scope: Scope = "flow-run",
+    submissions: str | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-    reconcile_grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
     poll_policy: PollPolicy | None = None,
     overrides: dict[str, Any] | str | None = None,
 ) -> VideoToVideoResult:
@@ -178,11 +182,20 @@ async def video_to_video(
         aws_credentials: an `AwsCredentials` block name for s3:// input/output (default AWS chain if unset).
         stage_to: an `S3Bucket` block (`s3-bucket/name`) to upload local files above the inline cap to.
         presign_expiry_seconds: lifetime of the presigned URL the API fetches an S3 input with.
-        idempotency_key: the same key (with the same request) never pays twice; default: this flow run.
+        idempotency_key: the same key (with the same request) never pays twice, across flow runs,
+            deployments and hosts that share `submissions`; default: see `idempotency_scope`.
+        idempotency_scope: without a key, what counts as the same generation: "flow-run" (this flow
+            run and its retries) or "request" (the same input content, choices and output, in any run:
+            what the CLI uses, so running a command again resumes it or returns its output).
+        submissions: where the exactly-once records live: a directory (one host) or s3://bucket/prefix
+            (all workers; uses `aws_credentials`). Default AIMLAPI_SUBMISSIONS_DIR, else
+            $PREFECT_HOME/aimlapi/submissions.
         timeout_seconds: stop waiting after this long (the generation may still finish; re-run to resume).
-        reconcile_grace_seconds: after a lost POST answer, how long the usage log must show nothing
-            before the request may be sent again.
-        poll_policy: polling schedule (default: every ~1 s for 12 s, then backing off to 10 s).
+        reconcile_grace_seconds: how long a POST whose outcome is unclear (lost answer, gateway error)
+            must stay absent from the usage log before it is sent again (default 20 minutes: long
+            enough for a provider that lists a request only once its generation completes).
+        poll_policy: polling schedule (default: every ~1 s for 12 s, then backing off to 10 s); a
+            PollPolicy, or a dict / JSON object of its fields.
         overrides: per-video values of prompt / strength / seed / enable_prompt_expansion that win
             over the arguments above, e.g. an S3 object's metadata passed by the event bridge. A JSON
             string is accepted (trigger templates render text).
@@ -195,12 +208,20 @@ async def video_to_video(
 
     chosen = dict(prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion)
     params = validate_params(**{**chosen, **parse_overrides(overrides)})
+    settings = validate_settings(
+        output=output, output_storage=output_storage, aws_credentials=aws_credentials, stage_to=stage_to,
+        presign_expiry_seconds=presign_expiry_seconds, idempotency_key=idempotency_key,
+        idempotency_scope=idempotency_scope, submissions=submissions, timeout_seconds=timeout_seconds,
+        reconcile_grace_seconds=reconcile_grace_seconds, poll_policy=poll_policy,
+    )
     creds = await load_credentials(credentials)
     await check_access(creds)
+    await (await open_store(settings.submissions, settings.aws_credentials)).check()
     source = await inspect_video(
-        video, aws_credentials=aws_credentials, stage_to=stage_to, presign_seconds=presign_expiry_seconds
+        video, aws_credentials=settings.aws_credentials, stage_to=settings.stage_to,
+        presign_seconds=settings.presign_expiry_seconds,
     )
-    target = await resolve_output(output, output_storage, aws_credentials)
+    target = await resolve_output(settings.output, settings.output_storage, settings.aws_credentials)
     await _tag_run()
     logger.info("Input %s (%s); output to %s.", source.display,
                 source.info.describe() if source.info else "not probed", target.kind)
@@ -210,14 +231,16 @@ async def video_to_video(
         **params.model_dump(),
     )
     try:
+        scope, shared = _scope(settings, params, source, target, run_id)
         submitted = await submit_generation(
-            params, video, source, creds, idempotency_key or f"flow-run:{run_id}", reconcile_grace_seconds,
+            params, video, source, creds, scope, settings.reconcile_grace_seconds, settings.submissions,
+            settings.aws_credentials, shared,
         )
         result.generation_id = submitted.generation_id
         result.client_request_id = submitted.client_request_id
         result.resumed = submitted.resumed
         result.request_ids = [r for r in [submitted.request_id] if r]
-        outcome = await wait_for_generation(submitted, creds, timeout_seconds, poll_policy)
+        outcome = await wait_for_generation(submitted, creds, settings.timeout_seconds, settings.poll_policy)
         result.timeline, result.polls = outcome.timeline, outcome.polls
         result.request_ids += [r for r in outcome.request_ids if r not in result.request_ids]
         result.credits = outcome.credits
@@ -244,6 +267,23 @@ async def video_to_video(
         f"{result.credits:,.0f}" if result.credits is not None else "unknown", result.timing.total_s,
     )
     return result
+
+
+def _scope(
+    settings: RunSettings, params: GenerationParams, source: VideoInput, target: OutputTarget, run_id: str | None
+) -> tuple[str, bool]:
+    """What counts as the same logical generation, and whether another run may share it.
+
+    An explicit key is taken as is (a trigger's object+etag, a batch item). The request scope is
+    the request itself, where it goes included: the same command run twice is one generation.
+    """
+    if settings.idempotency_key:
+        return settings.idempotency_key, True
+    if settings.idempotency_scope == "request":
+        where = f"{target.kind}|{target.bucket or ''}|{target.block or ''}|{target.template}"
+        digest = hashlib.sha256(f"{params.fingerprint(source.identity)}|{where}".encode()).hexdigest()
+        return f"request:{digest}", True
+    return f"flow-run:{run_id}", False
 
 
 def _output_path(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import time
 import hmac
 import json
 import math
@@ -24,8 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .config import CREDITS_PER_USD, SandboxConfig
 from .contract import BodyError, error_body, field_errors, generation_body, parse_submission
 from .engine import Engine, Generation
-from .faults import REJECTING_KINDS, FaultConfig, FaultInjector, FaultKind, add_extra_fields
-from .ledger import LOG_STATUS, log_row
+from .faults import GATEWAY_502_PAGE, REJECTING_KINDS, FaultConfig, FaultInjector, FaultKind, add_extra_fields
+from .ledger import LOG_STATUS, log_row, refused_row
 
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 REJECTION_MESSAGES = {
@@ -95,6 +97,8 @@ class SandboxApp:
         self.config = config
         self.faults = FaultInjector(config.faults)
         self.engine: Engine  # created at startup, inside the server's event loop
+        self.log_reads: collections.deque[float] = collections.deque()  # times of recent GET /v2/logs
+        self.log_counts = {"reads": 0, "rate_limited": 0}
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -164,25 +168,39 @@ class SandboxApp:
     # -- the provider's routes -------------------------------------------------------------------
 
     async def submit(self, request: Request) -> Response:
+        response, accepted = await self._submit(request)
+        if not accepted:
+            self.refused(request, response.status_code)
+        return response
+
+    def refused(self, request: Request, status_code: int) -> None:
+        """A POST that was not accepted; listed in the usage log when the log is set to list refusals."""
+        if self.faults.config.log_refused_requests:
+            self.engine.refused.append(refused_row(request.state.client_request_id, time.time(), status_code))
+
+    async def _submit(self, request: Request) -> tuple[Response, bool]:
+        """The answer, and whether the generation was accepted (and so will be charged)."""
         if denied := self.denied(request):
-            return denied
+            return denied, False
         fault = self.faults.draw("submit")
         if fault in REJECTING_KINDS:
-            return self.rejection(request, fault)
+            return self.rejection(request, fault), False
         try:
             submission = parse_submission(await request.body(), self.config.max_data_uri_bytes)
         except BodyError as exc:
-            return self.error(request, 400, str(exc), errors=exc.errors)
+            return self.error(request, 400, str(exc), errors=exc.errors), False
         credits_left = self.engine.credits_left()
         if credits_left is not None and credits_left < self.engine.hold:
-            return self.error(request, 403, "You've run out of credits", credits_left=credits_left)
+            return self.error(request, 403, "You've run out of credits", credits_left=credits_left), False
         failure = self.faults.generation_error() if fault == "generation_error" else None
         generation = self.engine.accept(submission, request.state.client_request_id, failure)
+        if fault == "accept_then_502":  # accepted and charged, but a gateway answers with its own page
+            return Response(GATEWAY_502_PAGE, status_code=502, media_type="text/html"), True
         if fault == "unknown_status":
             self.engine.mask_status(
                 generation, self.faults.unknown_status_word(), self.faults.config.unknown_status_seconds
             )
-        return await self.generation_response(request, generation, fault, masked=False)
+        return await self.generation_response(request, generation, fault, masked=False), True
 
     async def poll(self, request: Request) -> Response:
         if denied := self.denied(request):
@@ -203,9 +221,32 @@ class SandboxApp:
             )
         return await self.generation_response(request, generation, fault, masked=True)
 
+    def log_rate_limited(self, request: Request) -> JSONResponse | None:
+        """429 above ``log_reads_per_minute`` reads in the last 60 s, like the provider's limit."""
+        limit = self.faults.config.log_reads_per_minute
+        now = time.monotonic()
+        while self.log_reads and self.log_reads[0] < now - 60:
+            self.log_reads.popleft()
+        self.log_counts["reads"] += 1
+        if limit is not None and len(self.log_reads) >= limit:
+            self.log_counts["rate_limited"] += 1
+            wait = math.ceil(self.log_reads[0] + 60 - now)
+            return self.error(request, 429, REJECTION_MESSAGES[429], headers={"retry-after": str(max(1, wait))})
+        self.log_reads.append(now)
+        return None
+
+    def visible(self, generation: Generation, now: float) -> bool:
+        """Whether the usage log lists this generation yet (on acceptance, or only once it ended)."""
+        config, entry = self.faults.config, generation.entry
+        if config.log_visibility == "at_completion":
+            return entry.completed_at is not None and now >= entry.completed_at + config.log_delay_seconds
+        return now >= entry.accepted_at + config.log_delay_seconds
+
     async def logs(self, request: Request) -> Response:
         if denied := self.denied(request):
             return denied
+        if limited := self.log_rate_limited(request):
+            return limited
         fault = self.faults.draw("logs")
         if fault in REJECTING_KINDS:
             return self.rejection(request, fault)
@@ -223,9 +264,12 @@ class SandboxApp:
                 400,
                 f"Query validation error: status must be one of pending, succeeded, failed, not {sorted(unknown)}",
             )
+        now, shape = time.time(), self.faults.config.log_row_shape
+        listed = [log_row(g.entry, shape) for g in self.engine.generations.values() if self.visible(g, now)]
+        listed = sorted(listed + self.engine.refused, key=lambda row: row["time"], reverse=True)  # newest first
         rows = [
             row
-            for row in map(log_row, (g.entry for g in reversed(self.engine.generations.values())))
+            for row in listed
             if (not statuses or row["status"] in statuses)
             and query.get("model", row["model"]) == row["model"]
             and query.get("client_request_id", row["client_request_id"]) == row["client_request_id"]
@@ -257,12 +301,16 @@ class SandboxApp:
 
     async def ledger(self, _request: Request) -> Response:
         entries = [g.entry.model_dump(mode="json") for g in self.engine.generations.values()]
-        return JSONResponse({"entries": entries, "max_in_flight": self.engine.max_in_flight})
+        return JSONResponse({"entries": entries, "max_in_flight": self.engine.max_in_flight,
+                             "refused": self.engine.refused, "log_reads": self.log_counts,
+                             "faults_injected": dict(self.faults.injected)})
 
     async def reset(self, _request: Request) -> Response:
         """Back to the state at start: empty ledger, no files, the startup fault settings."""
         self.engine.reset()
         self.faults = FaultInjector(self.config.faults)
+        self.log_reads.clear()
+        self.log_counts = {"reads": 0, "rate_limited": 0}
         return JSONResponse({"status": "reset"})
 
     async def get_faults(self, _request: Request) -> Response:

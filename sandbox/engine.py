@@ -66,6 +66,7 @@ class Engine:
         self.gpu = asyncio.Semaphore(self.config.workers)
         self.in_flight = 0
         self.max_in_flight = 0
+        self.refused: list[dict[str, Any]] = []  # usage-log rows of refused POSTs (when listed)
 
     def credits_left(self) -> float | None:
         """Balance minus charges and holds of pending generations; None when unlimited."""

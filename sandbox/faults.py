@@ -6,6 +6,7 @@ Scripted rules make tests deterministic; the seeded random draw makes soak runs 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, model_validator
@@ -18,6 +19,7 @@ FaultKind = Literal[
     "server_error_503",
     "drop_connection",
     "slow_response",
+    "accept_then_502",
     "truncated_download",
     "generation_error",
     "unknown_status",
@@ -33,7 +35,7 @@ REJECTING_KINDS: dict[FaultKind, int] = {
 }
 _HTTP_FAULTS = (*REJECTING_KINDS, "drop_connection", "slow_response")
 ROUTE_KINDS: dict[Route, frozenset[FaultKind]] = {
-    "submit": frozenset((*_HTTP_FAULTS, "generation_error", "unknown_status", "extra_fields")),
+    "submit": frozenset((*_HTTP_FAULTS, "accept_then_502", "generation_error", "unknown_status", "extra_fields")),
     "poll": frozenset((*_HTTP_FAULTS, "unknown_status", "extra_fields")),
     "download": frozenset(
         (
@@ -48,6 +50,16 @@ ROUTE_KINDS: dict[Route, frozenset[FaultKind]] = {
     "logs": frozenset((*_HTTP_FAULTS, "extra_fields")),
 }
 UNKNOWN_STATUS_WORDS = ("processing", "waiting", "active", "in_progress")
+# What a gateway in front of the provider answers: its own HTML page, not the provider's JSON.
+GATEWAY_502_PAGE = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
+)
+# The usage log's row shapes we must survive (the provider documents only `client_request_id`):
+# both ids; the generation id only as `inference_id`; or no field we could recognise as one.
+LogRowShape = Literal["standard", "inference_id_only", "unidentifiable"]
+# When a request first appears in the usage log: on acceptance, or only once its generation ends.
+LogVisibility = Literal["at_acceptance", "at_completion"]
 
 
 class FaultRule(BaseModel):
@@ -67,7 +79,7 @@ class FaultRule(BaseModel):
 
 
 class FaultConfig(BaseModel):
-    """Fault settings; replaceable at runtime through ``POST /sandbox/faults``."""
+    """Fault settings, and how the usage log behaves; replaceable at runtime through ``POST /sandbox/faults``."""
 
     seed: int = 0
     rate: float = Field(0.0, ge=0, le=1, description="probability that an eligible request gets a random fault")
@@ -76,6 +88,12 @@ class FaultConfig(BaseModel):
     slow_seconds: float = Field(30.0, ge=0)
     unknown_status_seconds: float = Field(2.0, ge=0)
     script: list[FaultRule] = Field(default_factory=list)
+    # How the usage log behaves: each plausible answer to what the provider does not document.
+    log_visibility: LogVisibility = "at_acceptance"
+    log_delay_seconds: float = Field(0.0, ge=0, description="rows appear this long after they become visible")
+    log_row_shape: LogRowShape = "standard"
+    log_refused_requests: bool = Field(False, description="list refused POSTs too (status failed, cost 0, no id)")
+    log_reads_per_minute: int | None = Field(None, ge=1, description="answer 429 above this many reads per 60 s")
 
 
 class FaultInjector:
@@ -85,9 +103,16 @@ class FaultInjector:
         self.config = config
         self.rng = random.Random(config.seed)
         self.remaining = [rule.times for rule in config.script]
+        self.injected: Counter[str] = Counter()  # "route:kind" -> how many requests got it
 
     def draw(self, route: Route) -> FaultKind | None:
         """The first unused scripted rule for ``route``, else a seeded draw at ``rate``."""
+        kind = self._draw(route)
+        if kind is not None:
+            self.injected[f"{route}:{kind}"] += 1
+        return kind
+
+    def _draw(self, route: Route) -> FaultKind | None:
         for index, rule in enumerate(self.config.script):
             if rule.route == route and self.remaining[index]:
                 self.remaining[index] -= 1

@@ -6,10 +6,11 @@ POST whose answer they never received.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .config import CREDITS_PER_USD, MODEL
 
@@ -41,6 +42,7 @@ class LedgerEntry(BaseModel):
     output_bytes: int | None = None
     credits: int = 0
     polls: int = 0
+    row_id: str = Field(default_factory=lambda: str(uuid.uuid4()))  # the usage-log row's own id
 
     @property
     def finished(self) -> bool:
@@ -52,15 +54,35 @@ def iso_utc(unix_seconds: float) -> str:
     return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def log_row(entry: LedgerEntry) -> dict[str, Any]:
-    """The ``GET /v2/logs`` row for an entry."""
-    return {
+def log_row(entry: LedgerEntry, shape: str = "standard") -> dict[str, Any]:
+    """The ``GET /v2/logs`` row for an entry, in one of the shapes a client must survive."""
+    row: dict[str, Any] = {
+        "id": entry.row_id,
         "time": iso_utc(entry.accepted_at),
         "model": MODEL,
         "status": LOG_STATUS[entry.status],
-        "generation_id": entry.generation_id,
-        "inference_id": entry.generation_id,
         "client_request_id": entry.client_request_id,
         "credits": entry.credits,
         "cost": entry.credits / CREDITS_PER_USD,
+    }
+    if shape == "standard":
+        row.update(generation_id=entry.generation_id, inference_id=entry.generation_id)
+    elif shape == "inference_id_only":
+        row.update(inference_id=entry.generation_id)
+    else:  # "unidentifiable": the id sits under a name no client could know
+        row.update(task_reference=entry.generation_id)
+    return row
+
+
+def refused_row(client_request_id: str | None, at: float, status_code: int) -> dict[str, Any]:
+    """A POST the provider refused (4xx/5xx before acceptance): listed as failed, zero cost, no id."""
+    return {
+        "id": str(uuid.uuid4()),
+        "time": iso_utc(at),
+        "model": MODEL,
+        "status": "failed",
+        "client_request_id": client_request_id,
+        "credits": 0,
+        "cost": 0.0,
+        "status_code": status_code,
     }

@@ -44,6 +44,18 @@ class SandboxHandle:
     def max_in_flight(self) -> int:
         return self._request("GET", "/sandbox/ledger")["max_in_flight"]
 
+    def log_reads(self) -> dict[str, int]:
+        """How many ``GET /v2/logs`` requests arrived since the last reset, and how many got 429."""
+        return self._request("GET", "/sandbox/ledger")["log_reads"]
+
+    def faults_injected(self) -> dict[str, int]:
+        """How many requests got each fault (``route:kind``) since faults were last set."""
+        return self._request("GET", "/sandbox/ledger")["faults_injected"]
+
+    def refused(self) -> list[dict[str, Any]]:
+        """Usage-log rows of refused POSTs (listed when ``log_refused_requests`` is on)."""
+        return self._request("GET", "/sandbox/ledger")["refused"]
+
     def reset(self) -> None:
         self._request("POST", "/sandbox/reset")
 

@@ -137,6 +137,58 @@ async def test_upload_starts_one_flow_run_through_the_trigger(prefect_server, sa
         _stop(serve)
 
 
+async def test_upload_trigger_then_sweep_charge_each_object_once(prefect_server, sandbox, s3, watched_bucket, clips,
+                                                                tmp_path, monkeypatch):
+    """The trigger and the nightly sweep of deployments/prefect.yaml agree on output names, metadata
+    overrides and the object+etag key: objects the trigger handled are skipped by the sweep, and one
+    whose output went missing is resumed from its record, not paid again."""
+    from prefect_aimlapi_video.deployments.serve import load_deployments
+
+    await credentials(sandbox).asave("aimlapi", overwrite=True)
+    serve = _start(["-m", "prefect_aimlapi_video.deployments.serve", "--only", "on-s3-upload"], tmp_path / "serve.log",
+                   AIMLAPI_BUCKET="watched")
+    bridge = _start(["-m", "prefect_aimlapi_video.deployments.bridge", "--queue-url", watched_bucket, "--prefix",
+                     "incoming/", "--exclude-prefix", "outputs/", "--state-file", str(tmp_path / "seen.sqlite")],
+                    tmp_path / "bridge.log")
+    try:
+        await _deployment_ready("on-s3-upload")
+        s3.upload_file(str(clips["small"]), "watched", "incoming/own prompt.mp4",
+                       ExtraArgs={"Metadata": {"aimlapi-prompt": "stained glass", "aimlapi-strength": "0.5"}})
+        s3.upload_file(str(clips["odd"]), "watched", "incoming/plain.mp4")
+        ours = {"s3://watched/incoming/own prompt.mp4", "s3://watched/incoming/plain.mp4"}
+
+        def mine(runs: list) -> list:  # the deployment may hold runs of earlier tests
+            return [r for r in runs if r.parameters.get("video") in ours]
+
+        runs = mine(await prefect_api.eventually(
+            lambda: _runs_of("on-s3-upload"),
+            lambda found: len(mine(found)) == 2 and all(r.state and r.state.is_final() for r in mine(found)),
+            timeout=120))
+        assert len(runs) == 2 and all(r.state.is_completed() for r in runs), [r.state for r in runs]
+    finally:
+        assert _stop(bridge) == 0, (tmp_path / "bridge.log").read_text()[-2000:]
+        _stop(serve)
+    assert sorted((e.prompt, e.strength) for e in sandbox.ledger()) == [
+        ("a watercolor painting, soft pastel palette", 0.85), ("stained glass", 0.5)]
+    triggered = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="watched", Prefix="outputs/")["Contents"])
+
+    monkeypatch.setenv("AIMLAPI_BUCKET", "watched")
+    (sweep,) = await asyncio.to_thread(load_deployments, names=["nightly-sweep"])  # sync API
+    arguments = {**sweep.parameters, "credentials": credentials(sandbox), "concurrency_limit": None}
+    swept = await video_to_video_folder(**arguments)
+    assert sorted(r.status for r in swept) == ["skipped", "skipped"]
+    assert sorted(r.output.removeprefix("s3://watched/") for r in swept) == [k for k in triggered if k.endswith(".mp4")]
+    assert len(sandbox.ledger()) == 2
+
+    lost = next(r.output for r in swept if "own-prompt" in r.output or "own prompt" in r.output)
+    s3.delete_object(Bucket="watched", Key=lost.removeprefix("s3://watched/"))
+    again = await video_to_video_folder(**arguments)
+    assert sorted(r.status for r in again) == ["completed", "skipped"]
+    assert len(sandbox.ledger()) == 2  # resumed from the trigger's record: no second charge
+    redone = next(r for r in again if r.status == "completed")
+    assert redone.output == lost and redone.generation_id in {e.generation_id for e in sandbox.ledger()}
+
+
 async def _deployment_ready(name: str, timeout: float = 60) -> None:
     async def read() -> list:
         async with get_client() as client:
@@ -193,5 +245,7 @@ async def test_prefect_deploy_all_creates_both_deployments(prefect_server, tmp_p
     assert upload.entrypoint == "prefect_aimlapi_video.flows.video_to_video:video_to_video"
     assert sweep.entrypoint == "prefect_aimlapi_video.flows.folder:video_to_video_folder"
     assert upload.pull_steps == [] and sweep.pull_steps == []
+    for deployment in (upload, sweep):  # every worker shares the exactly-once records
+        assert deployment.job_variables["env"]["AIMLAPI_SUBMISSIONS_DIR"] == "s3://media-bucket/aimlapi-submissions"
     assert sweep.schedules and sweep.schedules[0].schedule.cron == "0 2 * * *"
     assert automations and automations[0].trigger.match.model_dump()["prefect.resource.id"] == "s3://media-bucket/incoming/*"

@@ -58,10 +58,23 @@ def test_every_fault_kind_is_injectable_somewhere():
     assert set(ALL_KINDS) == set().union(*ROUTE_KINDS.values())
 
 
-async def test_hundred_generations_under_twenty_percent_faults(prefect_server, sandbox, clips, tmp_path):
+# The usage log's undocumented behaviours, each a run of the suite: rows listed when a request is
+# accepted, or only once its generation has ended (after a delay); refused POSTs listed too.
+LOG_BEHAVIOURS = {
+    "rows-at-acceptance": {"log_visibility": "at_acceptance"},
+    "rows-at-completion": {"log_visibility": "at_completion", "log_delay_seconds": 0.5, "log_refused_requests": True},
+}
+# Long enough for the sandbox's generations (0.3 s) to complete and be listed; short enough for a
+# request that was never accepted (a 502 before acceptance) to be resent within the test.
+RECONCILE_SECONDS = 5
+
+
+@pytest.mark.parametrize("log_behaviour", list(LOG_BEHAVIOURS))
+async def test_hundred_generations_under_twenty_percent_faults(prefect_server, sandbox, clips, tmp_path,
+                                                               log_behaviour):
     sandbox.set_faults({
         "seed": 20240611, "rate": FAULT_RATE, "kinds": list(ALL_KINDS),
-        "slow_seconds": 3, "retry_after_seconds": 1, "unknown_status_seconds": 1,
+        "slow_seconds": 3, "retry_after_seconds": 1, "unknown_status_seconds": 1, **LOG_BEHAVIOURS[log_behaviour],
     })
     out = tmp_path / "out"
     items = [{"video": str(clips["small"]), "seed": 1000 + i, "output": str(out / f"gen-{i:03d}.mp4")}
@@ -70,7 +83,9 @@ async def test_hundred_generations_under_twenty_percent_faults(prefect_server, s
     rows = await video_to_video_batch(
         items=items, prompt="stained glass", credentials=fast_credentials(sandbox), concurrency_limit=None,
         max_concurrency=20, tolerate_failures=True, timeout_seconds=180, poll_policy=fast_polls(),
+        reconcile_grace_seconds=RECONCILE_SECONDS,
     )
+    injected = sandbox.faults_injected()
     sandbox.set_faults({})  # stop injecting before reading back
 
     ledger = sandbox.ledger()
@@ -111,10 +126,12 @@ async def test_hundred_generations_under_twenty_percent_faults(prefect_server, s
     delivered = {r.generation_id for r in completed}
     paid = [e for e in ledger if e.status == "completed"]
     print(  # the figures of this run, for the record (-s shows them)
-        f"\nfault suite: {len(completed)} completed, {len(failed)} failed {dict(reasons)}; "
+        f"\nfault suite ({log_behaviour}): {len(completed)} completed, {len(failed)} failed {dict(reasons)}; "
         f"ledger {len(ledger)} rows, {len(paid)} charged, {sum(e.status == 'error' for e in ledger)} generation errors, "
-        f"{sum(e.generation_id not in delivered for e in paid)} charged without a delivered output"
+        f"{sum(e.generation_id not in delivered for e in paid)} charged without a delivered output; "
+        f"faults injected {dict(sorted(injected.items()))}"
     )
+    assert injected.get("submit:accept_then_502", 0) > 0  # the new faults were drawn too
     assert len(completed) >= GENERATIONS * 0.85  # transient faults are survived, not merely reported
 
 

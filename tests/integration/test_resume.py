@@ -27,7 +27,8 @@ import prefect_aimlapi_video.flows.video_to_video as v2v_module
 from prefect_aimlapi_video.flows.errors import ReconciliationUnavailable
 from prefect_aimlapi_video.flows.inputs import sha256_file as input_sha256
 from prefect_aimlapi_video.flows.models import GenerationParams
-from prefect_aimlapi_video.flows.submissions import SubmissionRecord, SubmissionStore, record_key
+from prefect_aimlapi_video.flows.record_store import LocalRecordStore, default_location
+from prefect_aimlapi_video.flows.submissions import SubmissionRecord, record_key
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from tests.support import prefect_api
 from tests.support.reliability import (
@@ -170,20 +171,20 @@ def _fingerprint(clips, **params) -> str:
 
 async def test_pending_record_with_empty_log_resends_only_after_grace(prefect_server, sandbox, clips, tmp_path):
     """A crash mid-POST (record pending, nothing reached the provider): the next run checks the log,
-    waits out the grace period, then posts once with the same client request id."""
+    waits out the grace period, then posts once, as the next attempt (its own client request id)."""
     scope = f"crashed-{uuid.uuid4().hex}"
     fingerprint = _fingerprint(clips, prompt="gouache landscape", strength=0.7, seed=5)
     now = time.time()
     pending = SubmissionRecord(key=record_key(fingerprint, scope), fingerprint=fingerprint, scope=scope,
-                               created_at=now, updated_at=now)
-    assert SubmissionStore().create(pending)
+                               outcome="in_flight", created_at=now, updated_at=now)
+    assert await LocalRecordStore(default_location()).create(pending.key, pending.model_dump_json().encode())
 
     started = time.time()
     result = await video_to_video(**run_args(clips, tmp_path, sandbox, idempotency_key=scope,
                                              reconcile_grace_seconds=2))
 
     entry = one_charge(sandbox, result)
-    assert entry.client_request_id == pending.client_request_id  # same deterministic id, attempt 1
+    assert entry.client_request_id == f"{pending.logical_prefix}2"  # deterministic, the next attempt
     assert entry.accepted_at - started >= 1.5  # not before the grace period had run out
     assert await prefect_api.logs(result.flow_run_id, containing="usage log shows no request")
 

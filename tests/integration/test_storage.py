@@ -124,3 +124,37 @@ async def test_s3_problems_fail_before_any_post(prefect_server, sandbox, s3, cli
     with pytest.raises(InvalidInputError, match=message):
         await video_to_video(prompt="x", credentials=credentials(sandbox), **arguments)
     assert sandbox.ledger() == []
+
+
+async def test_s3_input_on_a_versioned_bucket_is_fetched_at_the_checked_version(s3, clips):
+    """Replaced after the check: the API is still handed exactly the bytes that were checked (and
+    that the request's fingerprint, and so its exactly-once record, names)."""
+    import httpx
+
+    from prefect_aimlapi_video.flows.inputs import inspect_video, video_url_for
+
+    s3.create_bucket(Bucket="pinned")
+    s3.put_bucket_versioning(Bucket="pinned", VersioningConfiguration={"Status": "Enabled"})
+    s3.upload_file(str(clips["small"]), "pinned", "in/clip.mp4", ExtraArgs={"ContentType": "video/mp4"})
+    source = await inspect_video("s3://pinned/in/clip.mp4")
+    assert source.version_id and source.identity.endswith(f"#{source.version_id}")
+    s3.upload_file(str(clips["odd"]), "pinned", "in/clip.mp4", ExtraArgs={"ContentType": "video/mp4"})
+
+    url = await video_url_for("s3://pinned/in/clip.mp4", source)
+    assert f"versionId={source.version_id}" in url
+    fetched = httpx.get(url, timeout=10).content
+    assert hashlib.sha256(fetched).hexdigest() == hashlib.sha256(clips["small"].read_bytes()).hexdigest()
+
+
+async def test_s3_input_replaced_since_the_check_on_an_unversioned_bucket_is_refused(s3, clips):
+    from prefect_aimlapi_video.flows.inputs import inspect_video, video_url_for
+
+    s3.create_bucket(Bucket="unpinned")
+    s3.upload_file(str(clips["small"]), "unpinned", "in/clip.mp4", ExtraArgs={"ContentType": "video/mp4"})
+    source = await inspect_video("s3://unpinned/in/clip.mp4")
+    assert source.version_id is None and source.etag
+    assert "Signature" in await video_url_for("s3://unpinned/in/clip.mp4", source)  # unchanged: presigned
+
+    s3.upload_file(str(clips["odd"]), "unpinned", "in/clip.mp4", ExtraArgs={"ContentType": "video/mp4"})
+    with pytest.raises(InvalidInputError, match=r"changed \(or vanished\) since it was checked.*nothing was sent"):
+        await video_url_for("s3://unpinned/in/clip.mp4", source)

@@ -214,3 +214,19 @@ async def test_output_to_a_local_filesystem_block(prefect_server, sandbox, clips
     assert sha256(stored) == entry.output_sha256 == result.sha256
     assert (stored.parent / "small-5.mp4.json").is_file()
     assert leftovers(tmp_path) == []
+
+
+async def test_settings_sent_as_json_by_a_deployment_are_coerced(prefect_server, sandbox, clips, tmp_path):
+    """A deployment, the UI or a trigger template sends a poll policy as an object or JSON text and
+    numbers as text: the flow runs with them (parameter validation is off, so the flow coerces)."""
+    from prefect_aimlapi_video.flows.settings import validate_settings
+
+    result = await video_to_video(
+        video=str(clips["small"]), prompt="sumi-e", credentials=credentials(sandbox), output=str(tmp_path / "a.mp4"),
+        poll_policy={"initial_seconds": 0.2, "fast_phase_seconds": 30}, timeout_seconds="120",
+        presign_expiry_seconds="3600",
+    )
+    assert result.status == "completed" and result.polls >= 1
+    assert len(sandbox.ledger()) == 1
+    text = validate_settings(poll_policy='{"initial_seconds": 0.5, "max_seconds": 4}')
+    assert (text.poll_policy.initial_seconds, text.poll_policy.max_seconds) == (0.5, 4)

@@ -108,13 +108,14 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.2, what: str 
 
 def submission_records(directory: str | Path | None = None) -> list[dict[str, Any]]:
     """The durable submission records (flows.submissions), as dicts."""
-    root = Path(directory or os.environ["AIMLAPI_SUBMISSIONS_DIR"])
+    from prefect_aimlapi_video.flows.record_store import LocalRecordStore
+
+    store = LocalRecordStore(directory or os.environ["AIMLAPI_SUBMISSIONS_DIR"])
     records = []
-    for path in root.glob("*.json"):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            pass  # replaced while we read it
+    for path in store.directory.glob("*.json"):
+        found = store.read_now(path.stem)
+        if found is not None:
+            records.append(json.loads(found[0]))
     return records
 
 

@@ -52,3 +52,13 @@ def no_usage_log_backoff(monkeypatch):
     import prefect_aimlapi_video.flows.client as client_module
 
     monkeypatch.setattr(client_module, "LOG_RETRY_BASE_SECONDS", 0.0)
+
+
+@pytest.fixture(autouse=True)
+def unthrottled_usage_log(monkeypatch):
+    """A fresh, unthrottled usage-log reader per test (the real one spaces reads to respect the
+    provider's rate limit, and is shared per event loop)."""
+    from prefect_aimlapi_video.flows import usage_log
+
+    monkeypatch.setattr(usage_log, "LOG_READS_PER_MINUTE", 1e9)
+    monkeypatch.setattr(usage_log.UsageLog, "_shared", usage_log.UsageLog._shared.__class__())

@@ -14,9 +14,9 @@ from prefect_aimlapi_video.deployments.bridge import (
     MalformedMessage,
     SeenStore,
     build_event,
-    overrides_from_metadata,
     parse_message,
 )
+from prefect_aimlapi_video.flows.s3_requests import overrides_from_metadata
 
 TIME = "2026-01-02T03:04:05.678Z"
 

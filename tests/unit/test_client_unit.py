@@ -17,6 +17,7 @@ from prefect_aimlapi_video.flows.errors import (
     InvalidRequestError,
     NotFoundError,
     OutOfCreditsError,
+    ProviderSubmitError,
     RateLimitedError,
     ReconciliationUnavailable,
     SubmissionOutcomeUnknown,
@@ -314,6 +315,48 @@ async def test_submit_http_error_answer_maps_to_specific_error():
             await client.submit({"model": MODEL}, client_request_id="c")
 
 
+PROVIDER_SHAPE = {"path": "/v2/video/generations", "requestId": "req-p", "timestamp": "2026-11-29T00:00:00.000Z"}
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_submit_providers_own_5xx_is_a_provider_error(status):
+    body = {"message": "model is under maintenance", "statusCode": status, **PROVIDER_SHAPE}
+    async with make_client(lambda r: httpx.Response(status, json=body)) as client:
+        with pytest.raises(ProviderSubmitError) as info:
+            await client.submit({"model": MODEL}, client_request_id="v2v-p-a1")
+    assert info.value.client_request_id == "v2v-p-a1" and info.value.retryable
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        lambda: httpx.Response(502, text="<html><title>502 Bad Gateway</title></html>"),
+        lambda: httpx.Response(502, json={"message": "Bad gateway", "statusCode": 502, **PROVIDER_SHAPE}),
+        lambda: httpx.Response(504, json={"message": "Generation timeout", "statusCode": 504, **PROVIDER_SHAPE}),
+        lambda: httpx.Response(503, text="Service Unavailable"),
+        lambda: httpx.Response(500, json={"message": "oops"}),  # not the provider's whole shape
+        lambda: httpx.Response(503, json={"message": "x", "statusCode": 500, **PROVIDER_SHAPE}),  # status disagrees
+        lambda: httpx.Response(408, text="Request Timeout"),
+        lambda: httpx.Response(499, text=""),
+    ],
+    ids=["502-html", "502-json", "504", "503-text", "500-partial-shape", "503-mismatch", "408", "499"],
+)
+async def test_submit_gateway_and_unrecognised_answers_are_unknown_never_refused(response):
+    async with make_client(lambda r: response()) as client:
+        with pytest.raises(SubmissionOutcomeUnknown) as info:
+            await client.submit({"model": MODEL}, client_request_id="v2v-g-a1")
+    assert info.value.client_request_id == "v2v-g-a1" and "v2v-g-a1" in str(info.value)
+
+
+@pytest.mark.parametrize("status, error", [(400, InvalidRequestError), (401, AuthenticationError),
+                                           (404, NotFoundError), (422, InvalidRequestError),
+                                           (429, RateLimitedError)])
+async def test_submit_refusals_are_definite(status, error):
+    async with make_client(lambda r: httpx.Response(status, text="<html>nope</html>")) as client:
+        with pytest.raises(error):
+            await client.submit({"model": MODEL}, client_request_id="c")
+
+
 # ---------------------------------------------------------------- get_generation
 
 
@@ -381,7 +424,7 @@ async def test_api_key_never_in_repr_or_exception_messages():
         assert API_KEY not in repr(client) and API_KEY not in str(client)
         for call in (lambda: client.submit({"model": MODEL}, client_request_id="c"),
                      lambda: client.get_generation(GEN_ID),
-                     lambda: client.find_submission("c")):
+                     lambda: client.read_log_page(0, 10)):
             with pytest.raises(AimlApiError) as info:
                 await call()
             assert API_KEY not in str(info.value)
@@ -390,52 +433,22 @@ async def test_api_key_never_in_repr_or_exception_messages():
         await client.aclose()
 
 
-# ---------------------------------------------------------------- find_submission
-
-
-def _paged_log(rows, shape="data", page_log=None):
-    def handler(request):
-        assert request.url.path == "/v2/logs"
-        offset = int(request.url.params["offset"])
-        limit = int(request.url.params["limit"])
-        if page_log is not None:
-            page_log.append((offset, limit, dict(request.url.params)))
-        page = rows[offset: offset + limit]
-        return httpx.Response(200, json={"data": page, "total": len(rows)} if shape == "data" else page)
-
-    return handler
+# ---------------------------------------------------------------- read_log_page
 
 
 @pytest.mark.parametrize("shape", ["data", "list"])
-@pytest.mark.parametrize("id_field", ["generation_id", "inference_id"])
-async def test_find_submission_across_pages(shape, id_field):
-    rows = [{"client_request_id": f"other-{i}", id_field: f"gen-{i}", "model": MODEL} for i in range(5)]
-    rows.append({"client_request_id": "v2v-target-a1", id_field: GEN_ID, "status": "success"})
-    pages = []
-    async with make_client(_paged_log(rows, shape, pages)) as client:
-        row = await client.find_submission("v2v-target-a1", page_size=2)
-    assert row is not None
-    assert row.resolved_generation_id == GEN_ID
-    assert [offset for offset, _, _ in pages] == [0, 2, 4]
-    assert pages[0][2]["client_request_id"] == "v2v-target-a1"
-    assert pages[0][2]["model"] == MODEL
+async def test_read_log_page_asks_for_our_model_and_a_window(shape):
+    seen = []
 
+    def handler(request):
+        seen.append(dict(request.url.params))
+        rows = [{"client_request_id": "v2v-x-a1", "generation_id": GEN_ID}]
+        return httpx.Response(200, json={"data": rows} if shape == "data" else rows)
 
-async def test_find_submission_skips_rows_without_generation_id_and_other_ids():
-    rows = [{"client_request_id": "v2v-target-a1"},  # no id: not usable
-            {"client_request_id": "v2v-target-a10", "generation_id": "wrong"}]
-    async with make_client(_paged_log(rows)) as client:
-        assert await client.find_submission("v2v-target-a1") is None
-
-
-async def test_find_submission_absent_returns_none():
-    rows = [{"client_request_id": f"other-{i}", "generation_id": f"g{i}"} for i in range(3)]
-    pages = []
-    async with make_client(_paged_log(rows, page_log=pages)) as client:
-        assert await client.find_submission("v2v-missing-a1", page_size=2) is None
-    assert len(pages) == 2
-    async with make_client(_paged_log([])) as client:
-        assert await client.find_submission("v2v-missing-a1") is None
+    async with make_client(handler) as client:
+        rows = await client.read_log_page(200, 100)
+    assert rows == [{"client_request_id": "v2v-x-a1", "generation_id": GEN_ID}]
+    assert seen == [{"model": MODEL, "offset": "200", "limit": "100"}]
 
 
 @pytest.mark.parametrize(
@@ -450,26 +463,26 @@ async def test_find_submission_absent_returns_none():
     ],
     ids=["503", "500", "401", "non-json", "connect-error", "read-timeout"],
 )
-async def test_find_submission_unavailable(handler):
+async def test_read_log_page_unavailable(handler):
     async with make_client(handler) as client:
         with pytest.raises(ReconciliationUnavailable) as info:
-            await client.find_submission("v2v-abc-a1")
-    assert "v2v-abc-a1" in str(info.value)
+            await client.read_log_page(0, 100)
+    assert "usage log" in str(info.value)
 
 
-async def test_find_submission_json_null_is_unavailable():
+async def test_read_log_page_json_null_is_unavailable():
     # A 200 whose JSON is not a list or an object cannot be read: that is "unavailable", not a crash.
     for body in (b"null", b"42", b'"ok"'):
         handler = lambda r, body=body: httpx.Response(200, content=body, headers={"content-type": "application/json"})
         async with make_client(handler) as client:
             with pytest.raises(ReconciliationUnavailable):
-                await client.find_submission("v2v-abc-a1")
+                await client.read_log_page(0, 100)
 
 
-async def test_find_submission_unrecognised_shape_is_unavailable_not_absent():
-    # The row IS there, under a key the client does not know. Answering "absent" would let
+async def test_read_log_page_unrecognised_shape_is_unavailable_not_absent():
+    # The row IS there, under a key the client does not know. Answering "no rows" would let
     # submit_once post again (a double charge); an unreadable log must be "unavailable".
     body = {"result": [{"client_request_id": "v2v-abc-a1", "generation_id": GEN_ID}]}
     async with make_client(lambda r: httpx.Response(200, json=body)) as client:
         with pytest.raises(ReconciliationUnavailable):
-            await client.find_submission("v2v-abc-a1")
+            await client.read_log_page(0, 100)

@@ -24,6 +24,27 @@ def test_prefect_yaml_defines_a_triggered_and_a_scheduled_deployment(monkeypatch
     assert sweep.parameters["source"] == "s3://media/incoming/"
 
 
+def test_trigger_and_sweep_agree_on_key_output_and_request(monkeypatch):
+    """What makes two runs the same generation must be the same for the upload trigger and the sweep."""
+    import jinja2
+
+    from prefect_aimlapi_video.flows.s3_requests import object_idempotency_key
+
+    monkeypatch.setenv("AIMLAPI_BUCKET", "media")
+    upload, sweep = load_deployments()
+    assert sweep.parameters["output_prefix"] + sweep.parameters["output_name"] == upload.parameters["output"]
+    for name in ("prompt", "strength", "seed", "enable_prompt_expansion"):
+        assert sweep.parameters.get(name) == upload.parameters.get(name), name
+    event = {"resource": {"id": "s3://media/incoming/a b.mp4", "s3.etag": "0abc"}, "payload": {}}
+
+    class Resource(dict):  # Prefect's templates see `event.resource.id` and `.get('s3.etag')`
+        id = event["resource"]["id"]
+
+    rendered = jinja2.Template(upload.triggers[0].parameters["idempotency_key"]).render(
+        event={"resource": Resource(event["resource"]), "payload": {}})
+    assert rendered == object_idempotency_key("s3://media/incoming/a b.mp4", '"0abc"')
+
+
 def test_missing_environment_variable_is_named(monkeypatch):
     monkeypatch.delenv("AIMLAPI_BUCKET", raising=False)
     with pytest.raises(SystemExit, match="AIMLAPI_BUCKET"):

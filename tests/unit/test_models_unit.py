@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.models: strict GenerationParams, lenient Generation, UsageLogRow, credits."""
+"""prefect_aimlapi_video.flows.models: strict GenerationParams, lenient Generation, credits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from prefect_aimlapi_video.flows.models import (
     Generation,
     GenerationParams,
     Phase,
-    UsageLogRow,
     credits_to_usd,
 )
 
@@ -276,16 +275,7 @@ def test_generation_requires_id_and_status():
         Generation.model_validate({"id": "g"})
 
 
-# ---------------------------------------------------------------- UsageLogRow, credits
-
-
-def test_usage_log_row_resolution_order():
-    assert UsageLogRow(generation_id="a", inference_id="b", id="c").resolved_generation_id == "a"
-    assert UsageLogRow(inference_id="b", id="c").resolved_generation_id == "b"
-    assert UsageLogRow(id="c").resolved_generation_id == "c"
-    assert UsageLogRow(client_request_id="x").resolved_generation_id is None
-    row = UsageLogRow.model_validate({"client_request_id": "x", "generation_id": "g", "cost": 1, "extra": {}})
-    assert row.client_request_id == "x" and row.resolved_generation_id == "g"
+# ---------------------------------------------------------------- credits
 
 
 def test_credits_to_usd():

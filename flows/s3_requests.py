@@ -1,0 +1,41 @@
+"""An S3 object as a generation request: the same key, overrides and identity whoever starts it.
+
+Two things start generations for objects under a watched prefix: the upload trigger (the bridge's
+event, then the deployment's trigger template) and the scheduled sweep. They must agree on what
+makes two runs the same generation, or an object one of them handled is paid for again by the
+other: the idempotency key (`object_idempotency_key`, which the trigger template in
+deployments/prefect.yaml renders identically), the per-object overrides read from the object's
+metadata (`overrides_from_metadata`), and the identity of its content in the request fingerprint
+(`flows.storage.s3_identity`). Output names agree through the deployments' shared template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from email.header import decode_header, make_header
+
+# User metadata (x-amz-meta-*) -> flow parameter; the flow validates the values. Metadata rather
+# than a sidecar file, because it arrives atomically with the object.
+METADATA_OVERRIDES = {
+    "aimlapi-prompt": "prompt",
+    "aimlapi-strength": "strength",
+    "aimlapi-seed": "seed",
+    "aimlapi-enable-prompt-expansion": "enable_prompt_expansion",
+}
+
+
+def overrides_from_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Per-object flow parameters from user metadata, which arrives atomically with the object.
+
+    S3 metadata is ASCII; non-ASCII values (a prompt in any language) travel RFC 2047-encoded.
+    """
+    lowered = {name.lower(): value for name, value in metadata.items()}
+    return {
+        parameter: str(make_header(decode_header(lowered[name]))) if "=?" in lowered[name] else lowered[name]
+        for name, parameter in METADATA_OVERRIDES.items() if name in lowered
+    }
+
+
+def object_idempotency_key(uri: str, etag: str) -> str:
+    """One logical generation per object version: `s3://bucket/key#etag` (etag without quotes)."""
+    return f"{uri}#{etag.strip(chr(34))}"
