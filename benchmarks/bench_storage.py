@@ -9,7 +9,7 @@ process. In the same run, on the same loopback and the same file, we time:
 * download, ours: ``AimlApiClient.download`` (sha256, Content-Length and signature checks,
   temp file + fsync + rename);
 * upload, raw: ``boto3 client.upload_file(path, bucket, key)`` with the default TransferConfig;
-* upload, ours: ``prefect_aimlapi_video.flows.storage.upload_file`` (managed multipart transfer + verifying head_object).
+* upload, ours: ``prefect_aimlapi_video.flows.destinations.S3Destination.store`` (managed multipart transfer + verifying head_object).
 
 Throughput is in MB/s with MB = 2**20 bytes. Peak RSS growth of this process is measured for each
 phase: the kernel's high-water mark (VmHWM, reset through /proc/self/clear_refs) and a VmRSS
@@ -54,15 +54,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean
 
 from prefect_aimlapi_video.deployments.local_services import AWS_TEST_ENV, free_port, moto_server
 from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.outputs import OutputTarget
-from prefect_aimlapi_video.flows.storage import upload_file
+from prefect_aimlapi_video.flows.destinations import S3Destination
 
 MB = 1024 * 1024
 TARGET_RATIO = 0.80
 TARGET_RSS_MB = 64.0
 FTYP_BOX = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
 BUCKET = "bench-storage"
-WARMUP_MB = 80  # above flows.storage.MULTIPART_THRESHOLD, so the warm-up uploads are multipart too
+WARMUP_MB = 80  # above flows.s3.MULTIPART_THRESHOLD, so the warm-up uploads are multipart too
 
 
 # --- the source file and the loopback server ------------------------------------------------------
@@ -238,8 +237,8 @@ def raw_upload(client: object, path: Path, key: str) -> None:
 
 
 def our_upload(path: Path, key: str, sha256: str) -> None:
-    target = OutputTarget(kind="s3", template="x", bucket=BUCKET, aws_credentials=None)
-    asyncio.run(upload_file(target, path, key, sha256=sha256, content_type="video/mp4"))
+    target = S3Destination(template="x", bucket=BUCKET)
+    asyncio.run(target.store(path, key, sha256=sha256, content_type="video/mp4"))
 
 
 def _check_object(client: object, key: str, size: int) -> None:

@@ -1,12 +1,26 @@
-"""The `AimlApiCredentials` block: where the API key lives, so flows never take it as a parameter."""
+"""The `AimlApiCredentials` block: where the API key lives, so flows never take it as a parameter.
+
+Like prefect-aws's `AwsCredentials`, the block owns what is done with its credentials: making
+clients, loading a block by name with a message that says how to fix a miss (`resolve`), and the
+free access check that runs before anything is paid (`check_access`, shared per key and process).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+import asyncio
+import hashlib
+import time
+from typing import ClassVar
 
 from prefect.blocks.abstract import CredentialsBlock
+from pydantic import Field, SecretStr, field_validator
 
-from prefect_aimlapi_video.flows.client import DEFAULT_BASE_URL, DEFAULT_MAX_DOWNLOAD_BYTES, AimlApiClient, check_base_url
+from prefect_aimlapi_video.flows.client import AimlApiClient
+from prefect_aimlapi_video.flows.connection import DEFAULT_BASE_URL, check_base_url
+from prefect_aimlapi_video.flows.download import DEFAULT_MAX_DOWNLOAD_BYTES
+from prefect_aimlapi_video.flows.errors import InvalidInputError, TransientApiError
+
+ACCESS_CHECK_TTL_SECONDS = 60.0
 
 
 class AimlApiCredentials(CredentialsBlock):
@@ -57,3 +71,53 @@ class AimlApiCredentials(CredentialsBlock):
             download_timeout_seconds=self.download_timeout_seconds,
             max_download_bytes=self.max_download_bytes,
         )
+
+    @classmethod
+    async def resolve(cls, credentials: str | AimlApiCredentials) -> AimlApiCredentials:
+        """A block, or the block saved under that name; a missing one is an input error saying how to fix it."""
+        if isinstance(credentials, cls):
+            return credentials
+        try:
+            return await cls.aload(credentials)
+        except ValueError:
+            raise InvalidInputError(
+                f"No AimlApiCredentials block named {credentials!r}. Save one first: "
+                f"`aimlapi-video save-key --name {credentials}` (key from AIMLAPI_API_KEY), or "
+                f"AimlApiCredentials(api_key=...).save({credentials!r})."
+            ) from None
+
+    # (base URL and key hash) -> the check in flight or passed, and when it started
+    _access_checks: ClassVar[dict[str, tuple[asyncio.Future[None], float]]] = {}
+
+    async def check_access(self, attempts: int = 3) -> None:
+        """Fail fast, before anything is spent, if the API cannot be reached or refuses the key.
+
+        A check that passed in this process less than a minute ago, or is in flight, is shared: a
+        batch checks once for all its children instead of once per child. A failure is never shared.
+        """
+        key = hashlib.sha256(f"{self.base_url}|{self.api_key.get_secret_value()}".encode()).hexdigest()
+        checks = AimlApiCredentials._access_checks
+        shared = checks.get(key)
+        if (shared is None or shared[0].get_loop() is not asyncio.get_running_loop()
+                or (shared[0].done() and time.monotonic() - shared[1] > ACCESS_CHECK_TTL_SECONDS)):
+            shared = (asyncio.ensure_future(self._check_access_now(attempts)), time.monotonic())
+            checks[key] = shared
+        try:
+            await asyncio.shield(shared[0])
+        finally:
+            check = shared[0]
+            if check.done() and (check.cancelled() or check.exception()) and checks.get(key) is shared:
+                del checks[key]  # never share a failure: the next caller checks again
+
+    async def _check_access_now(self, attempts: int) -> None:
+        async with self.get_client() as client:
+            for attempt in range(attempts):
+                try:
+                    return await client.check_access()
+                except TransientApiError as exc:
+                    if attempt + 1 == attempts:
+                        raise InvalidInputError(
+                            f"{exc} Check base_url ({self.base_url}) in your AimlApiCredentials block "
+                            "and your network; nothing was sent or spent."
+                        ) from None
+                    await asyncio.sleep(0.5 * 2**attempt)

@@ -16,234 +16,44 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
-import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
-from urllib.parse import unquote_plus
-from uuid import NAMESPACE_URL, UUID, uuid5
+from typing import Any
 
-import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.events import Event
 
-from prefect_aimlapi_video.flows.inputs import VIDEO_SUFFIXES
-from prefect_aimlapi_video.flows.s3_requests import object_idempotency_key, overrides_from_metadata
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from prefect_aimlapi_video.deployments.event_emitter import (
+    EmitError,
+    Emitter,
+    PrefectEventEmitter,
+)
+from prefect_aimlapi_video.deployments.s3_messages import (
+    EVENT_NAME,
+    Filters,
+    Identity,
+    MalformedMessage,
+    ObjectCreated,
+    build_event,
+    parse_message,
+)
+from prefect_aimlapi_video.deployments.seen_store import SeenStore, default_state_file
+from prefect_aimlapi_video.flows.s3_requests import overrides_from_metadata
+from prefect_aimlapi_video.flows.sources import VIDEO_SUFFIXES
 
-EVENT_NAME = "aimlapi.s3.object.created"
+__all__ = ["EVENT_NAME", "Filters", "MalformedMessage", "ObjectCreated", "S3EventBridge", "SeenStore", "build_event",
+           "main", "parse_message"]
+
 COUNTS = ("received", "emitted", "duplicates", "skipped", "malformed", "failed")
-EVENTBRIDGE_REASONS = {"PutObject": "Put", "POST Object": "Post", "CopyObject": "Copy",
-                       "CompleteMultipartUpload": "CompleteMultipartUpload"}
 MAX_BACKOFF_SECONDS = 30.0
 PRUNE_EVERY_SECONDS = 3600.0
 PREVIEW_CHARS = 120
 
 logger = logging.getLogger("aimlapi.bridge")
-Identity = tuple[str, str, str]  # (bucket, key, etag): the same bytes at the same key are one object
-
-
-class MalformedMessage(Exception):
-    """A queue message that is not an S3 notification in any shape we know."""
-
-
-class EmitError(Exception):
-    """The Prefect API did not accept the events (network error or non-2xx answer)."""
-
-
-class ObjectCreated(BaseModel):
-    """One new object, whichever way its notification arrived."""
-
-    model_config = ConfigDict(frozen=True)
-
-    bucket: str = Field(min_length=1)
-    key: str = Field(min_length=1)
-    size: int = Field(ge=0)
-    etag: str = Field(min_length=1)
-    version_id: str = ""
-    sequencer: str = ""
-    event_name: str
-    event_time: datetime
-    source: Literal["s3", "sns", "eventbridge"]
-
-    @field_validator("etag")
-    @classmethod
-    def _unquoted(cls, value: str) -> str:
-        return value.strip('"')
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-    @property
-    def identity(self) -> Identity:
-        return (self.bucket, self.key, self.etag)
-
-    @property
-    def event_id(self) -> UUID:
-        """Deterministic, so that a re-emit after a crash is recognised downstream as the same event."""
-        return uuid5(NAMESPACE_URL, object_idempotency_key(self.uri, self.etag))
-
-
-def _json(text: Any, what: str) -> Any:
-    if not isinstance(text, str):
-        raise MalformedMessage(f"{what} is not a string")
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise MalformedMessage(f"{what} is not JSON") from None
-
-
-def parse_message(body: str) -> list[ObjectCreated]:
-    """The objects created that one SQS message reports ([] for a TestEvent or other S3 events).
-
-    Raises MalformedMessage for anything that is not a direct, SNS-wrapped or EventBridge S3 notification.
-    SNS raw delivery is byte-for-byte the direct S3 notification, so it reports source "s3".
-    """
-    document = _json(body, "the message body")
-    if isinstance(document, dict) and document.get("Type") == "Notification" and "Message" in document:
-        return _parse_notification(_json(document["Message"], "the SNS Message"), "sns")
-    return _parse_notification(document, "s3")
-
-
-def _parse_notification(document: Any, source: Literal["s3", "sns"]) -> list[ObjectCreated]:
-    if not isinstance(document, dict):
-        raise MalformedMessage("not a JSON object")
-    if document.get("Event") == "s3:TestEvent":
-        return []
-    try:
-        if isinstance(document.get("Records"), list):
-            return [obj for record in document["Records"] if (obj := _from_record(record, source))]
-        if document.get("source") == "aws.s3" and isinstance(document.get("detail"), dict):
-            return _from_eventbridge(document)
-    except (KeyError, TypeError, AttributeError, ValueError) as error:  # pydantic's ValidationError is a ValueError
-        raise MalformedMessage(f"unexpected S3 notification content ({type(error).__name__}: {error})") from None
-    raise MalformedMessage("not an S3 notification (direct, SNS or EventBridge)")
-
-
-def _from_record(record: dict[str, Any], source: Literal["s3", "sns"]) -> ObjectCreated | None:
-    if record["eventSource"] != "aws:s3":
-        raise ValueError(f"eventSource {record['eventSource']!r}")
-    if not record["eventName"].startswith("ObjectCreated:"):
-        return None
-    s3 = record["s3"]
-    obj = s3["object"]
-    return ObjectCreated(
-        bucket=s3["bucket"]["name"], key=unquote_plus(obj["key"]), size=obj["size"], etag=obj["eTag"],
-        version_id=obj.get("versionId") or "", sequencer=obj.get("sequencer") or "",
-        event_name=record["eventName"], event_time=record["eventTime"], source=source,
-    )
-
-
-def _from_eventbridge(document: dict[str, Any]) -> list[ObjectCreated]:
-    """EventBridge keys are not URL-encoded; AWS spells the etag `etag`, moto `eTag`."""
-    if document["detail-type"] != "Object Created":
-        return []
-    detail = document["detail"]
-    obj = detail["object"]
-    reason = str(detail.get("reason") or "")
-    return [ObjectCreated(
-        bucket=detail["bucket"]["name"], key=obj["key"], size=obj["size"], etag=obj.get("etag") or obj["eTag"],
-        version_id=obj.get("version-id") or "", sequencer=obj.get("sequencer") or "",
-        event_name=f"ObjectCreated:{EVENTBRIDGE_REASONS.get(reason, reason)}", event_time=document["time"],
-        source="eventbridge",
-    )]
-
-
-def build_event(obj: ObjectCreated, overrides: Mapping[str, str]) -> Event:
-    return Event(
-        id=obj.event_id, occurred=obj.event_time, event=EVENT_NAME,
-        resource={
-            "prefect.resource.id": obj.uri, "prefect.resource.name": obj.key.rsplit("/", 1)[-1],
-            "s3.bucket": obj.bucket, "s3.key": obj.key, "s3.size": str(obj.size), "s3.etag": obj.etag,
-            "s3.version-id": obj.version_id, "s3.event-name": obj.event_name,
-        },
-        payload={"overrides": dict(overrides), "source": obj.source, "sequencer": obj.sequencer},
-    )
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which objects start a generation. Exclude the outputs prefix when outputs land in a watched bucket."""
-
-    prefix: str = ""
-    suffixes: tuple[str, ...] = VIDEO_SUFFIXES  # case-insensitive; ("",) accepts any key
-    exclude_prefixes: tuple[str, ...] = ()
-    bucket: str | None = None
-
-    def matches(self, obj: ObjectCreated) -> bool:
-        return (
-            (self.bucket is None or obj.bucket == self.bucket)
-            and obj.key.startswith(self.prefix)
-            and not obj.key.startswith(self.exclude_prefixes)
-            and obj.key.lower().endswith(tuple(suffix.lower() for suffix in self.suffixes))
-        )
-
-
-class SeenStore:
-    """The identities already emitted, in SQLite so that de-duplication survives restarts."""
-
-    def __init__(self, path: Path | str, max_age_days: float = 7.0) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.max_age_seconds = max_age_days * 86400
-        self._db = sqlite3.connect(path, isolation_level=None)  # autocommit: a recorded identity is durable
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS seen (bucket TEXT NOT NULL, key TEXT NOT NULL, etag TEXT NOT NULL, "
-            "event_id TEXT NOT NULL, seen_at REAL NOT NULL, PRIMARY KEY (bucket, key, etag))"
-        )
-
-    def has(self, identity: Identity) -> bool:
-        query = "SELECT 1 FROM seen WHERE bucket = ? AND key = ? AND etag = ?"
-        return self._db.execute(query, identity).fetchone() is not None
-
-    def add(self, identity: Identity, event_id: UUID | str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?, ?)", (*identity, str(event_id), time.time()))
-
-    def prune(self, now: float | None = None) -> int:
-        """Forget identities older than max_age_days (the queue's redeliveries are long over by then)."""
-        cutoff = (time.time() if now is None else now) - self.max_age_seconds
-        return self._db.execute("DELETE FROM seen WHERE seen_at < ?", (cutoff,)).rowcount
-
-    def close(self) -> None:
-        self._db.close()
-
-
-class Emitter(Protocol):
-    """Where events go; raises EmitError when they were not accepted."""
-
-    async def emit(self, events: Sequence[Event]) -> None: ...
-
-
-class PrefectEventEmitter:
-    """POST /api/events on the configured Prefect API (or `api_url`); only a 2xx answer counts as emitted."""
-
-    def __init__(self, api_url: str | None = None) -> None:
-        self.api_url = api_url
-
-    def _client(self) -> Any:
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        if self.api_url is None:
-            return get_client()
-        with temporary_settings({PREFECT_API_URL: self.api_url}):
-            return get_client()
-
-    async def emit(self, events: Sequence[Event]) -> None:
-        try:
-            async with self._client() as client:
-                response = await client.request("POST", "/events", json=[e.model_dump(mode="json") for e in events])
-                response.raise_for_status()
-        except (httpx.HTTPError, OSError) as error:
-            raise EmitError(f"POST /api/events failed: {error}") from error
 
 
 class S3EventBridge:
@@ -389,12 +199,6 @@ class S3EventBridge:
         preview = body[:PREVIEW_CHARS] + (f"... ({len(body)} chars)" if len(body) > PREVIEW_CHARS else "")
         logger.warning("malformed message %s left for the dead-letter queue: %s; body starts %r",
                        message_id, error, preview)
-
-
-def default_state_file() -> Path:
-    from prefect.settings import PREFECT_HOME
-
-    return Path(PREFECT_HOME.value()) / "aimlapi" / "s3-bridge.sqlite"
 
 
 def _max_messages(text: str) -> int:

@@ -50,10 +50,7 @@ class _OneLineErrors(argparse.ArgumentParser):
 def _run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="Restyle one video (a flow run on your Prefect server).")
     run.add_argument("video", help="https URL, data URI, local file or s3://bucket/key")
-    run.add_argument("--prompt", required=True)
-    run.add_argument("--strength", type=float, default=0.85, help="0 keeps the original, 1 remakes it")
-    run.add_argument("--seed", type=int, default=None)
-    run.add_argument("--no-prompt-expansion", action="store_true")
+    _request_options(run)
     run.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
     run.add_argument("--output-storage", default=None, help="writable filesystem block, slug/name")
     who = run.add_mutually_exclusive_group()
@@ -71,10 +68,57 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("--timeout", type=float, default=None, help="seconds to wait for the generation")
 
 
+def _flag(name: str, default: Any) -> str:
+    """`--strength` for `strength`; `--no-prompt-expansion` for `enable_prompt_expansion` (default on)."""
+    if default is True:
+        return "--no-" + name.removeprefix("enable_").replace("_", "-")
+    return "--" + name.replace("_", "-")
+
+
+def _request_options(run: argparse.ArgumentParser) -> None:
+    """One option per field of the registered request models (`flows.requests`), typed from the
+    field; an option not given leaves the model's default."""
+    from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, REQUEST_MODELS
+
+    run.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(REQUEST_MODELS), help="the provider's model")
+    seen: set[str] = set()
+    for request in REQUEST_MODELS.values():
+        for name, field in request.model_fields.items():
+            if name in seen:
+                continue
+            seen.add(name)
+            flag = _flag(name, field.default)
+            help_text = f"turn off: {field.description}" if field.default is True else field.description
+            if field.default is True or field.default is False:
+                run.add_argument(flag, dest=name, action="store_const", const=not field.default, default=None,
+                                 help=help_text)
+                continue
+            kind = next((k for k in (int, float) if k in (getattr(field.annotation, "__args__", ()) or
+                                                           (field.annotation,))), str)
+            run.add_argument(flag, dest=name, type=kind, default=None, required=field.is_required() and
+                             request.MODEL == DEFAULT_MODEL, help=help_text)
+
+
+def _request_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields given on the command line: the default model's as the flow's own
+    parameters, any other model's fields as `overrides`."""
+    from prefect_aimlapi_video.flows.requests import (
+        DEFAULTS,
+        GenerationParams,
+        request_fields,
+    )
+
+    given = {name: getattr(args, name) for name in request_fields() if getattr(args, name, None) is not None}
+    own = {name: value for name, value in given.items() if name in GenerationParams.model_fields}
+    others = {name: value for name, value in given.items() if name not in own}
+    return {**{name: DEFAULTS.get(name) for name in DEFAULTS}, **own, "model": args.model,
+            **({"overrides": others} if others else {})}
+
+
 def _credentials(args: argparse.Namespace) -> Any:
     """A block name, or an in-memory block built from the environment's key (never saved)."""
     from prefect_aimlapi_video.blocks import AimlApiCredentials
-    from prefect_aimlapi_video.flows.client import DEFAULT_BASE_URL
+    from prefect_aimlapi_video.flows.connection import DEFAULT_BASE_URL
     from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK
 
     if args.credentials:
@@ -107,8 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(
             video_to_video(
-                video=args.video, prompt=args.prompt, strength=args.strength, seed=args.seed,
-                enable_prompt_expansion=not args.no_prompt_expansion, credentials=_credentials(args),
+                video=args.video, **_request_values(args), credentials=_credentials(args),
                 output=args.output, output_storage=args.output_storage, aws_credentials=args.aws_credentials,
                 stage_to=args.stage_to, submissions=args.submissions, **options,
             )
@@ -120,17 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted; run the same command again to resume without a new charge.", 130)
     _flush_prefect()
-    print(one_line_summary(result), flush=True)
+    print(result.one_line(), flush=True)
     return 0
-
-
-def one_line_summary(result: Any) -> str:
-    credits = f"{result.credits:,.0f} credits" if result.credits is not None else "usage unknown"
-    total = f"{result.timing.total_s:.1f} s" if result.timing.total_s is not None else "?"
-    return (
-        f"{result.status}: {result.output} ({result.size_bytes:,} bytes, sha256 {result.sha256[:16]}..., "
-        f"{credits}, {total}, generation {result.generation_id})"
-    )
 
 
 def cmd_save_key(args: argparse.Namespace) -> int:

@@ -11,12 +11,16 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.flows.video_to_video import video_to_video
+from prefect_aimlapi_video.sandbox import SandboxConfig, make_test_clip, run_sandbox
+
 DEMO_PROMPT = "a watercolor painting, soft pastel palette"
 
 
 def _where_to_look(flow_run_id: str | None) -> str:
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
-
     if PREFECT_API_URL.value() and flow_run_id:
         ui = PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
         return f"See the flow run and its artifacts at {ui}/runs/flow-run/{flow_run_id}"
@@ -28,11 +32,6 @@ def _where_to_look(flow_run_id: str | None) -> str:
 
 
 def run_demo(output_dir: Path | None = None, processing_seconds: float = 3.0) -> int:
-    from prefect_aimlapi_video.blocks import AimlApiCredentials
-    from prefect_aimlapi_video.deployments.cli import one_line_summary
-    from prefect_aimlapi_video.flows.video_to_video import video_to_video
-    from prefect_aimlapi_video.sandbox import SandboxConfig, make_test_clip, run_sandbox
-
     output_dir = (output_dir or Path("aimlapi-outputs")).absolute()
     with tempfile.TemporaryDirectory(prefix="aimlapi-demo-") as scratch, run_sandbox(
         SandboxConfig(processing_seconds=processing_seconds)
@@ -49,7 +48,7 @@ def run_demo(output_dir: Path | None = None, processing_seconds: float = 3.0) ->
         charges = len(sandbox.ledger())
     print()
     print(f"Output: {result.output}")
-    print(one_line_summary(result))
+    print(result.one_line())
     print(f"Sandbox ledger: {charges} charged request(s) for this run.")
     print(_where_to_look(result.flow_run_id))
     return 0

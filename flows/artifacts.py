@@ -13,8 +13,9 @@ import logging
 import time
 from typing import Any
 
-from prefect_aimlapi_video.flows.models import MODEL, VideoToVideoResult
+from prefect_aimlapi_video.flows.models import VideoToVideoResult
 from prefect_aimlapi_video.flows.redact import redact
+from prefect_aimlapi_video.flows.requests import REQUEST_MODELS
 
 
 def _cell(value: Any) -> str:
@@ -34,6 +35,23 @@ def _size(size: int | None) -> str:
     return "—" if size is None else f"{size / 1_000_000:.2f} MB ({size:,} bytes)"
 
 
+def request_rows(report: VideoToVideoResult) -> list[tuple[str, Any]]:
+    """(label, value) for each field of the report's request, as its request class declares it."""
+    request = REQUEST_MODELS.get(report.model)
+    rows = []
+    for name, field in (request.model_fields.items() if request else ()):
+        value = getattr(report, name, None)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if value is None:
+            value = extra.get("when_unset", "provider's choice")
+        elif isinstance(value, bool):
+            value = "on" if value else "off"
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        rows.append((field.title or name.replace("_", " ").capitalize(), value))
+    return rows
+
+
 def summary_markdown(report: VideoToVideoResult) -> str:
     usage = "—"
     if report.credits is not None and report.usd is not None:
@@ -41,11 +59,8 @@ def summary_markdown(report: VideoToVideoResult) -> str:
     t = report.timing
     rows = [
         ("Status", f"**{report.status}**"),
-        ("Model", f"`{MODEL}`"),
-        ("Prompt", report.prompt),
-        ("Strength", f"{report.strength:g}"),
-        ("Seed", "random (provider-chosen)" if report.seed is None else report.seed),
-        ("Prompt expansion", "on" if report.enable_prompt_expansion else "off"),
+        ("Model", f"`{report.model}`"),
+        *request_rows(report),
         ("Generation id", f"`{report.generation_id}`" if report.generation_id else None),
         ("Resumed", "yes: no new request was sent" if report.resumed else "no"),
         ("Client request id", f"`{report.client_request_id}`" if report.client_request_id else None),
@@ -127,7 +142,10 @@ class ProgressArtifact:
             self._sender = asyncio.ensure_future(self._send())
 
     async def _send(self) -> None:
-        from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+        from prefect.artifacts import (
+            acreate_progress_artifact,
+            aupdate_progress_artifact,
+        )
 
         while self._wanted is not None:
             if self._sent_at is not None and not self._hurry.is_set():

@@ -10,109 +10,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, tags
 from prefect.logging import get_run_logger
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.artifacts import ProgressArtifact
+from prefect_aimlapi_video.flows.batch_items import (
+    BatchItem,
+    BatchItemResult,
+    ItemBase,
+    load_manifest,
+    parse_items,
+)
 from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
-from prefect_aimlapi_video.flows.models import from_text
-from prefect_aimlapi_video.flows.polling import PollPolicy
+from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.record_store import open_store
 from prefect_aimlapi_video.flows.redact import redact, safe_url
+from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, DEFAULTS, request_model
 from prefect_aimlapi_video.flows.settings import RunSettings, validate_settings
 from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
-from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS
 from prefect_aimlapi_video.flows.video_to_video import (
     DEFAULT_CREDENTIALS_BLOCK,
     RUN_TAGS,
-    check_access,
-    load_credentials,
     video_to_video,
 )
+
+__all__ = ["BatchFailedError", "BatchItem", "BatchItemResult", "report", "run_items", "video_to_video_batch"]
 
 DEFAULT_CONCURRENCY_LIMIT = "aimlapi-video-to-video"
 DEFAULT_MAX_CONCURRENCY = 16
 
 
-class BatchItem(BaseModel):
-    """One row of a batch; unset fields take the batch's defaults."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    video: str
-    prompt: str | None = None
-    strength: float | None = None
-    seed: int | None = None
-    enable_prompt_expansion: bool | None = None
-    output: str | None = None
-    idempotency_key: str | None = None
-
-
-class BatchItemResult(BaseModel):
-    index: int
-    video: str
-    status: str
-    flow_run_id: str | None = None
-    flow_run_url: str | None = None
-    generation_id: str | None = None
-    output: str | None = None
-    credits: float | None = None
-    queued_s: float | None = None
-    generating_s: float | None = None
-    download_s: float | None = None
-    total_s: float | None = None
-    error: str | None = None
-
-
 class BatchFailedError(AimlApiError):
     """Some generations of a batch failed (the others completed and were kept)."""
-
-
-def _parse_rows(text: str, name: str) -> list[dict[str, Any]]:
-    if name.endswith(".jsonl"):
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InvalidInputError(f"manifest {name} line {number}: not JSON ({exc.msg}).") from None
-        return rows
-    if name.endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or "video" not in reader.fieldnames:
-            raise InvalidInputError(f"manifest {name}: the CSV header must have a 'video' column.")
-        return [{k: v for k, v in row.items() if v not in (None, "")} for row in reader]
-    raise InvalidInputError(f"manifest {name}: use a .csv or .jsonl file.")
-
-
-async def load_manifest(manifest: str, aws_credentials: str | None = None) -> list[BatchItem]:
-    """Items from a CSV or JSONL manifest, local or `s3://bucket/key`; errors name the line."""
-    if manifest.startswith("s3://"):
-        from prefect_aimlapi_video.flows.storage import read_object
-
-        text = (await read_object(manifest, aws_credentials)).decode()
-    else:
-        path = Path(manifest).expanduser()
-        if not path.is_file():
-            raise InvalidInputError(f"manifest {manifest} does not exist.")
-        text = path.read_text()
-    items = []
-    for number, row in enumerate(_parse_rows(text, manifest.lower()), 1):
-        try:
-            items.append(BatchItem.model_validate(from_text(row)))
-        except ValidationError as exc:
-            raise InvalidInputError(f"manifest {manifest} item {number}: {exc.errors()[0]['msg']}.") from None
-    return items
 
 
 @contextlib.asynccontextmanager
@@ -153,7 +87,7 @@ def _flow_run_url(flow_run_id: str | None) -> str | None:
 
 
 async def run_items(
-    items: list[BatchItem],
+    items: list[ItemBase],
     defaults: dict[str, Any],
     *,
     scope: str,
@@ -169,14 +103,14 @@ async def run_items(
     given = {name: value for name, value in defaults.items() if name in RunSettings.model_fields}
     settings = validate_settings(**given)
     defaults = {**defaults, **settings.model_dump(include=set(given))}
-    await check_access(await load_credentials(defaults["credentials"]))  # once, before any child
+    await (await AimlApiCredentials.resolve(defaults["credentials"])).check_access()  # once, before any child
     await (await open_store(settings.submissions, settings.aws_credentials)).check()
     limit = await _check_limit(concurrency_limit, max_concurrency)
     local = asyncio.Semaphore(max_concurrency)
     total = len(items)
     done = failed = 0
 
-    async def run_one(index: int, item: BatchItem) -> BatchItemResult:
+    async def run_one(index: int, item: ItemBase) -> BatchItemResult:
         arguments = {**defaults, **item.model_dump(exclude_none=True)}
         arguments.setdefault("idempotency_key", f"{scope}:item-{index}")
         row = BatchItemResult(index=index, video=_shown(item.video), status="failed")
@@ -198,7 +132,7 @@ async def run_items(
             "credits": result.credits, **result.timing.model_dump(),
         })
 
-    async def one(index: int, item: BatchItem) -> BatchItemResult:
+    async def one(index: int, item: ItemBase) -> BatchItemResult:
         nonlocal done, failed
         row = await run_one(index, item)
         done += 1
@@ -267,9 +201,9 @@ async def video_to_video_batch(
     items: list[BatchItem] | list[dict[str, Any]] | None = None,
     manifest: str | None = None,
     prompt: str | None = None,
-    strength: float = 0.85,
-    seed: int | None = None,
-    enable_prompt_expansion: bool = True,
+    strength: float = DEFAULTS["strength"],
+    seed: int | None = DEFAULTS["seed"],
+    enable_prompt_expansion: bool = DEFAULTS["enable_prompt_expansion"],
     credentials: str | AimlApiCredentials = DEFAULT_CREDENTIALS_BLOCK,
     output: str | None = None,
     output_storage: str | None = None,
@@ -281,18 +215,20 @@ async def video_to_video_batch(
     poll_policy: PollPolicy | None = None,
     reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
     submissions: str | None = None,
+    model: str = DEFAULT_MODEL,
 ) -> list[BatchItemResult]:
     """Restyle many videos: one child `video_to_video` flow run per item.
 
     Args:
-        items: a list of {video, prompt?, strength?, seed?, enable_prompt_expansion?, output?}.
+        items: a list of {video, output?, idempotency_key?, and any of the model's request fields
+            (prompt, strength, seed, enable_prompt_expansion)}.
         manifest: instead of items, a .csv (header row) or .jsonl file, local or s3://.
         prompt, strength, seed, enable_prompt_expansion, output, output_storage: defaults for items.
         concurrency_limit: name of a Prefect global concurrency limit shared by all batches (skipped
             with a warning if it does not exist; None to not use one).
         max_concurrency: this batch's own cap on generations in flight.
         tolerate_failures: end Completed even if some items failed (the table says which).
-        timeout_seconds, poll_policy, reconcile_grace_seconds, submissions: as for `video_to_video`.
+        timeout_seconds, poll_policy, reconcile_grace_seconds, submissions, model: as for `video_to_video`.
     """
     from prefect.runtime import flow_run
 
@@ -300,19 +236,17 @@ async def video_to_video_batch(
         raise InvalidInputError("Give either `items` or `manifest` (not both).")
     if max_concurrency < 1:
         raise InvalidInputError("max_concurrency must be at least 1.")
-    try:
-        batch = [BatchItem.model_validate(i) for i in items] if items is not None else []
-    except ValidationError as exc:
-        raise InvalidInputError(f"Invalid batch item: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}.") from None
-    if manifest is not None:
-        batch = await load_manifest(manifest, aws_credentials)
+    request = request_model(model)
+    batch = parse_items(items, request) if items is not None else await load_manifest(manifest, aws_credentials,
+                                                                                        request)
     if not batch:
         raise InvalidInputError("The batch is empty.")
-    missing = [i for i, item in enumerate(batch) if not (item.prompt or prompt)]
+    missing = [i for i, item in enumerate(batch) if not (getattr(item, "prompt", None) or prompt)]
     if missing:
         raise InvalidInputError(f"Items {missing[:10]} have no prompt and the batch has no default `prompt`.")
+    chosen = dict(prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion)
     defaults = dict(
-        prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion,
+        **{name: value for name, value in chosen.items() if name in request.model_fields}, model=model,
         credentials=credentials, output=output, output_storage=output_storage, aws_credentials=aws_credentials,
         timeout_seconds=timeout_seconds, poll_policy=poll_policy, reconcile_grace_seconds=reconcile_grace_seconds,
         submissions=submissions,

@@ -1,96 +1,54 @@
 """An async client for the AI/ML API video-generation endpoints. Plain Python: no Prefect here.
 
-The client maps every HTTP outcome to one exception type from `prefect_aimlapi_video.flows.errors`, and it keeps the
-one distinction that matters for money: a POST that certainly was not accepted (connection
-refused, an HTTP error answer) versus one whose answer was lost (`SubmissionOutcomeUnknown`).
-Downloads use a second HTTP client without the API key, since result URLs point to a CDN.
+Every HTTP outcome becomes one exception type from `flows.errors` (see `flows.answers` for what
+each answer proves). Downloads go through `flows.download`, with a second HTTP client that
+carries no API key, since result URLs point to a CDN.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import functools
 import hashlib
-import ipaddress
-import os
-import ssl
-import time
-import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import httpx
 from pydantic import BaseModel, SecretStr
 
+from prefect_aimlapi_video.flows.answers import (
+    REFUSED_POST_STATUSES,
+    error_text,
+    log_rows,
+    provider_error_shape,
+    raise_for_answer,
+)
+from prefect_aimlapi_video.flows.connection import (
+    DEFAULT_BASE_URL,
+    check_base_url,
+    shared_ssl_context,
+)
+from prefect_aimlapi_video.flows.download import (
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DownloadedFile,
+    ResultDownloader,
+)
 from prefect_aimlapi_video.flows.errors import (
     AimlApiError,
     AuthenticationError,
-    DownloadError,
-    InvalidRequestError,
-    NotFoundError,
-    OutOfCreditsError,
     ProviderSubmitError,
     RateLimitedError,
     ReconciliationUnavailable,
     SubmissionOutcomeUnknown,
     TransientApiError,
 )
-from prefect_aimlapi_video.flows.models import MODEL, Generation
-from prefect_aimlapi_video.flows.redact import install_log_redaction, redact, safe_url
+from prefect_aimlapi_video.flows.models import Generation
+from prefect_aimlapi_video.flows.redact import install_log_redaction
 
-DEFAULT_BASE_URL = "https://api.aimlapi.com"
 GENERATIONS_PATH = "/v2/video/generations"
 LOGS_PATH = "/v2/logs"
-DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
-MAX_REDIRECTS = 5
 LOG_RETRY_BASE_SECONDS = 0.5  # backoff of usage-log reads: 0.5, 1, 2 s
-_FLUSH_BYTES = 8 * 1024 * 1024
 
-
-@functools.cache
-def shared_ssl_context() -> ssl.SSLContext:
-    """One TLS context per process: building one costs ~20 ms of CPU, and a batch makes thousands
-    of clients (four per generation)."""
-    return httpx.create_ssl_context()
-
-
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_base_url(base_url: str) -> str:
-    """Accept https anywhere and plain http only on loopback (the local sandbox)."""
-    parts = urlsplit(base_url)
-    if parts.scheme == "https" and parts.hostname:
-        return base_url.rstrip("/")
-    if parts.scheme == "http" and is_loopback(parts.hostname):
-        return base_url.rstrip("/")
-    raise ValueError(
-        f"base_url must be an https URL (plain http only for a loopback sandbox), got {safe_url(base_url)!r}"
-    )
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_DOWNLOAD_BYTES", "AimlApiClient", "ApiAnswer", "DownloadedFile"]
 
 
 class ApiAnswer(BaseModel):
@@ -102,151 +60,9 @@ class ApiAnswer(BaseModel):
     credits_header: float | None = None
 
 
-class DownloadedFile(BaseModel):
-    path: Path
-    sha256: str
-    size_bytes: int
-    content_type: str | None = None
-
-
-def _error_text(response: httpx.Response) -> str:
-    """The provider's message (and validation hints) without echoing any input back."""
-    try:
-        body = response.json()
-    except ValueError:
-        return redact(response.text[:300]) or response.reason_phrase
-    if not isinstance(body, dict):
-        return redact(str(body)[:300])
-    parts = [str(body.get("message") or body.get("error") or response.reason_phrase)]
-    for item in body.get("detail", []) if isinstance(body.get("detail"), list) else []:
-        if isinstance(item, dict):
-            loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
-            parts.append(f"{loc}: {item.get('msg', '')}")
-    return redact("; ".join(p for p in parts if p)[:500])
-
-
-# POST answers that prove the provider did not accept the request (nothing was charged).
-REFUSED_POST_STATUSES = frozenset({400, 401, 403, 404, 422, 429})
-
-
-def provider_error_shape(response: httpx.Response) -> bool:
-    """True for the provider's own error body, `{message, path, requestId, statusCode, timestamp}`.
-
-    A gateway in front of the provider (load balancer, CDN) answers with its own page instead,
-    which says nothing about whether the provider accepted the request behind it.
-    """
-    try:
-        body = response.json()
-    except ValueError:
-        return False
-    return (
-        isinstance(body, dict)
-        and isinstance(body.get("message"), str)
-        and body.get("statusCode") == response.status_code
-        and ("requestId" in body or "path" in body)
-    )
-
-
-def raise_for_answer(response: httpx.Response, action: str) -> None:
-    """Translate a non-2xx answer into the exception that says what to do about it."""
-    if response.is_success:
-        return
-    status = response.status_code
-    text = _error_text(response)
-    request_id = response.headers.get("x-request-id")
-    kwargs: dict[str, Any] = {"status_code": status, "request_id": request_id}
-    if status == 401:
-        raise AuthenticationError(
-            f"{action}: the AI/ML API rejected the API key (401: {text}). Check the api_key saved in "
-            "your AimlApiCredentials block (or AIMLAPI_API_KEY).",
-            **kwargs,
-        )
-    if status == 403:
-        if "credit" in text.lower():
-            raise OutOfCreditsError(
-                f"{action}: you've run out of credits (403: {text}). Top up at "
-                "https://aimlapi.com/app/billing, then re-run; nothing was charged for this request.",
-                **kwargs,
-            )
-        raise AuthenticationError(
-            f"{action}: the API key is not allowed to do this (403: {text}). Check the key and its "
-            "permissions in your AimlApiCredentials block.",
-            **kwargs,
-        )
-    if status in (400, 422):
-        raise InvalidRequestError(f"{action}: the provider refused the request ({status}: {text}).", **kwargs)
-    if status == 404:
-        raise NotFoundError(f"{action}: not found (404: {text}).", **kwargs)
-    if status == 429:
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        hint = f"; retry after {retry_after:g} s" if retry_after is not None else ""
-        raise RateLimitedError(f"{action}: rate limited (429: {text}){hint}.", retry_after=retry_after, **kwargs)
-    if status >= 500:
-        raise TransientApiError(f"{action}: provider error ({status}: {text}); safe to retry.", **kwargs)
-    raise AimlApiError(f"{action}: unexpected answer {status}: {text}", **kwargs)
-
-
-def _log_rows(body: Any) -> list[Any] | None:
-    """The rows of a `/v2/logs` answer (a list, or a dict holding one), None if unrecognisable."""
-    if isinstance(body, list):
-        return body
-    if isinstance(body, dict):
-        return next((body[k] for k in ("data", "items", "logs", "rows") if isinstance(body.get(k), list)), None)
-    return None
-
-
-class _HashingWriter:
-    """Hashes and writes a download in a worker thread while the event loop keeps reading.
-
-    Double-buffered: up to `_FLUSH_BYTES` accumulate while the previous batch is hashed and
-    written (hashlib and file writes release the GIL), so neither the loop nor the network
-    waits on the disk, and fsync happens off the loop.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._handle = open(path, "wb")
-        self._digest = hashlib.sha256()
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._pending: asyncio.Future[None] | None = None
-
-    def _flush(self, chunks: list[bytes]) -> None:
-        block = b"".join(chunks)  # one large update/write: each releases the GIL for its whole length
-        self._digest.update(block)
-        self._handle.write(block)
-
-    async def _drain(self) -> None:
-        if self._pending is not None:
-            await self._pending
-            self._pending = None
-
-    def add(self, chunk: bytes) -> bool:
-        """Buffer a chunk (no await per chunk: at 64 KiB a chunk, that would be thousands a second);
-        True when a batch is ready for `hand_off`."""
-        self._buffer.append(chunk)
-        self._buffered += len(chunk)
-        return self._buffered >= _FLUSH_BYTES
-
-    async def hand_off(self) -> None:
-        await self._drain()
-        chunks, self._buffer, self._buffered = self._buffer, [], 0
-        self._pending = asyncio.ensure_future(asyncio.to_thread(self._flush, chunks))
-
-    async def finish(self) -> str:
-        await self._drain()
-        chunks, self._buffer = self._buffer, []
-        await asyncio.to_thread(self._flush, chunks)
-        await asyncio.to_thread(lambda: (self._handle.flush(), os.fsync(self._handle.fileno())))
-        return self._digest.hexdigest()
-
-    async def close(self) -> None:
-        if self._pending is not None:
-            await asyncio.gather(self._pending, return_exceptions=True)
-        self._handle.close()
-
 
 class AimlApiClient:
-    """Submit, poll, reconcile and download `krea/krea-wan-14b/video-to-video` generations."""
+    """Submit, poll, reconcile and download video generations (`POST/GET /v2/video/generations`)."""
 
     def __init__(
         self,
@@ -266,10 +82,10 @@ class AimlApiClient:
         self.base_url = check_base_url(base_url)
         # Tells accounts apart (shared usage-log readers, access checks) without holding the key.
         self.key_fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-        self.max_download_bytes = max_download_bytes
-        self._transport = transport
-        self._cdn_timeout = httpx.Timeout(download_timeout_seconds, connect=connect_timeout_seconds)
-        self._cdn_client: httpx.AsyncClient | None = None
+        self.downloads = ResultDownloader(
+            timeout=httpx.Timeout(download_timeout_seconds, connect=connect_timeout_seconds),
+            max_bytes=max_download_bytes, transport=transport,
+        )
         self._api = httpx.AsyncClient(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
@@ -280,15 +96,6 @@ class AimlApiClient:
             verify=shared_ssl_context(),
             transport=transport,
         )
-
-    @property
-    def _cdn(self) -> httpx.AsyncClient:
-        """The key-less client for result downloads, made only when a download happens."""
-        if self._cdn_client is None:
-            self._cdn_client = httpx.AsyncClient(
-                timeout=self._cdn_timeout, verify=shared_ssl_context(), transport=self._transport
-            )
-        return self._cdn_client
 
     def __repr__(self) -> str:
         return f"AimlApiClient(base_url={self.base_url!r})"
@@ -301,8 +108,11 @@ class AimlApiClient:
 
     async def aclose(self) -> None:
         await self._api.aclose()
-        if self._cdn_client is not None:
-            await self._cdn_client.aclose()
+        await self.downloads.aclose()
+
+    async def download(self, url: str, destination: Path, *, max_bytes: int | None = None) -> DownloadedFile:
+        """Stream a result URL to `destination`, verified and atomic (see `flows.download`)."""
+        return await self.downloads.download(url, destination, max_bytes=max_bytes)
 
     async def submit(self, payload: dict[str, Any], *, client_request_id: str) -> ApiAnswer:
         """POST a generation, sorting every outcome by what it proves about acceptance (money).
@@ -338,14 +148,14 @@ class AimlApiClient:
             raise_for_answer(response, action)
         if status in (500, 503) and provider_error_shape(response):
             raise ProviderSubmitError(
-                f"{action}: the provider answered {status} ({_error_text(response)}); it will be sent again "
+                f"{action}: the provider answered {status} ({error_text(response)}); it will be sent again "
                 f"only if the usage log shows no request {client_request_id} after a short pause.",
                 client_request_id=client_request_id, status_code=status, request_id=request_id,
             )
         if not response.is_success:
             raise SubmissionOutcomeUnknown(
                 f"{action}: answered {status} by a gateway or in a form the provider does not use "
-                f"({_error_text(response)[:120]}); the provider may still have accepted it. Reconcile with "
+                f"({error_text(response)[:120]}); the provider may still have accepted it. Reconcile with "
                 f"client request id {client_request_id} before sending it again.",
                 client_request_id=client_request_id, status_code=status, request_id=request_id,
             )
@@ -382,19 +192,19 @@ class AimlApiClient:
         if response.status_code in (401, 403):
             raise_for_answer(response, action)
 
-    async def read_log_page(self, offset: int, limit: int, *, attempts: int = 4) -> list[Any]:
-        """One page of `GET /v2/logs` for our model, newest first (the raw rows).
+    async def read_log_page(self, offset: int, limit: int, *, model: str | None = None, attempts: int = 4) -> list[Any]:
+        """One page of `GET /v2/logs` (of `model`, if given), newest first: the raw rows.
 
         Reading the log is free and changes nothing, so transient failures (network, 429, 5xx)
         are retried here with backoff before giving up with `ReconciliationUnavailable`.
         """
         action = "Reading the usage log"
-        params = {"model": MODEL, "offset": offset, "limit": limit}
+        params: dict[str, Any] = {"offset": offset, "limit": limit, **({"model": model} if model else {})}
         for attempt in range(attempts):
             try:
                 response = await self._api.get(LOGS_PATH, params=params)
                 raise_for_answer(response, action)
-                rows = _log_rows(response.json())
+                rows = log_rows(response.json())
             except (httpx.TransportError, RateLimitedError, TransientApiError) as exc:
                 cause = f"{type(exc).__name__}" + (f" {exc.status_code}" if isinstance(exc, AimlApiError) else "")
                 if attempt + 1 == attempts:
@@ -409,72 +219,6 @@ class AimlApiClient:
                 raise ReconciliationUnavailable(f"{action}: the answer has no list of rows we recognise.")
             return rows
         raise AssertionError("unreachable")
-
-    async def download(self, url: str, destination: Path, *, max_bytes: int | None = None) -> DownloadedFile:
-        """Stream `url` to `destination` atomically, verifying length, size cap and MP4 signature."""
-        limit = max_bytes or self.max_download_bytes
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        partial = destination.parent / f".{destination.name}.{uuid.uuid4().hex}.part"
-        try:
-            result = await self._stream_to(url, partial, limit)
-            os.replace(partial, destination)
-            return result.model_copy(update={"path": destination})
-        finally:
-            partial.unlink(missing_ok=True)
-
-    async def _stream_to(self, url: str, partial: Path, limit: int) -> DownloadedFile:
-        shown = safe_url(url)
-        for _ in range(MAX_REDIRECTS + 1):
-            if urlsplit(url).scheme not in ("http", "https"):
-                raise DownloadError(f"Refusing to download from a non-http(s) URL ({shown}).", permanent=True)
-            try:
-                async with self._cdn.stream("GET", url) as response:
-                    if response.is_redirect:
-                        url = urljoin(url, response.headers.get("location", ""))
-                        shown = safe_url(url)
-                        continue
-                    if not response.is_success:
-                        raise DownloadError(
-                            f"Downloading {shown} answered {response.status_code}.",
-                            status_code=response.status_code,
-                        )
-                    return await self._write_body(response, partial, limit, shown)
-            except httpx.TransportError as exc:
-                raise DownloadError(
-                    f"Downloading {shown} failed ({type(exc).__name__}: {redact(str(exc))[:200]})."
-                ) from None
-        raise DownloadError(f"Downloading {shown}: more than {MAX_REDIRECTS} redirects.", permanent=True)
-
-    async def _write_body(self, response: httpx.Response, partial: Path, limit: int, shown: str) -> DownloadedFile:
-        declared = response.headers.get("content-length")
-        expected = int(declared) if declared and declared.isdigit() else None
-        if expected is not None and expected > limit:
-            raise DownloadError(f"{shown} is {expected} bytes, above the {limit}-byte download limit.", permanent=True)
-        sink = _HashingWriter(partial)
-        size = 0
-        head = b""
-        try:
-            async for chunk in response.aiter_raw():
-                size += len(chunk)
-                if size > limit:
-                    raise DownloadError(f"{shown} exceeded the {limit}-byte download limit.", permanent=True)
-                if len(head) < 12:
-                    head += chunk[: 12 - len(head)]
-                if sink.add(chunk):
-                    await sink.hand_off()
-            digest = await sink.finish()
-        finally:
-            await sink.close()
-        if expected is not None and size != expected:
-            raise DownloadError(f"Download of {shown} was truncated: got {size} of {expected} bytes.")
-        if head[4:8] != b"ftyp":
-            raise DownloadError(f"{shown} is not an MP4 file (no 'ftyp' box at the start).", permanent=True)
-        return DownloadedFile(
-            path=partial,
-            sha256=digest,
-            size_bytes=size,
-            content_type=response.headers.get("content-type"),
-        )
 
     @staticmethod
     def _answer(response: httpx.Response) -> ApiAnswer:

@@ -18,21 +18,41 @@ from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.batch import (
     DEFAULT_CONCURRENCY_LIMIT,
     DEFAULT_MAX_CONCURRENCY,
-    BatchItem,
-    BatchItemResult,
-    load_manifest,
     report,
     run_items,
 )
+from prefect_aimlapi_video.flows.batch_items import (
+    BatchItemResult,
+    ItemBase,
+    batch_item_model,
+    load_manifest,
+)
+from prefect_aimlapi_video.flows.destinations import TEMPLATE_FIELDS
 from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.inputs import VIDEO_SUFFIXES, file_stem
-from prefect_aimlapi_video.flows.outputs import TEMPLATE_FIELDS
-from prefect_aimlapi_video.flows.polling import PollPolicy
-from prefect_aimlapi_video.flows.s3_requests import object_idempotency_key, overrides_from_metadata
-from prefect_aimlapi_video.flows.storage import head_object, list_objects, object_exists, object_version, s3_identity
+from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
+from prefect_aimlapi_video.flows.requests import (
+    DEFAULT_MODEL,
+    DEFAULTS,
+    VideoRequest,
+    request_model,
+)
+from prefect_aimlapi_video.flows.s3 import (
+    head_object,
+    list_objects,
+    object_exists,
+    object_version,
+    s3_identity,
+)
+from prefect_aimlapi_video.flows.s3_requests import (
+    object_idempotency_key,
+    overrides_from_metadata,
+)
+from prefect_aimlapi_video.flows.sources import VIDEO_SUFFIXES, file_stem
 from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
-from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS
-from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, parse_overrides, validate_params
+from prefect_aimlapi_video.flows.video_to_video import (
+    DEFAULT_CREDENTIALS_BLOCK,
+    parse_overrides,
+)
 
 # Fields that stay the same from run to run for one object and one request: outputs named with
 # them can be found again by the next run (and by the upload trigger, which uses the same names).
@@ -53,9 +73,15 @@ def _check_output_name(output_name: str, source: str) -> None:
 
 def _render(output_prefix: str, output_name: str, video: str, seed: int | None, strength: float,
             fingerprint: str = "") -> str:
-    fields = dict(stem=file_stem(video.rsplit("/", 1)[-1]), seed="random" if seed is None else seed,
+    fields = dict(stem=file_stem(video), seed="random" if seed is None else seed,
                   strength=f"{strength:g}", fingerprint=fingerprint[:12])
     return f"{output_prefix.rstrip('/')}/{output_name.format_map(fields)}"
+
+
+def _value(item: ItemBase, name: str, defaults: dict[str, Any]) -> Any:
+    """An item's own value of a request field, else the sweep's default."""
+    value = getattr(item, name, None)
+    return defaults.get(name) if value is None else value
 
 
 async def _exists(location: str, aws_credentials: str | None) -> bool:
@@ -64,39 +90,40 @@ async def _exists(location: str, aws_credentials: str | None) -> bool:
     return Path(location).expanduser().exists()
 
 
-async def _object_item(url: str, request: dict[str, Any], output_prefix: str, output_name: str,
-                       aws_credentials: str | None) -> BatchItem:
+async def _object_item(url: str, request: type[VideoRequest], defaults: dict[str, Any], output_prefix: str,
+                       output_name: str, aws_credentials: str | None) -> ItemBase:
     """The batch item for one object, as the upload trigger would run it: the object's metadata
     overrides, its object+etag idempotency key, and the output name its request fingerprint gives."""
     head = await head_object(url, aws_credentials)
     version_id, etag = object_version(head)
-    overrides = parse_overrides(overrides_from_metadata(head.get("Metadata", {})))
-    params = validate_params(**{**request, **overrides})
+    overrides = parse_overrides(overrides_from_metadata(head.get("Metadata", {})), request)
+    params = request.validated(**{**defaults, **overrides})
     fingerprint = params.fingerprint(s3_identity(url, version_id, etag))
-    output = _render(output_prefix, output_name, url, params.seed, params.strength, fingerprint)
-    return BatchItem(video=url, idempotency_key=object_idempotency_key(url, etag), output=output,
-                     **params.model_dump())
+    output = _render(output_prefix, output_name, url, getattr(params, "seed", None), getattr(params, "strength", 0.0),
+                     fingerprint)
+    return batch_item_model(request)(video=url, idempotency_key=object_idempotency_key(url, etag), output=output,
+                                     **params.model_dump())
 
 
-async def _discover(source: str, output_prefix: str, output_name: str, request: dict[str, Any],
-                    aws_credentials: str | None) -> list[BatchItem | BatchItemResult]:
+async def _discover(source: str, output_prefix: str, output_name: str, request: type[VideoRequest],
+                    defaults: dict[str, Any], aws_credentials: str | None) -> list[ItemBase | BatchItemResult]:
     """Items to run (S3 objects under the prefix, never under the output prefix; or a manifest's
     rows), and a failed row for each object whose metadata overrides are invalid."""
     if source.lower().endswith((".csv", ".jsonl")):
-        items = await load_manifest(source, aws_credentials)
+        items = await load_manifest(source, aws_credentials, request)
         return [item if item.output else item.model_copy(update={"output": _render(
-            output_prefix, output_name, item.video, item.seed if item.seed is not None else request["seed"],
-            item.strength if item.strength is not None else request["strength"])}) for item in items]
+            output_prefix, output_name, item.video, _value(item, "seed", defaults),
+            _value(item, "strength", defaults) or 0.0)}) for item in items]
     if not source.startswith("s3://"):
         raise InvalidInputError(f"source must be s3://bucket/prefix/ or a .csv/.jsonl manifest, got {source!r}.")
     bucket = source.removeprefix("s3://").split("/", 1)[0]
-    found: list[BatchItem | BatchItemResult] = []
+    found: list[ItemBase | BatchItemResult] = []
     for entry in await list_objects(source, aws_credentials):
         url = f"s3://{bucket}/{entry['Key']}"
         if url.startswith(output_prefix.rstrip("/") + "/") or not entry["Key"].lower().endswith(VIDEO_SUFFIXES):
             continue
         try:
-            found.append(await _object_item(url, request, output_prefix, output_name, aws_credentials))
+            found.append(await _object_item(url, request, defaults, output_prefix, output_name, aws_credentials))
         except InvalidInputError as exc:  # bad metadata on one object fails that object only
             found.append(BatchItemResult(index=0, video=url, status="failed", error=f"metadata overrides: {exc}"))
     return found
@@ -107,9 +134,9 @@ async def video_to_video_folder(
     source: str,
     output_prefix: str,
     prompt: str,
-    strength: float = 0.85,
-    seed: int | None = None,
-    enable_prompt_expansion: bool = True,
+    strength: float = DEFAULTS["strength"],
+    seed: int | None = DEFAULTS["seed"],
+    enable_prompt_expansion: bool = DEFAULTS["enable_prompt_expansion"],
     output_name: str = "{stem}.mp4",
     credentials: str | AimlApiCredentials = DEFAULT_CREDENTIALS_BLOCK,
     aws_credentials: str | None = None,
@@ -120,6 +147,7 @@ async def video_to_video_folder(
     poll_policy: PollPolicy | None = None,
     reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
     submissions: str | None = None,
+    model: str = DEFAULT_MODEL,
 ) -> list[BatchItemResult]:
     """Restyle each video under `source` whose output under `output_prefix` does not exist yet.
 
@@ -139,11 +167,13 @@ async def video_to_video_folder(
     """
     logger = get_run_logger()
     _check_output_name(output_name, source)
-    request = dict(prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion)
-    validate_params(**request)
+    request = request_model(model)
+    chosen = dict(prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion)
+    defaults = {name: value for name, value in chosen.items() if name in request.model_fields}
+    request.validated(**defaults)
     rows: list[BatchItemResult] = []
-    todo: list[BatchItem] = []
-    for found in await _discover(source, output_prefix, output_name, request, aws_credentials):
+    todo: list[ItemBase] = []
+    for found in await _discover(source, output_prefix, output_name, request, defaults, aws_credentials):
         if isinstance(found, BatchItemResult):
             rows.append(found)
         elif found.output and await _exists(found.output, aws_credentials):
@@ -152,12 +182,13 @@ async def video_to_video_folder(
         else:
             todo.append(found)
     logger.info("%d videos to restyle, %d already done or refused.", len(todo), len(rows))
-    defaults: dict[str, Any] = dict(
-        **request, credentials=credentials, aws_credentials=aws_credentials, timeout_seconds=timeout_seconds,
-        poll_policy=poll_policy, reconcile_grace_seconds=reconcile_grace_seconds, submissions=submissions,
+    arguments: dict[str, Any] = dict(
+        **defaults, model=model, credentials=credentials, aws_credentials=aws_credentials,
+        timeout_seconds=timeout_seconds, poll_policy=poll_policy, reconcile_grace_seconds=reconcile_grace_seconds,
+        submissions=submissions,
     )
     if todo:
-        rows += await run_items(todo, defaults, scope="folder", concurrency_limit=concurrency_limit,
+        rows += await run_items(todo, arguments, scope="folder", concurrency_limit=concurrency_limit,
                                 max_concurrency=max_concurrency)
     rows = [row.model_copy(update={"index": i}) for i, row in enumerate(rows)]
     return await report(rows, tolerate_failures=tolerate_failures)

@@ -1,24 +1,19 @@
-"""Pydantic models at the API's edge: strict on what we send, lenient on what we receive.
+"""Pydantic models of what comes back: the provider's answers, read leniently, and our result.
 
 The provider documents `meta.usage.credits_used` on POST but `tokens_used` on GET (and shows
 `tokens_used` in its POST sample), types `error` as "anything" on GET, and has more status words
-than its schema lists. `Generation` reads all of that without failing; `GenerationParams`
-refuses anything we would be charged for sending wrong.
+than its schema lists. `Generation` reads all of that without failing. What we send is strict and
+lives in `flows.requests`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-MODEL = "krea/krea-wan-14b/video-to-video"
-MAX_PROMPT_CHARS = 2000
-MAX_SEED = 2**32 - 1
 CREDITS_PER_USD = 2_000_000
 
 PENDING_STATUSES = frozenset({"queued", "generating", "waiting", "active"})
@@ -33,97 +28,6 @@ class Phase(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     UNKNOWN = "unknown"
-
-
-class GenerationParams(BaseModel):
-    """The user's choices for one generation, validated before anything is sent or spent."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prompt: str
-    strength: float = 0.85
-    seed: int | None = None
-    enable_prompt_expansion: bool = True
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _prompt(cls, value: Any) -> str:
-        if not isinstance(value, str):
-            raise ValueError(f"prompt must be text, got {type(value).__name__}")
-        value = value.strip()
-        if not value:
-            raise ValueError("prompt is empty: describe the look you want, e.g. 'watercolor painting'")
-        if len(value) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt has {len(value)} characters; the maximum is {MAX_PROMPT_CHARS}")
-        return value
-
-    @field_validator("strength", mode="before")
-    @classmethod
-    def _strength(cls, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"strength must be a number between 0 and 1, got {value!r}")
-        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"strength must be between 0 and 1 (0 keeps the original), got {value!r}")
-        return float(value)
-
-    @field_validator("seed", mode="before")
-    @classmethod
-    def _seed(cls, value: Any) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"seed must be a whole number or omitted, got {value!r}")
-        if not 0 <= value <= MAX_SEED:
-            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {value}")
-        return value
-
-    @field_validator("enable_prompt_expansion", mode="before")
-    @classmethod
-    def _expansion(cls, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"enable_prompt_expansion must be true or false, got {value!r}")
-        return value
-
-    def payload(self, video_url: str) -> dict[str, Any]:
-        """The POST body, exactly the fields the provider documents."""
-        body: dict[str, Any] = {
-            "model": MODEL,
-            "prompt": self.prompt,
-            "video_url": video_url,
-            "strength": self.strength,
-            "enable_prompt_expansion": self.enable_prompt_expansion,
-        }
-        if self.seed is not None:
-            body["seed"] = self.seed
-        return body
-
-    def fingerprint(self, video_identity: str) -> str:
-        """A stable hash of the logical request: same choices on the same video -> same value."""
-        canonical = json.dumps(
-            {**self.model_dump(), "model": MODEL, "video": video_identity},
-            sort_keys=True,
-            separators=(",", ":"),
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def from_text(values: dict[str, Any]) -> dict[str, Any]:
-    """Parameters that arrive as text (CSV cells, S3 metadata, trigger templates) as typed values.
-
-    Only clean conversions are made; anything else is left as text for `GenerationParams` to
-    refuse with a message naming the field.
-    """
-    out = dict(values)
-    for name, kind in (("strength", float), ("seed", int)):
-        if isinstance(out.get(name), str):
-            try:
-                out[name] = kind(out[name].strip())
-            except ValueError:
-                pass
-    flag = out.get("enable_prompt_expansion")
-    if isinstance(flag, str) and flag.strip().lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-        out["enable_prompt_expansion"] = flag.strip().lower() in ("true", "1", "yes", "on")
-    return out
 
 
 class Usage(BaseModel):
@@ -237,15 +141,17 @@ class StatusChange(BaseModel):
 class VideoToVideoResult(BaseModel):
     """Everything about one generation: the flow's return value, its summary artifact, its sidecar.
 
-    Holds no secret: the input is shown as a path, an https URL without its query, or s3://...
+    Besides `model` and `prompt`, it carries the request's other fields as they are declared by
+    the model's request class (`flows.requests`): for the Krea model `strength`, `seed` and
+    `enable_prompt_expansion`, at the top level of the sidecar like every other field. Holds no
+    secret: the input is shown as a path, an https URL without its query, or s3://...
     """
 
+    model_config = ConfigDict(extra="allow")  # the request's own fields, whatever its model has
+
     status: str
-    model: str = MODEL
+    model: str
     prompt: str
-    strength: float
-    seed: int | None
-    enable_prompt_expansion: bool
     input: str
     input_info: VideoInfo | None = None
     generation_id: str | None = None
@@ -269,3 +175,12 @@ class VideoToVideoResult(BaseModel):
     @property
     def usd(self) -> float | None:
         return credits_to_usd(self.credits)
+
+    def one_line(self) -> str:
+        """`completed: <output> (bytes, sha256, credits, seconds, generation id)`, as the CLI prints it."""
+        credits = f"{self.credits:,.0f} credits" if self.credits is not None else "usage unknown"
+        total = f"{self.timing.total_s:.1f} s" if self.timing.total_s is not None else "?"
+        return (
+            f"{self.status}: {self.output} ({self.size_bytes or 0:,} bytes, sha256 {(self.sha256 or '?')[:16]}..., "
+            f"{credits}, {total}, generation {self.generation_id})"
+        )

@@ -33,6 +33,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from prefect_aimlapi_video.flows.errors import InvalidInputError, TransientApiError
+from prefect_aimlapi_video.flows.s3 import s3_client
 
 SUBMISSIONS_ENV = "AIMLAPI_SUBMISSIONS_DIR"
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409", "NoSuchKey", "404"}
@@ -227,8 +228,6 @@ async def open_store(location: str | None = None, aws_credentials: str | None = 
         bucket, _, prefix = location.removeprefix("s3://").partition("/")
         if not bucket:
             raise InvalidInputError(f"submissions {location!r} is not s3://bucket/prefix.")
-        from prefect_aimlapi_video.flows.storage import s3_client
-
         return S3RecordStore(bucket, prefix, await s3_client(aws_credentials))
     if "://" in location:
         raise InvalidInputError(f"submissions {location!r}: use a local directory or s3://bucket/prefix.")

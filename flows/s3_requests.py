@@ -6,7 +6,7 @@ makes two runs the same generation, or an object one of them handled is paid for
 other: the idempotency key (`object_idempotency_key`, which the trigger template in
 deployments/prefect.yaml renders identically), the per-object overrides read from the object's
 metadata (`overrides_from_metadata`), and the identity of its content in the request fingerprint
-(`flows.storage.s3_identity`). Output names agree through the deployments' shared template.
+(`flows.s3.s3_identity`). Output names agree through the deployments' shared template.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from email.header import decode_header, make_header
 
-# User metadata (x-amz-meta-*) -> flow parameter; the flow validates the values. Metadata rather
-# than a sidecar file, because it arrives atomically with the object.
-METADATA_OVERRIDES = {
-    "aimlapi-prompt": "prompt",
-    "aimlapi-strength": "strength",
-    "aimlapi-seed": "seed",
-    "aimlapi-enable-prompt-expansion": "enable_prompt_expansion",
-}
+from prefect_aimlapi_video.flows.requests import request_fields
+
+# User metadata (x-amz-meta-*) -> request field, one for each field of the registered request
+# models (x-amz-meta-aimlapi-prompt, -strength, -seed, -enable-prompt-expansion); the flow validates
+# the values. Metadata rather than a sidecar file, because it arrives atomically with the object.
+METADATA_PREFIX = "aimlapi-"
+
+
+def metadata_name(field: str) -> str:
+    return METADATA_PREFIX + field.replace("_", "-")
 
 
 def overrides_from_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -30,10 +32,8 @@ def overrides_from_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     S3 metadata is ASCII; non-ASCII values (a prompt in any language) travel RFC 2047-encoded.
     """
     lowered = {name.lower(): value for name, value in metadata.items()}
-    return {
-        parameter: str(make_header(decode_header(lowered[name]))) if "=?" in lowered[name] else lowered[name]
-        for name, parameter in METADATA_OVERRIDES.items() if name in lowered
-    }
+    found = {field: lowered[metadata_name(field)] for field in request_fields() if metadata_name(field) in lowered}
+    return {field: str(make_header(decode_header(value))) if "=?" in value else value for field, value in found.items()}
 
 
 def object_idempotency_key(uri: str, etag: str) -> str:

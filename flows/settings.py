@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.inputs import DEFAULT_PRESIGN_SECONDS
 from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
+from prefect_aimlapi_video.flows.sources import DEFAULT_PRESIGN_SECONDS
 from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
 
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # S3's limit for SigV4 presigned URLs

@@ -33,14 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Literal
-
-from pydantic import BaseModel
 
 from prefect_aimlapi_video.flows.client import AimlApiClient
 from prefect_aimlapi_video.flows.errors import (
@@ -50,10 +46,24 @@ from prefect_aimlapi_video.flows.errors import (
     SubmissionOutcomeUnknown,
     UnidentifiedGenerationError,
 )
-from prefect_aimlapi_video.flows.models import GenerationParams
 from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS
-from prefect_aimlapi_video.flows.record_store import RecordStore, open_store
+from prefect_aimlapi_video.flows.record_store import RecordStore
+from prefect_aimlapi_video.flows.requests import VideoRequest
+from prefect_aimlapi_video.flows.submission_record import (
+    StoreRef,
+    SubmissionRecord,
+    SubmittedGeneration,
+    as_submitted,
+    client_request_prefix,
+    dump_record,
+    load_record,
+    mark_failed,
+    record_key,
+)
 from prefect_aimlapi_video.flows.usage_log import Finding, UsageLog, attempt_of
+
+__all__ = ["DEFAULT_RECONCILE_SECONDS", "StoreRef", "SubmissionRecord", "SubmittedGeneration", "mark_failed",
+           "record_key", "submit_once"]
 
 # How long a POST with an unclear outcome must stay absent from the usage log (and its record
 # unrefreshed by a live sender) before it is sent again. The provider records charges for video
@@ -64,95 +74,6 @@ DEFAULT_RECONCILE_SECONDS = DEFAULT_TIMEOUT_SECONDS
 PROVIDER_ERROR_PAUSE_SECONDS = 5.0
 HEARTBEAT_SECONDS = 5.0
 _LOG_RECHECK_MAX_SECONDS = 15.0
-
-State = Literal["pending", "accepted", "rejected", "failed"]
-Outcome = Literal["in_flight", "unknown", "provider_error"]
-
-
-class SubmissionRecord(BaseModel):
-    """The write-ahead record of one logical generation."""
-
-    key: str
-    fingerprint: str
-    scope: str
-    attempt: int = 1
-    state: State = "pending"
-    outcome: Outcome | None = None  # for `pending`: what is known of the last POST
-    owner: str | None = None  # the attempt that holds a `pending` record
-    generation_id: str | None = None
-    request_id: str | None = None
-    initial_status: str | None = None
-    credits: float | None = None
-    created_at: float
-    updated_at: float
-    accepted_at: float | None = None
-
-    @property
-    def logical_prefix(self) -> str:
-        """What every client request id of this logical generation starts with."""
-        return client_request_prefix(self.key)
-
-    @property
-    def client_request_id(self) -> str:
-        """Deterministic per logical generation and attempt; fits the provider's 1-128 [A-Za-z0-9._:-]."""
-        return f"{self.logical_prefix}{self.attempt}"
-
-
-def client_request_prefix(key: str) -> str:
-    return f"v2v-{key[:32]}-a"
-
-
-class StoreRef(BaseModel):
-    """Where a record lives, as plain values a task can take (the store itself is reopened)."""
-
-    location: str
-    aws_credentials: str | None = None
-
-    async def open(self) -> RecordStore:
-        return await open_store(self.location, self.aws_credentials)
-
-
-class SubmittedGeneration(BaseModel):
-    """What `submit_generation` hands on: enough to wait, and to tell the story in the summary."""
-
-    generation_id: str
-    client_request_id: str
-    request_id: str | None = None
-    initial_status: str = "queued"
-    accepted_at: float
-    credits: float | None = None
-    resumed: bool = False
-    reconciled: bool = False
-    record_key: str
-    store: StoreRef | None = None
-
-
-def record_key(fingerprint: str, scope: str) -> str:
-    return hashlib.sha256(f"{fingerprint}|{scope}".encode()).hexdigest()
-
-
-def _load(data: bytes) -> SubmissionRecord:
-    return SubmissionRecord.model_validate_json(data)
-
-
-def _dump(record: SubmissionRecord) -> bytes:
-    return record.model_dump_json().encode()
-
-
-def _accepted(record: SubmissionRecord, *, resumed: bool, reconciled: bool) -> SubmittedGeneration:
-    assert record.generation_id is not None
-    return SubmittedGeneration(
-        generation_id=record.generation_id,
-        client_request_id=record.client_request_id,
-        request_id=record.request_id,
-        initial_status=record.initial_status or "queued",
-        accepted_at=record.accepted_at or record.updated_at,
-        credits=record.credits,
-        resumed=resumed,
-        reconciled=reconciled,
-        record_key=record.key,
-    )
-
 
 class _Restart(Exception):
     """The record changed under us: read it again and decide afresh."""
@@ -165,7 +86,7 @@ class Submission:
         self,
         client: AimlApiClient,
         store: RecordStore,
-        params: GenerationParams,
+        params: VideoRequest,
         video_identity: str,
         scope: str,
         video_url: Callable[[], Awaitable[str]],
@@ -182,14 +103,14 @@ class Submission:
         self.may_repeat = may_repeat
         self.logger = logger
         self.owner = uuid.uuid4().hex
-        self.log = UsageLog.of(client)
+        self.log = UsageLog.of(client, params.MODEL)
         self._announced = False
 
     # -- reading -----------------------------------------------------------------------------------
 
     async def _read(self) -> tuple[SubmissionRecord, str] | None:
         found = await self.store.read(self.key)
-        return None if found is None else (_load(found[0]), found[1])
+        return None if found is None else (load_record(found[0]), found[1])
 
     async def _find(self, record: SubmissionRecord | None) -> Finding:
         """The log's rows for every attempt of this generation, back to when the record began."""
@@ -229,7 +150,7 @@ class Submission:
         record, version = current
         if record.state == "accepted":
             self.logger.info("Resuming generation %s (already submitted; no new request sent).", record.generation_id)
-            return _accepted(record, resumed=True, reconciled=False)
+            return as_submitted(record, resumed=True, reconciled=False)
         if record.state == "pending":
             return await self._reconcile(record, version)
         finding = await self._find(record)  # rejected or failed: not the first POST
@@ -250,14 +171,14 @@ class Submission:
             if finding.live is not None:
                 adopted = fresh.model_copy(update=self._acceptance(finding.live.generation_id, None, "queued", None))
                 adopted.attempt = max(1, attempt_of(finding.live.client_request_id))
-                if await self.store.create(self.key, _dump(adopted)) is None:
+                if await self.store.create(self.key, dump_record(adopted)) is None:
                     raise _Restart
                 self.logger.info("Adopted generation %s found in the usage log (client request id %s); no new "
                                  "request sent.", adopted.generation_id, finding.live.client_request_id)
-                return _accepted(adopted, resumed=True, reconciled=True)
+                return as_submitted(adopted, resumed=True, reconciled=True)
             attempt = finding.highest_attempt + 1
         fresh = fresh.model_copy(update=dict(attempt=attempt, outcome="in_flight", owner=self.owner))
-        version = await self.store.create(self.key, _dump(fresh))
+        version = await self.store.create(self.key, dump_record(fresh))
         if version is None:
             raise _Restart  # created by another attempt a moment ago
         return await self._post(fresh, version)
@@ -293,18 +214,18 @@ class Submission:
         assert finding.live is not None and finding.live.generation_id
         adopted = record.model_copy(update=self._acceptance(finding.live.generation_id, None, "queued", None))
         adopted.attempt = attempt_of(finding.live.client_request_id) or record.attempt
-        if await self.store.replace(self.key, _dump(adopted), version) is None:
+        if await self.store.replace(self.key, dump_record(adopted), version) is None:
             raise _Restart
         self.logger.info("Adopted generation %s found in the usage log (client request id %s); no new request sent.",
                          adopted.generation_id, finding.live.client_request_id)
-        return _accepted(adopted, resumed=True, reconciled=True)
+        return as_submitted(adopted, resumed=True, reconciled=True)
 
     async def _claim_and_post(self, record: SubmissionRecord, version: str, finding: Finding) -> SubmittedGeneration:
         claim = record.model_copy(update=dict(
             state="pending", outcome="in_flight", owner=self.owner, generation_id=None, request_id=None,
             attempt=max(record.attempt, finding.highest_attempt) + 1, updated_at=time.time(),
         ))
-        claimed = await self.store.replace(self.key, _dump(claim), version)
+        claimed = await self.store.replace(self.key, dump_record(claim), version)
         if claimed is None:
             raise _Restart  # another attempt claimed it first: it posts, we see what it did
         return await self._post(claim, claimed)
@@ -341,7 +262,7 @@ class Submission:
             "Submitted generation %s (status %s, client request id %s, x-request-id %s).",
             generation.id, generation.status, record.client_request_id, answer.request_id,
         )
-        return _accepted(accepted, resumed=False, reconciled=False)
+        return as_submitted(accepted, resumed=False, reconciled=False)
 
     @staticmethod
     def _acceptance(generation_id: str | None, request_id: str | None, status: str | None,
@@ -355,7 +276,7 @@ class Submission:
         while True:
             await asyncio.sleep(interval)
             fresh = held.record.model_copy(update={"updated_at": time.time()})
-            version = await self.store.replace(self.key, _dump(fresh), held.version)
+            version = await self.store.replace(self.key, dump_record(fresh), held.version)
             if version is None:
                 self.logger.warning("Record %s was taken over while our POST was in flight.", self.key[:12])
                 return
@@ -369,7 +290,7 @@ class Submission:
             update.setdefault("owner", None)
         wanted = held.record.model_copy(update=update)
         while True:
-            if await self.store.replace(self.key, _dump(wanted), held.version) is not None:
+            if await self.store.replace(self.key, dump_record(wanted), held.version) is not None:
                 return wanted
             current = await self._read()
             if current is None:
@@ -403,7 +324,7 @@ class _Held:
 async def submit_once(
     client: AimlApiClient,
     store: RecordStore,
-    params: GenerationParams,
+    params: VideoRequest,
     video_identity: str,
     scope: str,
     video_url: Callable[[], Awaitable[str]],
@@ -417,21 +338,8 @@ async def submit_once(
     `may_repeat`: False only when this call is provably the first of its logical generation (a
     fresh flow-run scope on its first run); then a missing record needs no usage-log read.
     """
-    return await Submission(
+    submitted = await Submission(
         client, store, params, video_identity, scope, video_url,
         reconcile_seconds=reconcile_seconds, may_repeat=may_repeat, logger=logger,
     ).run()
-
-
-async def mark_failed(store: RecordStore, key: str, generation_id: str) -> None:
-    """The generation ended in `error` (not charged): let the next attempt post anew."""
-    while True:
-        found = await store.read(key)
-        if found is None:
-            return
-        record = _load(found[0])
-        if record.state != "accepted" or record.generation_id != generation_id:
-            return
-        failed = record.model_copy(update={"state": "failed", "updated_at": time.time()})
-        if await store.replace(key, _dump(failed), found[1]) is not None:
-            return
+    return submitted.model_copy(update={"model": params.MODEL})

@@ -121,11 +121,12 @@ class _Lookup:
 
 
 class UsageLog:
-    """The usage log of one account, read by one coalescing, throttled scanner per event loop."""
+    """The usage log of one account and model, read by one coalescing, throttled scanner per event loop."""
 
     _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, UsageLog]] = weakref.WeakKeyDictionary()
 
-    def __init__(self, reads_per_minute: float | None = None) -> None:
+    def __init__(self, model: str | None = None, reads_per_minute: float | None = None) -> None:
+        self.model = model
         self.spacing = 60.0 / (reads_per_minute or LOG_READS_PER_MINUTE)
         self.pages_read = 0
         self._next_read = 0.0
@@ -133,12 +134,12 @@ class UsageLog:
         self._scanner: asyncio.Task[None] | None = None
 
     @classmethod
-    def of(cls, client: AimlApiClient) -> UsageLog:
-        """The shared reader for this client's account (base URL and key) on the running loop."""
-        account = hashlib.sha256(f"{client.base_url}|{client.key_fingerprint}".encode()).hexdigest()
+    def of(cls, client: AimlApiClient, model: str | None = None) -> UsageLog:
+        """The shared reader for this client's account (base URL and key) and model on the running loop."""
+        account = hashlib.sha256(f"{client.base_url}|{client.key_fingerprint}|{model}".encode()).hexdigest()
         per_account = cls._shared.setdefault(asyncio.get_running_loop(), {})
         if account not in per_account:
-            per_account[account] = cls()
+            per_account[account] = cls(model)
         return per_account[account]
 
     async def find(self, client: AimlApiClient, prefix: str, since: float | None = None) -> Finding:
@@ -197,7 +198,7 @@ class UsageLog:
         if wait > 0:
             await asyncio.sleep(wait)
         self.pages_read += 1
-        return await client.read_log_page(offset, PAGE_SIZE)
+        return await client.read_log_page(offset, PAGE_SIZE, model=self.model)
 
 
 def _rows(raw_rows: Iterable[Any]) -> Iterable[LogRow]:

@@ -1,8 +1,8 @@
 """The `video_to_video` flow: one generation, one flow run, with everything about it on that run.
 
-Order matters for money: every check that can fail for free (parameters, the credentials block
-and a free access check, the input video, the output destination) runs before the first and
-only paid call.
+Order matters for money: every check that can fail for free (the request, the settings, the
+credentials block and a free access check, the record store, the input video, the output
+destination) runs before the first and only paid call.
 """
 
 from __future__ import annotations
@@ -15,29 +15,50 @@ from typing import Any
 
 from prefect import flow
 from prefect.logging import get_run_logger
-from pydantic import ValidationError
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.artifacts import publish_output_link, publish_summary
-from prefect_aimlapi_video.flows.errors import AimlApiError, GenerationFailedError, InvalidInputError, TransientApiError
-from prefect_aimlapi_video.flows.inputs import DEFAULT_PRESIGN_SECONDS, VideoInput, file_stem, inspect_video
-from prefect_aimlapi_video.flows.models import GenerationParams, Timing, VideoToVideoResult, from_text
-from prefect_aimlapi_video.flows.outputs import OutputTarget, resolve_output, template_fields, write_sidecar
-from prefect_aimlapi_video.flows.record_store import open_store
-from prefect_aimlapi_video.flows.settings import RunSettings, Scope, validate_settings
-from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
+from prefect_aimlapi_video.flows.destinations import (
+    Destination,
+    resolve_output,
+    template_fields,
+)
+from prefect_aimlapi_video.flows.errors import (
+    AimlApiError,
+    GenerationFailedError,
+    InvalidInputError,
+)
+from prefect_aimlapi_video.flows.models import Timing, VideoToVideoResult
 from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
-from prefect_aimlapi_video.flows.tasks import download_video, submit_generation, wait_for_generation
+from prefect_aimlapi_video.flows.record_store import open_store
+from prefect_aimlapi_video.flows.requests import (
+    DEFAULT_MODEL,
+    DEFAULTS,
+    VideoRequest,
+    request_model,
+)
+from prefect_aimlapi_video.flows.settings import RunSettings, Scope, validate_settings
+from prefect_aimlapi_video.flows.sources import (
+    DEFAULT_PRESIGN_SECONDS,
+    VideoSource,
+    file_stem,
+    inspect_video,
+)
+from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
+from prefect_aimlapi_video.flows.tasks import (
+    download_video,
+    submit_generation,
+    wait_for_generation,
+)
 
 DEFAULT_CREDENTIALS_BLOCK = "aimlapi"
 RUN_TAGS = ("aimlapi", "video-to-video")
 
 
-def _label(video: Any) -> str:
+def video_label(video: Any) -> str:
+    """A short name for a video in run names and tables: never the URL's query or a data URI."""
     text = str(video or "video")
-    if text.startswith("data:"):
-        return "inline"
-    return file_stem(text.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])[:40]
+    return "inline" if text.startswith("data:") else file_stem(text)[:40]
 
 
 def _run_name() -> str:
@@ -46,28 +67,12 @@ def _run_name() -> str:
 
     parameters = flow_run.parameters
     seed = parameters.get("seed")
-    return f"v2v-{_label(parameters.get('video'))}-seed-{'random' if seed is None else seed}"
+    return f"v2v-{video_label(parameters.get('video'))}-seed-{'random' if seed is None else seed}"
 
 
-async def load_credentials(credentials: str | AimlApiCredentials) -> AimlApiCredentials:
-    """Accept a block or a block name; a missing block is an input error that says how to fix it."""
-    if isinstance(credentials, AimlApiCredentials):
-        return credentials
-    try:
-        return await AimlApiCredentials.aload(credentials)
-    except ValueError:
-        raise InvalidInputError(
-            f"No AimlApiCredentials block named {credentials!r}. Save one first: "
-            f"`aimlapi-video save-key --name {credentials}` (key from AIMLAPI_API_KEY), or "
-            f"AimlApiCredentials(api_key=...).save({credentials!r})."
-        ) from None
-
-
-OVERRIDABLE = ("prompt", "strength", "seed", "enable_prompt_expansion")
-
-
-def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
-    """Per-video overrides, typed; unknown keys are refused so a typo never passes silently."""
+def parse_overrides(overrides: dict[str, Any] | str | None, request: type[VideoRequest] | None = None) -> dict[str, Any]:
+    """Per-video values of the request's fields, typed; unknown keys are refused so a typo never passes."""
+    request = request or request_model(DEFAULT_MODEL)
     if overrides in (None, "", "null"):
         return {}
     if isinstance(overrides, str):
@@ -75,58 +80,13 @@ def parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
             overrides = json.loads(overrides)
         except json.JSONDecodeError:
             raise InvalidInputError(f"overrides is not JSON: {overrides[:100]!r}") from None
+    allowed = request.field_names()
     if not isinstance(overrides, dict):
-        raise InvalidInputError(f"overrides must be an object of {', '.join(OVERRIDABLE)}.")
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+        raise InvalidInputError(f"overrides must be an object of {', '.join(allowed)}.")
+    unknown = sorted(set(overrides) - set(allowed))
     if unknown:
-        raise InvalidInputError(f"overrides has unknown keys {unknown}; allowed: {', '.join(OVERRIDABLE)}.")
-    return from_text(overrides)
-
-
-ACCESS_CHECK_TTL_SECONDS = 60.0
-_access_checks: dict[str, tuple[asyncio.Future[None], float]] = {}
-
-
-async def check_access(credentials: AimlApiCredentials, attempts: int = 3) -> None:
-    """Fail fast, before anything is spent, if the API cannot be reached or refuses the key.
-
-    A check that passed in this process less than a minute ago, or is in flight, is shared: a
-    batch checks once for all its children instead of once per child.
-    """
-    key = hashlib.sha256(f"{credentials.base_url}|{credentials.api_key.get_secret_value()}".encode()).hexdigest()
-    shared = _access_checks.get(key)
-    if (shared is None or shared[0].get_loop() is not asyncio.get_running_loop()
-            or (shared[0].done() and time.monotonic() - shared[1] > ACCESS_CHECK_TTL_SECONDS)):
-        shared = (asyncio.ensure_future(_check_access_now(credentials, attempts)), time.monotonic())
-        _access_checks[key] = shared
-    try:
-        await asyncio.shield(shared[0])
-    finally:
-        check = shared[0]
-        if check.done() and (check.cancelled() or check.exception()) and _access_checks.get(key) is shared:
-            del _access_checks[key]  # never share a failure: the next caller checks again
-
-
-async def _check_access_now(credentials: AimlApiCredentials, attempts: int) -> None:
-    async with credentials.get_client() as client:
-        for attempt in range(attempts):
-            try:
-                return await client.check_access()
-            except TransientApiError as exc:
-                if attempt + 1 == attempts:
-                    raise InvalidInputError(
-                        f"{exc} Check base_url ({credentials.base_url}) in your AimlApiCredentials block "
-                        "and your network; nothing was sent or spent."
-                    ) from None
-                await asyncio.sleep(0.5 * 2**attempt)
-
-
-def validate_params(**values: Any) -> GenerationParams:
-    try:
-        return GenerationParams(**values)
-    except ValidationError as exc:
-        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        raise InvalidInputError(f"Invalid parameters: {problems}") from None
+        raise InvalidInputError(f"overrides has unknown keys {unknown}; allowed: {', '.join(allowed)}.")
+    return request.from_text(overrides)
 
 
 async def _tag_run() -> None:
@@ -145,14 +105,14 @@ async def _tag_run() -> None:
 @flow(
     name="aimlapi-video-to-video",
     flow_run_name=_run_name,
-    validate_parameters=False,  # GenerationParams validates, with messages that say what to change
+    validate_parameters=False,  # the request and settings classes validate, with messages that say what to change
 )
 async def video_to_video(
     video: str,
     prompt: str,
-    strength: float = 0.85,
-    seed: int | None = None,
-    enable_prompt_expansion: bool = True,
+    strength: float = DEFAULTS["strength"],
+    seed: int | None = DEFAULTS["seed"],
+    enable_prompt_expansion: bool = DEFAULTS["enable_prompt_expansion"],
     credentials: str | AimlApiCredentials = DEFAULT_CREDENTIALS_BLOCK,
     output: str | None = None,
     output_storage: str | None = None,
@@ -166,8 +126,9 @@ async def video_to_video(
     reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
     poll_policy: PollPolicy | None = None,
     overrides: dict[str, Any] | str | None = None,
+    model: str = DEFAULT_MODEL,
 ) -> VideoToVideoResult:
-    """Restyle `video` with `prompt` through `krea/krea-wan-14b/video-to-video`.
+    """Restyle `video` with `prompt` through `krea/krea-wan-14b/video-to-video` (or another registered `model`).
 
     Args:
         video: an https URL, a `data:video/...;base64,` URI, a local file path or `s3://bucket/key`.
@@ -196,9 +157,11 @@ async def video_to_video(
             enough for a provider that lists a request only once its generation completes).
         poll_policy: polling schedule (default: every ~1 s for 12 s, then backing off to 10 s); a
             PollPolicy, or a dict / JSON object of its fields.
-        overrides: per-video values of prompt / strength / seed / enable_prompt_expansion that win
-            over the arguments above, e.g. an S3 object's metadata passed by the event bridge. A JSON
-            string is accepted (trigger templates render text).
+        overrides: per-video values of the request's fields (prompt / strength / seed /
+            enable_prompt_expansion) that win over the arguments above, e.g. an S3 object's metadata
+            passed by the event bridge. A JSON string is accepted (trigger templates render text).
+        model: the model on the provider's video endpoint; its request class (`flows.requests`)
+            decides the fields and their limits.
     """
     from prefect.runtime import flow_run
 
@@ -206,36 +169,32 @@ async def video_to_video(
     started = time.time()
     run_id = str(flow_run.id) if flow_run.id else None
 
+    request = request_model(model)
     chosen = dict(prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion)
-    params = validate_params(**{**chosen, **parse_overrides(overrides)})
+    params = request.validated(**{**{k: v for k, v in chosen.items() if k in request.model_fields},
+                                  **parse_overrides(overrides, request)})
     settings = validate_settings(
         output=output, output_storage=output_storage, aws_credentials=aws_credentials, stage_to=stage_to,
         presign_expiry_seconds=presign_expiry_seconds, idempotency_key=idempotency_key,
         idempotency_scope=idempotency_scope, submissions=submissions, timeout_seconds=timeout_seconds,
         reconcile_grace_seconds=reconcile_grace_seconds, poll_policy=poll_policy,
     )
-    creds = await load_credentials(credentials)
-    await check_access(creds)
+    creds = await AimlApiCredentials.resolve(credentials)
+    await creds.check_access()
     await (await open_store(settings.submissions, settings.aws_credentials)).check()
-    source = await inspect_video(
-        video, aws_credentials=settings.aws_credentials, stage_to=settings.stage_to,
-        presign_seconds=settings.presign_expiry_seconds,
-    )
+    source = await inspect_video(video, aws_credentials=settings.aws_credentials, stage_to=settings.stage_to,
+                                 presign_seconds=settings.presign_expiry_seconds)
     target = await resolve_output(settings.output, settings.output_storage, settings.aws_credentials)
     await _tag_run()
     logger.info("Input %s (%s); output to %s.", source.display,
                 source.info.describe() if source.info else "not probed", target.kind)
 
-    result = VideoToVideoResult(
-        status="submitting", input=source.display, input_info=source.info, flow_run_id=run_id,
-        **params.model_dump(),
-    )
+    result = VideoToVideoResult(status="submitting", model=params.MODEL, input=source.display, input_info=source.info,
+                                flow_run_id=run_id, **params.model_dump())
     try:
         scope, shared = _scope(settings, params, source, target, run_id)
-        submitted = await submit_generation(
-            params, video, source, creds, scope, settings.reconcile_grace_seconds, settings.submissions,
-            settings.aws_credentials, shared,
-        )
+        submitted = await submit_generation(params, source, creds, scope, settings.reconcile_grace_seconds,
+                                            settings.submissions, settings.aws_credentials, shared)
         result.generation_id = submitted.generation_id
         result.client_request_id = submitted.client_request_id
         result.resumed = submitted.resumed
@@ -252,13 +211,11 @@ async def video_to_video(
     result.status = outcome.status
     result.output, result.output_info = stored.location, stored.info
     result.sha256, result.size_bytes = stored.sha256, stored.size_bytes
-    result.timing = Timing(
-        queued_s=outcome.queued_s, generating_s=outcome.generating_s,
-        download_s=stored.download_s, total_s=time.time() - started,
-    )
+    result.timing = Timing(queued_s=outcome.queued_s, generating_s=outcome.generating_s,
+                           download_s=stored.download_s, total_s=time.time() - started)
     result.sidecar = target.location(f"{path}.json")
     await asyncio.gather(  # independent writes: don't pay their round trips one after another
-        write_sidecar(target, path, result.model_dump(mode="json")),
+        target.write_sidecar(path, result.model_dump(mode="json")),
         publish_summary(result),
         publish_output_link(stored.location),
     )
@@ -270,7 +227,7 @@ async def video_to_video(
 
 
 def _scope(
-    settings: RunSettings, params: GenerationParams, source: VideoInput, target: OutputTarget, run_id: str | None
+    settings: RunSettings, params: VideoRequest, source: VideoSource, target: Destination, run_id: str | None
 ) -> tuple[str, bool]:
     """What counts as the same logical generation, and whether another run may share it.
 
@@ -280,21 +237,19 @@ def _scope(
     if settings.idempotency_key:
         return settings.idempotency_key, True
     if settings.idempotency_scope == "request":
-        where = f"{target.kind}|{target.bucket or ''}|{target.block or ''}|{target.template}"
+        where = target.model_dump_json(include={"kind", "template", "bucket", "block"})
         digest = hashlib.sha256(f"{params.fingerprint(source.identity)}|{where}".encode()).hexdigest()
         return f"request:{digest}", True
     return f"flow-run:{run_id}", False
 
 
 def _output_path(
-    target: OutputTarget, source: VideoInput, params: GenerationParams, generation_id: str, run_id: str | None
+    target: Destination, source: VideoSource, params: VideoRequest, generation_id: str, run_id: str | None
 ) -> str:
-    return target.render(
-        template_fields(
-            stem=source.stem, seed=params.seed, strength=params.strength,
-            fingerprint=params.fingerprint(source.identity), generation_id=generation_id, flow_run_id=run_id,
-        )
-    )
+    return target.render(template_fields(
+        stem=source.stem, seed=getattr(params, "seed", None), strength=getattr(params, "strength", 0.0),
+        fingerprint=params.fingerprint(source.identity), generation_id=generation_id, flow_run_id=run_id,
+    ))
 
 
 async def _report_failure(result: VideoToVideoResult, exc: AimlApiError, started: float) -> None:

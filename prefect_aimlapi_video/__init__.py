@@ -33,10 +33,11 @@ _LAZY: dict[str, str] = {
     "download_video": "prefect_aimlapi_video.flows.tasks",
     # what the flows and tasks take and return
     "VideoToVideoResult": "prefect_aimlapi_video.flows.models",
-    "GenerationParams": "prefect_aimlapi_video.flows.models",
+    "GenerationParams": "prefect_aimlapi_video.flows.requests",
+    "KreaWan14bVideoToVideo": "prefect_aimlapi_video.flows.requests",
     "PollPolicy": "prefect_aimlapi_video.flows.polling",
-    "BatchItem": "prefect_aimlapi_video.flows.batch",
-    "BatchItemResult": "prefect_aimlapi_video.flows.batch",
+    "BatchItem": "prefect_aimlapi_video.flows.batch_items",
+    "BatchItemResult": "prefect_aimlapi_video.flows.batch_items",
     # the plain async client (no Prefect inside)
     "AimlApiClient": "prefect_aimlapi_video.flows.client",
     # errors
@@ -47,6 +48,7 @@ _LAZY: dict[str, str] = {
     "GenerationFailedError": "prefect_aimlapi_video.flows.errors",
     "GenerationTimeoutError": "prefect_aimlapi_video.flows.errors",
     "SubmissionOutcomeUnknown": "prefect_aimlapi_video.flows.errors",
+    "UnidentifiedGenerationError": "prefect_aimlapi_video.flows.errors",
     "ReconciliationUnavailable": "prefect_aimlapi_video.flows.errors",
     "DownloadError": "prefect_aimlapi_video.flows.errors",
     "BatchFailedError": "prefect_aimlapi_video.flows.batch",

@@ -26,7 +26,7 @@ import pytest
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.deployments.local_services import free_port
 from prefect_aimlapi_video.flows.errors import AuthenticationError, InvalidInputError
-from prefect_aimlapi_video.flows.inputs import MAX_DATA_URI_BYTES
+from prefect_aimlapi_video.flows.sources import MAX_DATA_URI_BYTES
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from tests.support import prefect_api
 from tests.support.reliability import cli_command, last_line, subprocess_env
@@ -38,7 +38,7 @@ WRONG_KEY = "sk-wrong-0000"
 # URI case runs the same CLI with the inline cap lowered to 64 KiB and sends ~96 KiB.
 CLI_INLINE_CAP = 64 * 1024
 CLI_WITH_LOWER_CAP = (
-    "import sys, prefect_aimlapi_video.flows.inputs as inputs; inputs.MAX_DATA_URI_BYTES = %d; "
+    "import sys, prefect_aimlapi_video.flows.sources as sources; sources.MAX_DATA_URI_BYTES = %d; "
     "from prefect_aimlapi_video.deployments.cli import main; sys.exit(main())" % CLI_INLINE_CAP
 )
 

@@ -26,8 +26,8 @@ import pytest
 
 from prefect_aimlapi_video.flows.client import AimlApiClient
 from prefect_aimlapi_video.flows.errors import UnidentifiedGenerationError
-from prefect_aimlapi_video.flows.inputs import sha256_file as input_sha256
-from prefect_aimlapi_video.flows.models import GenerationParams
+from prefect_aimlapi_video.flows.sources import sha256_file as input_sha256
+from prefect_aimlapi_video.flows.requests import GenerationParams
 from prefect_aimlapi_video.flows.record_store import open_store
 from prefect_aimlapi_video.flows.submissions import SubmissionRecord, record_key, submit_once
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
@@ -244,7 +244,7 @@ async def _value(value: str) -> str:
 
 
 def _data_uri(path: Path) -> str:
-    from prefect_aimlapi_video.flows.inputs import data_uri
+    from prefect_aimlapi_video.flows.sources import data_uri
 
     return data_uri(Path(path).read_bytes())
 

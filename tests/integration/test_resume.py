@@ -25,8 +25,8 @@ import pytest
 
 import prefect_aimlapi_video.flows.video_to_video as v2v_module
 from prefect_aimlapi_video.flows.errors import ReconciliationUnavailable
-from prefect_aimlapi_video.flows.inputs import sha256_file as input_sha256
-from prefect_aimlapi_video.flows.models import GenerationParams
+from prefect_aimlapi_video.flows.sources import sha256_file as input_sha256
+from prefect_aimlapi_video.flows.requests import GenerationParams
 from prefect_aimlapi_video.flows.record_store import LocalRecordStore, default_location
 from prefect_aimlapi_video.flows.submissions import SubmissionRecord, record_key
 from prefect_aimlapi_video.flows.video_to_video import video_to_video

@@ -10,7 +10,7 @@ from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 from prefect_aws.s3 import S3Bucket
 
-import prefect_aimlapi_video.flows.inputs as inputs_module
+import prefect_aimlapi_video.flows.sources as sources_module
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
@@ -89,7 +89,7 @@ async def test_local_file_above_inline_cap_is_staged_through_s3(prefect_server, 
     s3.create_bucket(Bucket="staging")
     aws = AwsCredentials(aws_client_parameters=AwsClientParameters(endpoint_url=moto_server))
     await S3Bucket(bucket_name="staging", credentials=aws).asave("staging-it", overwrite=True)
-    monkeypatch.setattr(inputs_module, "MAX_INLINE_FILE_BYTES", 1024)  # the clip is ~10 kB
+    monkeypatch.setattr(sources_module, "MAX_INLINE_FILE_BYTES", 1024)  # the clip is ~10 kB
 
     with pytest.raises(InvalidInputError, match="stage_to"):
         await video_to_video(video=str(clips["small"]), prompt="x", credentials=credentials(sandbox))
@@ -131,7 +131,7 @@ async def test_s3_input_on_a_versioned_bucket_is_fetched_at_the_checked_version(
     that the request's fingerprint, and so its exactly-once record, names)."""
     import httpx
 
-    from prefect_aimlapi_video.flows.inputs import inspect_video, video_url_for
+    from prefect_aimlapi_video.flows.sources import inspect_video
 
     s3.create_bucket(Bucket="pinned")
     s3.put_bucket_versioning(Bucket="pinned", VersioningConfiguration={"Status": "Enabled"})
@@ -140,21 +140,21 @@ async def test_s3_input_on_a_versioned_bucket_is_fetched_at_the_checked_version(
     assert source.version_id and source.identity.endswith(f"#{source.version_id}")
     s3.upload_file(str(clips["odd"]), "pinned", "in/clip.mp4", ExtraArgs={"ContentType": "video/mp4"})
 
-    url = await video_url_for("s3://pinned/in/clip.mp4", source)
+    url = await source.video_url()
     assert f"versionId={source.version_id}" in url
     fetched = httpx.get(url, timeout=10).content
     assert hashlib.sha256(fetched).hexdigest() == hashlib.sha256(clips["small"].read_bytes()).hexdigest()
 
 
 async def test_s3_input_replaced_since_the_check_on_an_unversioned_bucket_is_refused(s3, clips):
-    from prefect_aimlapi_video.flows.inputs import inspect_video, video_url_for
+    from prefect_aimlapi_video.flows.sources import inspect_video
 
     s3.create_bucket(Bucket="unpinned")
     s3.upload_file(str(clips["small"]), "unpinned", "in/clip.mp4", ExtraArgs={"ContentType": "video/mp4"})
     source = await inspect_video("s3://unpinned/in/clip.mp4")
     assert source.version_id is None and source.etag
-    assert "Signature" in await video_url_for("s3://unpinned/in/clip.mp4", source)  # unchanged: presigned
+    assert "Signature" in await source.video_url()  # unchanged: presigned
 
     s3.upload_file(str(clips["odd"]), "unpinned", "in/clip.mp4", ExtraArgs={"ContentType": "video/mp4"})
     with pytest.raises(InvalidInputError, match=r"changed \(or vanished\) since it was checked.*nothing was sent"):
-        await video_url_for("s3://unpinned/in/clip.mp4", source)
+        await source.video_url()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from prefect_aimlapi_video.flows.artifacts import summary_markdown
-from prefect_aimlapi_video.flows.models import MODEL, StatusChange, Timing, VideoInfo, VideoToVideoResult
+from prefect_aimlapi_video.flows.models import StatusChange, Timing, VideoInfo, VideoToVideoResult
+from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL as MODEL
 
 GEN_ID = "3637be63-e8d1-4ac1-9a4b-00afbdf10a55:krea/krea-wan-14b/video-to-video"
 
@@ -11,6 +12,7 @@ GEN_ID = "3637be63-e8d1-4ac1-9a4b-00afbdf10a55:krea/krea-wan-14b/video-to-video"
 def result(**overrides) -> VideoToVideoResult:
     values = dict(
         status="completed",
+        model=MODEL,
         prompt="turn it into a watercolor | with pipes",
         strength=0.85,
         seed=None,

@@ -10,7 +10,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from prefect_aimlapi_video.flows.client import AimlApiClient, check_base_url, parse_retry_after, raise_for_answer
+from prefect_aimlapi_video.flows.answers import parse_retry_after, raise_for_answer
+from prefect_aimlapi_video.flows.client import AimlApiClient
+from prefect_aimlapi_video.flows.connection import check_base_url
 from prefect_aimlapi_video.flows.errors import (
     AimlApiError,
     AuthenticationError,
@@ -23,7 +25,7 @@ from prefect_aimlapi_video.flows.errors import (
     SubmissionOutcomeUnknown,
     TransientApiError,
 )
-from prefect_aimlapi_video.flows.models import MODEL
+from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL as MODEL
 
 API_KEY = "sk-unit-test-SECRET-KEY-0123456789"
 BASE_URL = "https://api.test"
@@ -446,7 +448,7 @@ async def test_read_log_page_asks_for_our_model_and_a_window(shape):
         return httpx.Response(200, json={"data": rows} if shape == "data" else rows)
 
     async with make_client(handler) as client:
-        rows = await client.read_log_page(200, 100)
+        rows = await client.read_log_page(200, 100, model=MODEL)
     assert rows == [{"client_request_id": "v2v-x-a1", "generation_id": GEN_ID}]
     assert seen == [{"model": MODEL, "offset": "200", "limit": "100"}]
 

@@ -28,7 +28,8 @@ from prefect_aimlapi_video.flows.errors import (
     TransientApiError,
     UnidentifiedGenerationError,
 )
-from prefect_aimlapi_video.flows.models import MODEL, GenerationParams
+from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL as MODEL
+from prefect_aimlapi_video.flows.requests import GenerationParams
 from prefect_aimlapi_video.flows.record_store import LocalRecordStore
 from prefect_aimlapi_video.flows.submissions import SubmissionRecord, mark_failed, record_key, submit_once
 

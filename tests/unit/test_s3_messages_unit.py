@@ -8,14 +8,14 @@ from uuid import NAMESPACE_URL, uuid5
 
 import pytest
 
-from prefect_aimlapi_video.deployments.bridge import (
+from prefect_aimlapi_video.deployments.s3_messages import (
     EVENT_NAME,
     Filters,
     MalformedMessage,
-    SeenStore,
     build_event,
     parse_message,
 )
+from prefect_aimlapi_video.deployments.seen_store import SeenStore
 from prefect_aimlapi_video.flows.s3_requests import overrides_from_metadata
 
 TIME = "2026-01-02T03:04:05.678Z"

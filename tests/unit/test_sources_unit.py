@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.inputs: checking the `video` argument before anything is spent (no network here)."""
+"""prefect_aimlapi_video.flows.sources: checking the `video` argument before anything is spent (no network here)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.inputs import data_uri, inspect_video, video_url_for
+from prefect_aimlapi_video.flows.sources import data_uri, inspect_video
 
 
 def as_data_uri(content: bytes, mime: str = "video/mp4") -> str:
@@ -168,7 +168,7 @@ async def test_https_url_without_network_check():
     # identity distinguishes different signed objects without containing the signature
     other = await inspect_video(url.replace("My%20Clip", "Other"), check_url=False)
     assert other.identity != source.identity
-    assert (await video_url_for(url, source)) == url
+    assert (await source.video_url()) == url
 
 
 async def test_loopback_http_allowed_without_network_check():
@@ -176,12 +176,12 @@ async def test_loopback_http_allowed_without_network_check():
     assert source.kind == "url"
 
 
-# ---------------------------------------------------------------- video_url_for
+# ---------------------------------------------------------------- video_url()
 
 
 async def test_video_url_for_local_file_is_a_data_uri_of_the_file(clip_path, clip_bytes):
     source = await inspect_video(str(clip_path))
-    uri = await video_url_for(str(clip_path), source)
+    uri = await source.video_url()
     assert uri.startswith("data:video/mp4;base64,")
     assert base64.b64decode(uri.split(",", 1)[1]) == clip_bytes
     assert uri == data_uri(clip_bytes)
@@ -190,7 +190,7 @@ async def test_video_url_for_local_file_is_a_data_uri_of_the_file(clip_path, cli
 async def test_video_url_for_data_uri_is_the_same_uri(clip_bytes):
     uri = as_data_uri(clip_bytes)
     source = await inspect_video("  " + uri + "\n")
-    assert await video_url_for("  " + uri + "\n", source) == uri
+    assert await source.video_url() == uri
 
 
 async def test_data_uri_at_exactly_the_cap_is_accepted(clip_bytes):

@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.outputs: local output targets, template fields, atomic moves (no Prefect server needed)."""
+"""prefect_aimlapi_video.flows.destinations: local destinations, template fields, atomic moves (no Prefect server needed)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.outputs import (
+from prefect_aimlapi_video.flows.destinations import (
     DEFAULT_DIRECTORY,
     DEFAULT_TEMPLATE,
     TEMPLATE_FIELDS,
@@ -79,7 +79,7 @@ async def test_malformed_template_refused(template):
 
 
 async def test_other_url_schemes_refused():
-    with pytest.raises(InvalidInputError, match="only local paths and s3://"):
+    with pytest.raises(InvalidInputError, match="supported are local paths and s3:// URLs"):
         await resolve_output("gs://bucket/{stem}.mp4")
 
 

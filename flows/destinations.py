@@ -1,0 +1,235 @@
+"""Where a result goes: one small class per kind of destination, each checked before any POST.
+
+`resolve_output` turns the user's `output` (and `output_storage`) into a `Destination`: a local path,
+any Prefect writable filesystem block, or S3 (a URL or an `S3Bucket` block). A destination owns its
+location (`render`, `location`), a place to build a file before it is stored (`staging`), and the
+store itself, done so that a reader never sees a partial file (temp name + rename locally, a single
+verified upload on S3). A new scheme (say `gs://`) is one class and one line in `SCHEMES`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydantic_core
+from prefect.filesystems import LocalFileSystem, WritableFileSystem
+from prefect_aws.s3 import S3Bucket
+from pydantic import BaseModel
+
+from prefect_aimlapi_video.flows.block_refs import load_block
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.s3 import (
+    check_bucket,
+    in_bucket_folder,
+    s3_client,
+    upload_verified,
+)
+
+DEFAULT_TEMPLATE = "{stem}-{generation}.mp4"
+DEFAULT_DIRECTORY = "aimlapi-outputs"
+TEMPLATE_FIELDS = ("stem", "seed", "strength", "generation", "fingerprint", "flow_run", "date")
+
+
+def template_fields(
+    *, stem: str, seed: int | None, strength: float, fingerprint: str, generation_id: str, flow_run_id: str | None
+) -> dict[str, str]:
+    """Values for `{...}` in output templates; each is safe as a single path segment."""
+    short_generation = re.sub(r"[^A-Za-z0-9-]+", "-", generation_id.split(":", 1)[0])[:36] or "generation"
+    return {
+        "stem": stem,
+        "seed": "random" if seed is None else str(seed),
+        "strength": f"{strength:g}",
+        "generation": short_generation,
+        "fingerprint": fingerprint[:12],
+        "flow_run": (flow_run_id or "local")[:8],
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d"),
+    }
+
+
+class Destination(BaseModel):
+    """A checked destination. `template` still holds `{generation}` until the id is known."""
+
+    kind: str
+    template: str
+
+    def render(self, fields: dict[str, Any]) -> str:
+        return self.template.format_map(fields)
+
+    def location(self, path: str) -> str:
+        """How to show a stored file (never a signed URL)."""
+        return path
+
+    @contextlib.contextmanager
+    def staging(self, path: str, suffix: str) -> Iterator[Path]:
+        """A temporary local file to build `path` in, removed on exit unless stored meanwhile."""
+        directory = Path(tempfile.mkdtemp(prefix="aimlapi-"))
+        try:
+            yield directory / f".{uuid.uuid4().hex}{suffix}"
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    async def store(self, local_file: Path, path: str, *, sha256: str, content_type: str = "video/mp4") -> str:
+        """Move a verified local file to `path` here; return the location to report."""
+        raise NotImplementedError
+
+    async def write_sidecar(self, video_path: str, record: dict[str, Any]) -> str:
+        """Write `<video path>.json` next to the video: what was asked, what it cost, how it went."""
+        content = pydantic_core.to_json(record, indent=2, fallback=str)
+        path = f"{video_path}.json"
+        with self.staging(path, ".sidecar.json") as staged:
+            staged.write_bytes(content)
+            return await self.store(staged, path, sha256=hashlib.sha256(content).hexdigest(),
+                                    content_type="application/json")
+
+
+class LocalDestination(Destination):
+    """A local path; staged next to it, so storing is an atomic rename."""
+
+    kind: str = "local"
+
+    @contextlib.contextmanager
+    def staging(self, path: str, suffix: str) -> Iterator[Path]:
+        directory = Path(path).parent
+        directory.mkdir(parents=True, exist_ok=True)
+        staged = directory / f".{uuid.uuid4().hex}{suffix}"
+        try:
+            yield staged
+        finally:
+            staged.unlink(missing_ok=True)
+
+    async def store(self, local_file: Path, path: str, *, sha256: str, content_type: str = "video/mp4") -> str:
+        move_atomically(local_file, Path(path))
+        return path
+
+
+class BlockDestination(Destination):
+    """A path inside any writable filesystem block (`block-type-slug/name`)."""
+
+    kind: str = "block"
+    block: str
+
+    def location(self, path: str) -> str:
+        return f"{self.block}:{path}"
+
+    async def store(self, local_file: Path, path: str, *, sha256: str, content_type: str = "video/mp4") -> str:
+        block = await load_block(self.block, what="output_storage")
+        if isinstance(block, LocalFileSystem):
+            base = Path(block.basepath or ".").expanduser().resolve()
+            final = (base / path).resolve()
+            if base not in final.parents:
+                raise InvalidInputError(f"output path {path!r} leaves the base path of {self.block!r}.")
+            move_atomically(local_file, final)
+        else:  # a generic WritableFileSystem takes bytes, so this path holds the file in memory
+            await block.write_path(path, local_file.read_bytes())
+        return self.location(path)
+
+
+class S3Destination(Destination):
+    """`s3://bucket/key-template`, or an `S3Bucket` block: a verified managed upload (multipart)."""
+
+    kind: str = "s3"
+    bucket: str
+    aws_credentials: str | None = None
+    block: str | None = None
+
+    def location(self, path: str) -> str:
+        return f"s3://{self.bucket}/{path}"
+
+    async def store(self, local_file: Path, path: str, *, sha256: str, content_type: str = "video/mp4") -> str:
+        if self.block:
+            client = await s3_client(bucket_block=await load_block(self.block, what="output_storage"))
+        else:
+            client = await s3_client(self.aws_credentials)
+        await upload_verified(client, local_file, self.bucket, path, sha256=sha256, content_type=content_type)
+        return self.location(path)
+
+    @classmethod
+    async def resolve(cls, output: str, aws_credentials: str | None) -> S3Destination:
+        """`s3://bucket/key-template` (or `s3://bucket/prefix/`): check the bucket before any POST."""
+        bucket, _, template = output.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise InvalidInputError(f"output {output!r} is not an s3://bucket/key URL.")
+        if not template or template.endswith("/"):
+            template += DEFAULT_TEMPLATE
+        await check_bucket(bucket, await s3_client(aws_credentials))
+        return cls(template=template, bucket=bucket, aws_credentials=aws_credentials)
+
+    @classmethod
+    async def for_block(cls, block: S3Bucket, slug_and_name: str, template: str) -> S3Destination:
+        await check_bucket(block.bucket_name, await s3_client(bucket_block=block))
+        return cls(template=in_bucket_folder(block, template), bucket=block.bucket_name, block=slug_and_name)
+
+
+# URL scheme of `output` -> how to check it and make its destination.
+SCHEMES: dict[str, Callable[[str, str | None], Awaitable[Destination]]] = {"s3": S3Destination.resolve}
+
+
+async def resolve_output(
+    output: str | None, output_storage: str | None = None, aws_credentials: str | None = None
+) -> Destination:
+    """Check the destination before anything is spent: template fields, block existence, bucket."""
+    if output_storage:
+        target = await _resolve_block(output_storage, output or DEFAULT_TEMPLATE)
+    elif output and "://" in output:
+        scheme = output.split("://", 1)[0]
+        if scheme not in SCHEMES:
+            raise InvalidInputError(
+                f"output {output!r}: supported are local paths and {', '.join(f'{s}://' for s in SCHEMES)} URLs."
+            )
+        target = await SCHEMES[scheme](output, aws_credentials)
+    else:
+        template = output or f"{DEFAULT_DIRECTORY}/{DEFAULT_TEMPLATE}"
+        if output and (output.endswith(("/", os.sep)) or Path(output).expanduser().is_dir()):
+            template = str(Path(output) / DEFAULT_TEMPLATE)
+        target = LocalDestination(template=str(Path(template).expanduser().absolute()))
+    _check_template(target.template)
+    return target
+
+
+async def _resolve_block(slug_and_name: str, template: str) -> Destination:
+    block = await load_block(slug_and_name, what="output_storage")
+    if not isinstance(block, WritableFileSystem):
+        raise InvalidInputError(
+            f"output_storage {slug_and_name!r} is a {type(block).__name__}, not a writable filesystem block."
+        )
+    if isinstance(block, S3Bucket):
+        return await S3Destination.for_block(block, slug_and_name, template)
+    return BlockDestination(template=template.lstrip("/"), block=slug_and_name)
+
+
+def _check_template(template: str) -> None:
+    try:
+        template.format_map({name: "x" for name in TEMPLATE_FIELDS})
+    except KeyError as exc:
+        raise InvalidInputError(
+            f"output template {template!r} uses unknown field {exc}; available: "
+            + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+        ) from None
+    except (ValueError, IndexError) as exc:
+        raise InvalidInputError(f"output template {template!r} is malformed ({exc}).") from None
+
+
+def move_atomically(source: Path, final: Path) -> None:
+    """Rename into place (copy first across filesystems): readers never see a half-written file."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, final)
+        return
+    except OSError:
+        pass
+    temporary = final.parent / f".{final.name}.{uuid.uuid4().hex}.part"
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)

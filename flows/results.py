@@ -1,0 +1,82 @@
+"""A finished generation: what polling saw of it, and its result stored where the user asked.
+
+Plain async code (no Prefect): the wait and download tasks wrap it. Result URLs are signed and
+short-lived, so they are kept in this process only (never in a task result that may be persisted):
+the download takes the one polling just saw, if fresh, or asks the API again.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel
+
+from prefect_aimlapi_video.flows.client import AimlApiClient
+from prefect_aimlapi_video.flows.destinations import Destination
+from prefect_aimlapi_video.flows.errors import AimlApiError, DownloadError
+from prefect_aimlapi_video.flows.models import (
+    Generation,
+    Phase,
+    StatusChange,
+    VideoInfo,
+)
+from prefect_aimlapi_video.flows.probe import probe_video
+
+RESULT_URL_TTL_SECONDS = 60.0
+_fresh_result_urls: dict[str, tuple[str, float]] = {}
+
+
+class GenerationOutcome(BaseModel):
+    """A finished generation as seen by polling. Holds no result URL (that is a credential)."""
+
+    generation_id: str
+    status: str
+    timeline: list[StatusChange]
+    credits: float | None = None
+    video_duration: float | None = None
+    request_ids: list[str] = []
+    polls: int = 0
+    queued_s: float | None = None
+    generating_s: float | None = None
+
+
+class StoredVideo(BaseModel):
+    """The verified result, where it was put."""
+
+    location: str
+    sha256: str
+    size_bytes: int
+    info: VideoInfo
+    download_s: float
+
+
+def remember_result_url(generation: Generation) -> None:
+    """Keep a completed generation's signed URL for a download soon after, in this process only."""
+    if generation.video and generation.video.url:
+        _fresh_result_urls[generation.id] = (generation.video.url, time.monotonic())
+
+
+async def result_url(client: AimlApiClient, generation_id: str, *, fresh_ok: bool = True) -> str:
+    cached = _fresh_result_urls.pop(generation_id, None)
+    if fresh_ok and cached and time.monotonic() - cached[1] < RESULT_URL_TTL_SECONDS:
+        return cached[0]
+    generation = (await client.get_generation(generation_id)).generation
+    if generation.phase is not Phase.COMPLETED or not generation.video:
+        raise DownloadError(f"Generation {generation_id} has no result to download (status {generation.status!r}).")
+    return generation.video.url
+
+
+async def store_result(
+    client: AimlApiClient, generation_id: str, destination: Destination, path: str, *, fresh_ok: bool = True
+) -> StoredVideo:
+    """Stream the result to `path` of `destination`, verified (length, MP4, decodable) and atomic."""
+    started = time.monotonic()
+    with destination.staging(path, ".download.mp4") as staged:
+        downloaded = await client.download(await result_url(client, generation_id, fresh_ok=fresh_ok), staged)
+        try:
+            info = probe_video(staged, label="the downloaded result")
+        except AimlApiError as exc:
+            raise DownloadError(f"The result of {generation_id} is not a playable video: {exc}") from None
+        location = await destination.store(staged, path, sha256=downloaded.sha256)
+    return StoredVideo(location=location, sha256=downloaded.sha256, size_bytes=downloaded.size_bytes, info=info,
+                       download_s=time.monotonic() - started)

@@ -1,0 +1,276 @@
+"""Where a video comes from: one small class per kind of source, each checked before any POST.
+
+`inspect_video` turns the user's `video` argument into a `VideoSource` (an https URL, a data URI, a
+local file, an S3 object), failing fast with a specific message. A source knows how to show itself
+safely (`display`), what identifies its content in a request fingerprint (`identity`), and how to
+produce the value actually sent as `video_url` (`video_url()`: a data URI, the URL, or a presigned
+S3 URL). Call `video_url()` only where the value can stay secret (inside the submit step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import mimetypes
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from pydantic import BaseModel, Field
+
+from prefect_aimlapi_video.flows.block_refs import load_block
+from prefect_aimlapi_video.flows.connection import is_loopback
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.models import VideoInfo
+from prefect_aimlapi_video.flows.probe import probe_url, probe_video
+from prefect_aimlapi_video.flows.redact import safe_url
+from prefect_aimlapi_video.flows.s3 import (
+    call,
+    in_bucket_folder,
+    object_version,
+    parse_s3_url,
+    presign_get,
+    read_range,
+    s3_client,
+    s3_identity,
+    upload_verified,
+)
+
+# A local file is sent inline: read and base64-encoded inside the submit step, it travels in the
+# POST body. Keep bodies well below what an API gateway accepts: 20 MiB of video is about 27 MiB
+# of request. Larger files go through S3 (`stage_to`, or pass s3://bucket/key).
+MAX_INLINE_FILE_BYTES = 20 * 1024 * 1024
+# A data URI given as the `video` parameter is stored with the flow run, and Prefect's API refuses
+# parameters above 512 KB; 256 KiB of video (~342 KB of base64) leaves room for the rest.
+MAX_DATA_URI_BYTES = 256 * 1024
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
+# A queued job may wait before the API fetches its input, so presigned input URLs live for hours.
+DEFAULT_PRESIGN_SECONDS = 3 * 3600
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,")
+_VIDEO_SIGNATURES = (b"ftyp", b"\x1a\x45\xdf\xa3")  # ISO BMFF box at offset 4, or an EBML (WebM) header
+
+
+def file_stem(name: str) -> str:
+    """A short, path-safe name for a video, from the last segment of its path or URL."""
+    stem = Path(unquote(name.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])).stem or "video"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:60] or "video"
+
+
+def data_uri(content: bytes, mime: str = "video/mp4") -> str:
+    return f"data:{mime};base64,{base64.b64encode(content).decode()}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class SourceOptions(BaseModel):
+    """What checking a source may need beyond the `video` argument itself."""
+
+    aws_credentials: str | None = None
+    stage_to: str | None = None
+    presign_seconds: int = DEFAULT_PRESIGN_SECONDS
+    max_data_uri_bytes: int | None = None  # None: MAX_DATA_URI_BYTES (read when used)
+    max_inline_file_bytes: int | None = None  # None: MAX_INLINE_FILE_BYTES
+    check_url: bool = True
+
+
+class VideoSource(BaseModel):
+    """A checked video source. `display`, `identity`, `stem` and `info` are safe to show anywhere;
+    what a source needs to produce its `video_url` but must not show is excluded from its dumps."""
+
+    kind: str
+    display: str
+    identity: str
+    stem: str
+    size_bytes: int | None = None
+    info: VideoInfo | None = None
+
+    async def video_url(self) -> str:
+        """The `video_url` to send. A secret (a data URI, a signed URL): never log or return it."""
+        raise NotImplementedError
+
+
+class DataUriSource(VideoSource):
+    kind: Literal["data_uri"] = "data_uri"
+    uri: str = Field(repr=False, exclude=True)  # the content itself: never dumped into logs or results
+
+    @classmethod
+    async def inspect(cls, video: str, options: SourceOptions) -> DataUriSource:
+        content = _decode_data_uri(video, options.max_data_uri_bytes or MAX_DATA_URI_BYTES)
+        digest = hashlib.sha256(content).hexdigest()
+        info = probe_video(content, label="video data URI")
+        return cls(display=f"data URI ({len(content)} bytes)", identity=f"sha256:{digest}", stem=f"inline-{digest[:8]}",
+                   size_bytes=len(content), info=info, uri=video)
+
+    async def video_url(self) -> str:
+        return self.uri
+
+
+class UrlSource(VideoSource):
+    kind: Literal["url"] = "url"
+    url: str = Field(repr=False, exclude=True)  # may carry a signed query: never dumped
+
+    @classmethod
+    async def inspect(cls, video: str, options: SourceOptions) -> UrlSource:
+        parts = urlsplit(video)
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise InvalidInputError(f"video URL must be https (got {safe_url(video)}); the API fetches it itself.")
+        info = None
+        if options.check_url:
+            await _check_remote(video)
+            info = await asyncio.to_thread(probe_url, video, label=f"video URL {safe_url(video)}")
+        return cls(display=safe_url(video), identity=f"{safe_url(video)}#{hashlib.sha256(video.encode()).hexdigest()[:16]}",
+                   stem=file_stem(parts.path), info=info, url=video)
+
+    async def video_url(self) -> str:
+        return self.url
+
+
+class LocalFileSource(VideoSource):
+    """Sent inline as a data URI, or, above the inline cap, uploaded through `stage_to` and presigned."""
+
+    kind: Literal["local_file"] = "local_file"
+    stage_to: str | None = None
+    presign_seconds: int = DEFAULT_PRESIGN_SECONDS
+
+    @property
+    def path(self) -> Path:
+        return Path(self.display)
+
+    @classmethod
+    async def inspect(cls, video: str, options: SourceOptions) -> LocalFileSource:
+        path = Path(video).expanduser()
+        if not path.exists():
+            raise InvalidInputError(f"video file {path} does not exist.")
+        if not path.is_file():
+            raise InvalidInputError(f"video path {path} is not a file.")
+        size = path.stat().st_size
+        if size == 0:
+            raise InvalidInputError(f"video file {path} is empty.")
+        cap = options.max_inline_file_bytes or MAX_INLINE_FILE_BYTES
+        if size > cap and not options.stage_to:
+            raise InvalidInputError(
+                f"video file {path} is {size} bytes, above the {cap}-byte cap for sending a file inline; "
+                "upload it to S3 and pass s3://bucket/key, or set `stage_to` to an S3Bucket block."
+            )
+        if options.stage_to:
+            await load_block(options.stage_to, what="stage_to")
+        info = probe_video(path, label=f"video file {path}")
+        return cls(display=str(path.resolve()), identity=f"sha256:{sha256_file(path)}", stem=file_stem(path.name),
+                   size_bytes=size, info=info, stage_to=options.stage_to if size > cap else None,
+                   presign_seconds=options.presign_seconds)
+
+    async def video_url(self) -> str:
+        if not self.stage_to:
+            return data_uri(self.path.read_bytes(), mimetypes.guess_type(self.path.name)[0] or "video/mp4")
+        block = await load_block(self.stage_to, what="stage_to")
+        key = in_bucket_folder(block, f"aimlapi-staging/{self.identity.removeprefix('sha256:')[:16]}/{self.path.name}")
+        client = await s3_client(bucket_block=block)
+        await upload_verified(client, self.path, block.bucket_name, key, sha256=self.identity.removeprefix("sha256:"),
+                              content_type="video/mp4")
+        return await presign_get(f"s3://{block.bucket_name}/{key}", bucket_block=block, expires_in=self.presign_seconds)
+
+
+class S3Source(VideoSource):
+    """Handed to the API as a presigned GET, pinned to the version (or etag) that was checked."""
+
+    kind: Literal["s3"] = "s3"
+    aws_credentials: str | None = None
+    version_id: str | None = None
+    etag: str | None = None
+    presign_seconds: int = DEFAULT_PRESIGN_SECONDS
+
+    @classmethod
+    async def inspect(cls, video: str, options: SourceOptions) -> S3Source:
+        bucket, key = parse_s3_url(video)
+        client = await s3_client(options.aws_credentials)
+        shown = f"s3://{bucket}/{key}"
+        head = await call(f"video {shown}", client.head_object, Bucket=bucket, Key=key)
+        size = int(head.get("ContentLength", 0))
+        if size == 0:
+            raise InvalidInputError(f"video {shown} is empty.")
+        content_type = str(head.get("ContentType") or "")
+        if not content_type.startswith("video/"):
+            magic = await read_range(bucket, key, client, 16)
+            if magic[4:8] not in _VIDEO_SIGNATURES and magic[:4] not in _VIDEO_SIGNATURES:
+                raise InvalidInputError(
+                    f"video {shown} is not a video (content type {content_type or 'unset'}, no MP4/WebM signature)."
+                )
+        version_id, etag = object_version(head)
+        peek = await presign_get(shown, aws_credentials=options.aws_credentials, expires_in=300, version_id=version_id)
+        info = await asyncio.to_thread(probe_url, peek, label=f"video {shown}", size=size)
+        return cls(display=shown, identity=s3_identity(shown, version_id, etag), stem=file_stem(key), size_bytes=size,
+                   info=info, aws_credentials=options.aws_credentials, version_id=version_id, etag=etag,
+                   presign_seconds=options.presign_seconds)
+
+    async def video_url(self) -> str:
+        return await presign_get(self.display, aws_credentials=self.aws_credentials, expires_in=self.presign_seconds,
+                                 version_id=self.version_id, etag=self.etag)
+
+
+# What a task can take: any checked source, told apart by `kind`.
+AnySource = Annotated[DataUriSource | UrlSource | LocalFileSource | S3Source, Field(discriminator="kind")]
+# scheme -> source class; "" is a local path. A new kind of source is one class and one line here.
+SOURCES: dict[str, Any] = {"data": DataUriSource, "http": UrlSource, "https": UrlSource, "s3": S3Source,
+                           "": LocalFileSource}
+
+
+async def inspect_video(video: str, options: SourceOptions | None = None, **settings: Any) -> VideoSource:
+    """Check a `video` argument without spending anything; `InvalidInputError` if it is unusable."""
+    options = options or SourceOptions(**settings)
+    if not isinstance(video, str) or not video.strip():
+        raise InvalidInputError("video is empty: give an https URL, a data URI, a local path or s3://bucket/key.")
+    video = video.strip()
+    scheme = "data" if video.startswith("data:") else urlsplit(video).scheme
+    if len(scheme) == 1:  # a Windows drive letter, not a scheme
+        scheme = ""
+    source = SOURCES.get(scheme)
+    if source is None:
+        raise InvalidInputError(
+            f"video URL scheme {scheme!r} is not supported; use https://, a data URI, a local path or s3://bucket/key."
+        )
+    return await source.inspect(video, options)
+
+
+def _decode_data_uri(video: str, max_bytes: int) -> bytes:
+    match = _DATA_URI.match(video)
+    if not match:
+        raise InvalidInputError("video is a malformed data URI: expected 'data:video/mp4;base64,<payload>'.")
+    if not match.group("mime").startswith("video/") and match.group("mime") != "application/octet-stream":
+        raise InvalidInputError(f"video data URI has media type {match.group('mime')!r}; expected video/*.")
+    if not match.group("b64"):
+        raise InvalidInputError("video data URI must be base64-encoded (';base64,').")
+    payload = video[match.end():]
+    size = len(payload) * 3 // 4 - len(payload) + len(payload.rstrip("="))
+    if size > max_bytes:
+        raise InvalidInputError(
+            f"video data URI holds about {size} bytes, above the {max_bytes}-byte cap for a data URI "
+            "parameter (Prefect stores parameters with the flow run); pass a local path or s3://bucket/key."
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError("video data URI has an invalid base64 payload.") from None
+
+
+async def _check_remote(url: str) -> None:
+    """Cheap reachability check: the first bytes of the URL, so a dead link fails before a POST."""
+    shown = safe_url(url)
+    try:
+        async with httpx.AsyncClient(timeout=15.0, follow_redirects=True) as http:
+            async with http.stream("GET", url, headers={"Range": "bytes=0-1023"}) as response:
+                if response.status_code >= 400:
+                    raise InvalidInputError(f"video URL {shown} answered {response.status_code}; is it public?")
+                if response.headers.get("content-type", "").startswith("text/html"):
+                    raise InvalidInputError(f"video URL {shown} serves a web page, not a video file.")
+    except httpx.HTTPError as exc:
+        raise InvalidInputError(f"video URL {shown} cannot be reached ({type(exc).__name__}).") from None

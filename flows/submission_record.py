@@ -1,0 +1,119 @@
+"""The record of one logical generation, and what the submit step hands on.
+
+Kept apart from the protocol (`flows.submissions`) that writes it: the wait step marks a failed
+generation here, and tests and tools read records without running the protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Literal
+
+from pydantic import BaseModel
+
+from prefect_aimlapi_video.flows.record_store import RecordStore, open_store
+
+State = Literal["pending", "accepted", "rejected", "failed"]
+Outcome = Literal["in_flight", "unknown", "provider_error"]
+
+
+class SubmissionRecord(BaseModel):
+    """The write-ahead record of one logical generation."""
+
+    key: str
+    fingerprint: str
+    scope: str
+    attempt: int = 1
+    state: State = "pending"
+    outcome: Outcome | None = None  # for `pending`: what is known of the last POST
+    owner: str | None = None  # the attempt that holds a `pending` record
+    generation_id: str | None = None
+    request_id: str | None = None
+    initial_status: str | None = None
+    credits: float | None = None
+    created_at: float
+    updated_at: float
+    accepted_at: float | None = None
+
+    @property
+    def logical_prefix(self) -> str:
+        """What every client request id of this logical generation starts with."""
+        return client_request_prefix(self.key)
+
+    @property
+    def client_request_id(self) -> str:
+        """Deterministic per logical generation and attempt; fits the provider's 1-128 [A-Za-z0-9._:-]."""
+        return f"{self.logical_prefix}{self.attempt}"
+
+
+def client_request_prefix(key: str) -> str:
+    return f"v2v-{key[:32]}-a"
+
+
+class StoreRef(BaseModel):
+    """Where a record lives, as plain values a task can take (the store itself is reopened)."""
+
+    location: str
+    aws_credentials: str | None = None
+
+    async def open(self) -> RecordStore:
+        return await open_store(self.location, self.aws_credentials)
+
+
+class SubmittedGeneration(BaseModel):
+    """What `submit_generation` hands on: enough to wait, and to tell the story in the summary."""
+
+    generation_id: str
+    client_request_id: str
+    request_id: str | None = None
+    initial_status: str = "queued"
+    accepted_at: float
+    credits: float | None = None
+    resumed: bool = False
+    reconciled: bool = False
+    record_key: str
+    model: str | None = None  # the request's model (its expected duration paces progress)
+    store: StoreRef | None = None
+
+
+def record_key(fingerprint: str, scope: str) -> str:
+    return hashlib.sha256(f"{fingerprint}|{scope}".encode()).hexdigest()
+
+
+def load_record(data: bytes) -> SubmissionRecord:
+    return SubmissionRecord.model_validate_json(data)
+
+
+def dump_record(record: SubmissionRecord) -> bytes:
+    return record.model_dump_json().encode()
+
+
+def as_submitted(record: SubmissionRecord, *, resumed: bool, reconciled: bool) -> SubmittedGeneration:
+    assert record.generation_id is not None
+    return SubmittedGeneration(
+        generation_id=record.generation_id,
+        client_request_id=record.client_request_id,
+        request_id=record.request_id,
+        initial_status=record.initial_status or "queued",
+        accepted_at=record.accepted_at or record.updated_at,
+        credits=record.credits,
+        resumed=resumed,
+        reconciled=reconciled,
+        record_key=record.key,
+    )
+
+
+
+async def mark_failed(store: RecordStore, key: str, generation_id: str) -> None:
+    """The generation ended in `error` (not charged): let the next attempt post anew."""
+    while True:
+        found = await store.read(key)
+        if found is None:
+            return
+        record = load_record(found[0])
+        if record.state != "accepted" or record.generation_id != generation_id:
+            return
+        failed = record.model_copy(update={"state": "failed", "updated_at": time.time()})
+        if await store.replace(key, dump_record(failed), found[1]) is not None:
+            return

@@ -1,0 +1,120 @@
+"""The house's shape: imports point one way, no cycles, no module grown past its seams.
+
+Read from the source (ast), so it holds for code that is never imported by a test, and for imports
+inside functions too: those may only delay a heavy import (the CLI starts fast), never dodge a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = "prefect_aimlapi_video"
+FOLDERS = {"flows": "flows", "blocks": "blocks", "deployments": "deployments", "sandbox": "sandbox"}
+MAX_LINES = 360  # "about 300": a module past this has more than one job
+
+# Lower layers never import higher ones:
+# API client and models (no Prefect) <- block <- storage adapters <- sources / destinations / the
+# exactly-once protocol <- tasks <- flows <- deployments and CLI.
+LAYERS: dict[str, int] = {
+    **dict.fromkeys(["flows.redact", "flows.errors", "flows.models", "flows.requests", "flows.connection",
+                     "flows.answers", "flows.download", "flows.client", "flows.usage_log", "flows.polling",
+                     "flows.learned_polling", "flows.waiting", "flows.probe", "flows.strip"], 0),
+    **dict.fromkeys(["blocks", "blocks.credentials"], 1),
+    **dict.fromkeys(["flows.s3", "flows.record_store", "flows.block_refs"], 2),
+    **dict.fromkeys(["flows.sources", "flows.destinations", "flows.s3_requests", "flows.settings",
+                     "flows.submission_record", "flows.submissions", "flows.results", "flows.artifacts",
+                     "flows.batch_items"], 3),
+    "flows.tasks": 4,
+    **dict.fromkeys(["flows.video_to_video", "flows.batch", "flows.folder"], 5),
+}
+LAZY_ALLOWED = {"deployments.cli"}  # imports inside functions: the CLI answers --help and bad input fast
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package, folder in FOLDERS.items():
+        for path in (REPO / folder).rglob("*.py"):
+            parts = path.relative_to(REPO / folder).with_suffix("").parts
+            name = ".".join((package, *parts)).removesuffix(".__init__")
+            found[name] = path
+    return found
+
+
+def _imports(name: str, path: Path) -> list[tuple[str, bool]]:
+    """(imported module of ours, inside a function?) for each import in a module."""
+    tree = ast.parse(path.read_text())
+    inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for n in ast.walk(f)}
+    found = []
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: only the sandbox uses them, within itself
+                base = name.rsplit(".", node.level if not path.name == "__init__.py" else node.level - 1)[0]
+                targets = [f"{PACKAGE}.{base}.{node.module}" if node.module else f"{PACKAGE}.{base}"]
+            elif node.module:
+                targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for target in targets:
+            if target.startswith(PACKAGE + "."):
+                found.append((target.removeprefix(PACKAGE + "."), id(node) in inside))
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph[name] = {target for target, _ in _imports(name, path) if target in modules and target != name}
+    return graph
+
+
+def test_no_import_cycles_even_through_imports_inside_functions():
+    graph = _graph()
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                cycles.append(trail[trail.index(target):] + [target] if target in trail else [node, target])
+            elif target not in state:
+                visit(target, [*trail, target])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_imports_point_one_way():
+    upward = [f"{name} (layer {LAYERS[name]}) imports {target} (layer {LAYERS[target]})"
+              for name, targets in _graph().items() if name in LAYERS
+              for target in targets if target in LAYERS and LAYERS[target] > LAYERS[name]]
+    assert upward == []
+    flows = [name for name in _modules() if name.startswith("flows.") and name != "flows"]
+    assert sorted(set(flows) - set(LAYERS)) == []  # every module of flows/ has its place
+
+
+def test_nothing_below_the_deployments_imports_them_and_the_sandbox_imports_nothing_of_ours():
+    graph = _graph()
+    assert [n for n, t in graph.items() if not n.startswith("deployments") and any(
+        x.startswith("deployments") for x in t)] == []
+    assert {t for n, ts in graph.items() if n.startswith("sandbox") for t in ts if not t.startswith("sandbox")} == set()
+
+
+def test_imports_inside_functions_only_where_startup_time_asks_for_them():
+    modules = _modules()
+    lazy = sorted({f"{name} -> {target}" for name, path in modules.items() if name not in LAZY_ALLOWED
+                   for target, in_function in _imports(name, path) if in_function})
+    assert lazy == []
+
+
+def test_no_module_past_its_seams():
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
