@@ -20,6 +20,14 @@ class SandboxConfig(BaseModel):
     processing_seconds: float = Field(
         2.0, ge=0, description="time a generation occupies a GPU slot, transform included"
     )
+    processing_spread: float = Field(
+        0.0,
+        ge=0,
+        description="0 = every generation takes processing_seconds; else each one's time is drawn from a normal "
+        "distribution with mean processing_seconds and standard deviation processing_spread * processing_seconds, "
+        "clipped at >= 0.1 * processing_seconds (real generation times vary; poll schedules must cope)",
+    )
+    processing_seed: int = Field(0, description="seeds the processing-time draws, so runs are reproducible")
     workers: int = Field(4, ge=1, description="parallel GPU slots; further generations stay queued")
     transform_workers: int = Field(2, ge=1, description="threads doing real video work, independent of GPU slots")
     credit_balance: float | None = Field(None, ge=0, description="None = unlimited; else POSTs beyond it get 403")

@@ -39,6 +39,7 @@ class Generation:
     mask_word: str = ""
     duration: float | None = None
     task: asyncio.Task[None] | None = None
+    processing_seconds: float = 0.0  # GPU time of this generation, drawn on acceptance
 
     @property
     def reported_status(self) -> str:
@@ -67,6 +68,19 @@ class Engine:
         self.in_flight = 0
         self.max_in_flight = 0
         self.refused: list[dict[str, Any]] = []  # usage-log rows of refused POSTs (when listed)
+        # Reseeded on reset, so the n-th generation after a reset always gets the same time.
+        self.processing_rng = random.Random(self.config.processing_seed)
+
+    def draw_processing_seconds(self) -> float:
+        """One generation's GPU time: processing_seconds, or a seeded normal draw around it.
+
+        Drawn in acceptance order (not when a slot frees up) so the sequence does not depend on
+        how the event loop interleaves the generations' tasks.
+        """
+        mean, spread = self.config.processing_seconds, self.config.processing_spread
+        if spread == 0:
+            return mean
+        return max(0.1 * mean, self.processing_rng.gauss(mean, spread * mean))
 
     def credits_left(self) -> float | None:
         """Balance minus charges and holds of pending generations; None when unlimited."""
@@ -90,6 +104,7 @@ class Engine:
         )
         source = submission.inline_video if submission.inline_video is not None else request.video_url
         generation = Generation(entry, source, self.files.new_token(), self.hold, failure)
+        generation.processing_seconds = self.draw_processing_seconds()
         self.generations[entry.generation_id] = generation
         self.by_token[generation.token] = generation
         self.in_flight += 1
@@ -110,7 +125,7 @@ class Engine:
             async with self.gpu:
                 generation.entry.status = "generating"
                 generation.entry.started_at = time.time()
-                deadline = loop.time() + self.config.processing_seconds
+                deadline = loop.time() + generation.processing_seconds
                 if generation.failure is None:
                     await self._render(generation)
                 await asyncio.sleep(max(0.0, deadline - loop.time()))
