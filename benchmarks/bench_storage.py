@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import contextlib
 import ctypes
 import gc
+import hashlib
 import http.server
 import json
 import multiprocessing

@@ -27,11 +27,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.events import Event
 
-from prefect_aimlapi_video.deployments.event_emitter import (
-    EmitError,
-    Emitter,
-    PrefectEventEmitter,
-)
+from prefect_aimlapi_video.deployments.event_emitter import EmitError, Emitter, PrefectEventEmitter
 from prefect_aimlapi_video.deployments.s3_messages import (
     EVENT_NAME,
     Filters,

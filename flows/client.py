@@ -22,16 +22,8 @@ from prefect_aimlapi_video.flows.answers import (
     provider_error_shape,
     raise_for_answer,
 )
-from prefect_aimlapi_video.flows.connection import (
-    DEFAULT_BASE_URL,
-    check_base_url,
-    shared_ssl_context,
-)
-from prefect_aimlapi_video.flows.download import (
-    DEFAULT_MAX_DOWNLOAD_BYTES,
-    DownloadedFile,
-    ResultDownloader,
-)
+from prefect_aimlapi_video.flows.connection import DEFAULT_BASE_URL, check_base_url, shared_ssl_context
+from prefect_aimlapi_video.flows.download import DEFAULT_MAX_DOWNLOAD_BYTES, DownloadedFile, ResultDownloader
 from prefect_aimlapi_video.flows.errors import (
     AimlApiError,
     AuthenticationError,

@@ -19,11 +19,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel
 
 from prefect_aimlapi_video.flows.client import ApiAnswer
-from prefect_aimlapi_video.flows.errors import (
-    GenerationTimeoutError,
-    RateLimitedError,
-    TransientApiError,
-)
+from prefect_aimlapi_video.flows.errors import GenerationTimeoutError, RateLimitedError, TransientApiError
 from prefect_aimlapi_video.flows.models import Generation, Phase, StatusChange
 
 MAX_CONSECUTIVE_POLL_ERRORS = 10

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import time
 import hmac
 import json
 import math
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any

@@ -29,7 +29,14 @@ from boto3.s3.transfer import TransferConfig
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
-from prefect_aimlapi_video.deployments.bridge import EVENT_NAME, Filters, PrefectEventEmitter, S3EventBridge, SeenStore, main
+from prefect_aimlapi_video.deployments.bridge import (
+    EVENT_NAME,
+    Filters,
+    PrefectEventEmitter,
+    S3EventBridge,
+    SeenStore,
+    main,
+)
 from prefect_aimlapi_video.deployments.local_services import free_port
 from tests.support.prefect_api import eventually
 

@@ -26,9 +26,9 @@ import pytest
 
 from prefect_aimlapi_video.flows.client import AimlApiClient
 from prefect_aimlapi_video.flows.errors import UnidentifiedGenerationError
-from prefect_aimlapi_video.flows.sources import sha256_file as input_sha256
-from prefect_aimlapi_video.flows.requests import GenerationParams
 from prefect_aimlapi_video.flows.record_store import open_store
+from prefect_aimlapi_video.flows.requests import GenerationParams
+from prefect_aimlapi_video.flows.sources import sha256_file as input_sha256
 from prefect_aimlapi_video.flows.submissions import SubmissionRecord, record_key, submit_once
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 from fractions import Fraction
 
 import httpx
@@ -15,7 +15,6 @@ import pytest
 from prefect_aimlapi_video.sandbox import make_test_clip, probe_video
 from prefect_aimlapi_video.sandbox.inputs import parse_data_uri
 from prefect_aimlapi_video.sandbox.transform import Styliser, look_for, transform_video
-
 
 
 def test_look_depends_on_seed_and_prompt_only() -> None:

@@ -10,8 +10,6 @@ import av
 import numpy as np
 import pytest
 
-
-
 CLIP_WIDTH, CLIP_HEIGHT, CLIP_FRAMES = 64, 48, 6
 
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.destinations import (
     DEFAULT_DIRECTORY,
     DEFAULT_TEMPLATE,
-    TEMPLATE_FIELDS,
     move_atomically,
     resolve_output,
     template_fields,
 )
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.settings import TEMPLATE_FIELDS
 
 GEN_ID = "3637be63-e8d1-4ac1-9a4b-00afbdf10a55:krea/krea-wan-14b/video-to-video"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ast
 import importlib
-import re
 import importlib.metadata
+import re
 import tomllib
 from pathlib import Path
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import prefect.artifacts
 import pytest
 
-import prefect.artifacts
 from prefect_aimlapi_video.flows.artifacts import ProgressArtifact
 
 

@@ -28,9 +28,9 @@ from prefect_aimlapi_video.flows.errors import (
     TransientApiError,
     UnidentifiedGenerationError,
 )
+from prefect_aimlapi_video.flows.record_store import LocalRecordStore
 from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL as MODEL
 from prefect_aimlapi_video.flows.requests import GenerationParams
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore
 from prefect_aimlapi_video.flows.submissions import SubmissionRecord, mark_failed, record_key, submit_once
 
 API_KEY = "sk-unit-test-SECRET-KEY-0123456789"
