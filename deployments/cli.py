@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import uuid
@@ -31,6 +32,11 @@ def _flush_prefect() -> None:
 
     for worker in (EventsWorker, APILogWorker):
         worker.drain_all(timeout=5)
+    if "prefect.server.api.server" in sys.modules:  # a temporary server would say goodbye after our last line
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(SubprocessASGIServer._instances.values()):
+            server.stop()
 
 
 def _fail(message: str, code: int) -> int:
@@ -141,10 +147,60 @@ def _same_generation(args: argparse.Namespace) -> dict[str, Any]:
     return {"idempotency_scope": "request"}
 
 
+def _precheck(args: argparse.Namespace) -> None:
+    """Everything checkable without Prefect, the network or S3, before anything starts: the request's
+    fields, the settings, and the video itself (scheme, data URI, local file). `InvalidInputError`."""
+    from prefect_aimlapi_video.flows.requests import request_model
+    from prefect_aimlapi_video.flows.settings import validate_settings
+    from prefect_aimlapi_video.flows.video_checks import precheck
+
+    values = _request_values(args)
+    request = request_model(values.pop("model"))
+    overrides = values.pop("overrides", {})
+    request.validated(**{**{k: v for k, v in values.items() if k in request.model_fields}, **overrides})
+    validate_settings(submissions=args.submissions, output=args.output, output_storage=args.output_storage,
+                      stage_to=args.stage_to, **({} if args.timeout is None else {"timeout_seconds": args.timeout}))
+    precheck(args.video, staged=bool(args.stage_to))
+
+
+class _WithoutTracebacks(logging.Formatter):
+    """Formats a record as the wrapped formatter would, minus its traceback: the terminal gets one
+    line per error, while the flow run's log (formatted by Prefect's API handler) keeps the details."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _quiet_console() -> None:
+    """Keep Prefect's console lines but not its tracebacks (the run's log on the server keeps them)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _WithoutTracebacks):
+            handler.setFormatter(_WithoutTracebacks(handler.formatter or logging.Formatter()))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
+
+    try:
+        _precheck(args)  # before Prefect (and a temporary server) starts: bad input is answered at once
+    except InvalidInputError as exc:
+        return _fail(str(exc), 2)
     from prefect_aimlapi_video.flows.video_to_video import video_to_video
 
+    _quiet_console()
     options: dict[str, Any] = _same_generation(args)
     if args.timeout is not None:
         options["timeout_seconds"] = args.timeout
@@ -162,6 +218,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return _fail("interrupted; run the same command again to resume without a new charge.", 130)
+    _flush_prefect()
+    print(result.one_line(), flush=True)
+    return 0
+
+
+def _collect_parser(sub: Any) -> None:
+    collect = sub.add_parser("collect", help="Download a generation already paid for, by id (no new charge).")
+    collect.add_argument("generation_id", help="the id a run's summary or log names")
+    collect.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
+    collect.add_argument("--output-storage", default=None, help="writable filesystem block, slug/name")
+    who = collect.add_mutually_exclusive_group()
+    who.add_argument("--credentials", default=None, help="AimlApiCredentials block name")
+    who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
+    collect.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
+    collect.add_argument("--timeout", type=float, default=None, help="seconds to wait if it is still running")
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
+    from prefect_aimlapi_video.flows.settings import validate_settings
+
+    try:
+        if not args.generation_id.strip():
+            raise InvalidInputError("the generation id is empty.")
+        validate_settings(output=args.output, output_storage=args.output_storage,
+                          **({} if args.timeout is None else {"timeout_seconds": args.timeout}))
+    except InvalidInputError as exc:
+        return _fail(str(exc), 2)
+    from prefect_aimlapi_video.flows.collect import collect_generation
+
+    _quiet_console()
+    try:
+        result = asyncio.run(collect_generation(
+            generation_id=args.generation_id, credentials=_credentials(args), output=args.output,
+            output_storage=args.output_storage, aws_credentials=args.aws_credentials,
+            **({} if args.timeout is None else {"timeout_seconds": args.timeout}),
+        ))
+    except InvalidInputError as exc:
+        return _fail(str(exc), 2)
+    except AimlApiError as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted; run the same command again to collect it.", 130)
     _flush_prefect()
     print(result.one_line(), flush=True)
     return 0
@@ -207,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("s3-events", help="Bridge S3 notifications on an SQS queue to Prefect events (see --help).")
     sub.add_parser("serve", help="Serve the deployments of deployments/prefect.yaml from this process.")
     sub.add_parser("demo", help="Run one generation against a throwaway sandbox, no key needed.")
+    _collect_parser(sub)
     save = sub.add_parser("save-key", help="Save the key from AIMLAPI_API_KEY (or a prompt) as a block.")
     save.add_argument("--name", default="aimlapi")
     save.add_argument("--base-url", default=None)
@@ -215,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args)
     if args.command == "save-key":
         return cmd_save_key(args)
+    if args.command == "collect":
+        return cmd_collect(args)
     if args.command == "demo":
         from prefect_aimlapi_video.deployments.demo import run_demo
 

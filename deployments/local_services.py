@@ -93,8 +93,11 @@ def postgres_server() -> Iterator[str]:
 
 
 @contextmanager
-def prefect_server(home: Path, database_url: str | None = None) -> Iterator[str]:
-    """`prefect server start` on its own database (SQLite under `home` by default); yields the API URL."""
+def prefect_server(home: Path, database_url: str | None = None, *, ui: bool = False) -> Iterator[str]:
+    """`prefect server start` on its own database (SQLite under `home` by default); yields the API URL.
+
+    `ui`: serve the Prefect UI too (at the URL without `/api`), for browser checks of artifacts.
+    """
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -103,7 +106,8 @@ def prefect_server(home: Path, database_url: str | None = None) -> Iterator[str]
         "PREFECT_HOME": str(home / "prefect-home"),
         "PREFECT_API_DATABASE_CONNECTION_URL": database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true" if ui else "false",
+        "PREFECT_UI_API_URL": url,  # the UI's own calls go to this server, not to the default port
         # Persist events (and so fire triggers from them) twice a second instead of every 5 s.
         "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
     }

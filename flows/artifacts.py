@@ -10,12 +10,16 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import re
 import time
 from typing import Any
+
+from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact
 
 from prefect_aimlapi_video.flows.models import VideoToVideoResult
 from prefect_aimlapi_video.flows.redact import redact
 from prefect_aimlapi_video.flows.requests import REQUEST_MODELS
+from prefect_aimlapi_video.flows.strip import Strip, strip_markdown
 
 
 def _cell(value: Any) -> str:
@@ -37,7 +41,7 @@ def _size(size: int | None) -> str:
 
 def request_rows(report: VideoToVideoResult) -> list[tuple[str, Any]]:
     """(label, value) for each field of the report's request, as its request class declares it."""
-    request = REQUEST_MODELS.get(report.model)
+    request = REQUEST_MODELS.get(report.model) if report.prompt is not None else None  # None: collected by id
     rows = []
     for name, field in (request.model_fields.items() if request else ()):
         value = getattr(report, name, None)
@@ -52,7 +56,17 @@ def request_rows(report: VideoToVideoResult) -> list[tuple[str, Any]]:
     return rows
 
 
-def summary_markdown(report: VideoToVideoResult) -> str:
+def artifact_key(kind: str) -> str:
+    """`aimlapi-<deployment or flow>-<kind>`, lowercase and dashes: one history per deployment (or flow)
+    on the UI's Artifacts page."""
+    from prefect.runtime import deployment, flow_run
+
+    owner = deployment.name or flow_run.flow_name or "video-to-video"
+    slug = re.sub(r"[^a-z0-9]+", "-", f"aimlapi-{owner}-{kind}".lower()).strip("-")
+    return re.sub(r"^aimlapi-aimlapi-", "aimlapi-", slug)
+
+
+def summary_markdown(report: VideoToVideoResult, strip: Strip | None = None) -> str:
     usage = "—"
     if report.credits is not None and report.usd is not None:
         usage = f"{report.credits:,.0f} credits (≈ ${report.usd:.4f})"
@@ -79,8 +93,18 @@ def summary_markdown(report: VideoToVideoResult) -> str:
     ]
     if report.error_name or report.error_message:
         rows.insert(1, ("Error", ": ".join(p for p in (report.error_name, report.error_message) if p)))
-    lines = ["# Video-to-video generation", "", "| | |", "|---|---|"]
+    lines = ["# Video-to-video generation", ""]
+    if strip is not None:  # what a person restyling video wants to see first
+        rows_shown = "input (top) and output (bottom)" if strip.rows == 2 else "output"
+        lines += [strip_markdown(strip), "",
+                  f"Before / after: {rows_shown} at {', '.join(f'{t:.1f} s' for t in strip.times)}"
+                  + (f"; also at `{report.strip}`" if report.strip else ""), ""]
+    lines += ["| | |", "|---|---|"]
     lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
+    if report.collect_command:
+        lines += ["", "## The paid generation can still be collected", "",
+                  "It was accepted (and is charged when it completes); download it later with no new charge:", "",
+                  f"```\n{report.collect_command}\n```"]
     if report.timeline:
         start = report.timeline[0].at
         lines += ["", "## Status timeline", "", "| Status | Seen at | + seconds |", "|---|---|---|"]
@@ -88,19 +112,15 @@ def summary_markdown(report: VideoToVideoResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def publish_summary(report: VideoToVideoResult) -> None:
-    from prefect.artifacts import acreate_markdown_artifact
-
+async def publish_summary(report: VideoToVideoResult, strip: Strip | None = None) -> None:
     await acreate_markdown_artifact(
-        markdown=summary_markdown(report),
+        key=artifact_key("summary"), markdown=summary_markdown(report, strip),
         description=f"AI/ML API video-to-video: {report.status}",
     )
 
 
 async def publish_output_link(location: str) -> None:
     """Link to the stored result: the S3 console for s3:// objects, a file URL for local files."""
-    from prefect.artifacts import acreate_link_artifact
-
     if location.startswith("s3://"):
         bucket, _, key = location[5:].partition("/")
         link = f"https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={key}"
@@ -108,7 +128,7 @@ async def publish_output_link(location: str) -> None:
         link = f"file://{location}"
     else:
         link = location
-    await acreate_link_artifact(link=link, link_text=location, description="Generated video")
+    await acreate_link_artifact(key=artifact_key("output"), link=link, link_text=location, description="Generated video")
 
 
 class ProgressArtifact:

@@ -15,29 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, tags
+from prefect.artifacts import acreate_table_artifact
 from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.artifacts import ProgressArtifact
-from prefect_aimlapi_video.flows.batch_items import (
-    BatchItem,
-    BatchItemResult,
-    ItemBase,
-    load_manifest,
-    parse_items,
-)
+from prefect_aimlapi_video.flows.artifacts import ProgressArtifact, artifact_key
+from prefect_aimlapi_video.flows.batch_items import BatchItem, BatchItemResult, ItemBase, load_manifest, parse_items
 from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
-from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
+from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.record_store import open_store
 from prefect_aimlapi_video.flows.redact import redact, safe_url
 from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, DEFAULTS, request_model
 from prefect_aimlapi_video.flows.settings import RunSettings, validate_settings
-from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
-from prefect_aimlapi_video.flows.video_to_video import (
-    DEFAULT_CREDENTIALS_BLOCK,
-    RUN_TAGS,
-    video_to_video,
-)
+from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, RUN_TAGS, video_to_video
 
 __all__ = ["BatchFailedError", "BatchItem", "BatchItemResult", "report", "run_items", "video_to_video_batch"]
 
@@ -164,18 +154,23 @@ def _shown(video: str) -> str:
     return "data URI" if video.startswith("data:") else safe_url(video) if "://" in video else video
 
 
+# What a person scans first (how it went, why not, where the result is, what it cost), then the rest.
+TABLE_COLUMNS = ("status", "error", "output", "credits", "video", "total_s", "queued_s", "generating_s", "download_s",
+                 "generation_id", "flow_run_url", "index")
+
+
+def table_row(row: BatchItemResult) -> dict[str, object]:
+    return {column: getattr(row, column) for column in TABLE_COLUMNS}
+
+
 async def report(rows: list[BatchItemResult], *, tolerate_failures: bool) -> list[BatchItemResult]:
     """Publish the table artifact; fail the run, with a count, if any generation failed."""
-    from prefect.artifacts import acreate_table_artifact
-
     counts = {status: sum(r.status == status for r in rows) for status in ("completed", "skipped")}
     failed = [row for row in rows if row.status not in counts]
     description = f"{counts['completed']} completed, {len(failed)} failed"
     if counts["skipped"]:
         description += f", {counts['skipped']} skipped (output exists)"
-    columns = ("index", "video", "status", "generation_id", "output", "credits", "queued_s", "generating_s",
-               "download_s", "total_s", "flow_run_url", "error")
-    await acreate_table_artifact(table=[{c: getattr(row, c) for c in columns} for row in rows],
+    await acreate_table_artifact(key=artifact_key("table"), table=[table_row(row) for row in rows],
                                  description=description)
     if failed and not tolerate_failures:
         raise BatchFailedError(

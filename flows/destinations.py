@@ -28,16 +28,11 @@ from pydantic import BaseModel
 
 from prefect_aimlapi_video.flows.block_refs import load_block
 from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.s3 import (
-    check_bucket,
-    in_bucket_folder,
-    s3_client,
-    upload_verified,
-)
+from prefect_aimlapi_video.flows.s3 import check_bucket, in_bucket_folder, s3_client, upload_verified
+from prefect_aimlapi_video.flows.settings import check_template
 
 DEFAULT_TEMPLATE = "{stem}-{generation}.mp4"
 DEFAULT_DIRECTORY = "aimlapi-outputs"
-TEMPLATE_FIELDS = ("stem", "seed", "strength", "generation", "fingerprint", "flow_run", "date")
 
 
 def template_fields(
@@ -82,14 +77,16 @@ class Destination(BaseModel):
         """Move a verified local file to `path` here; return the location to report."""
         raise NotImplementedError
 
+    async def write_bytes(self, path: str, content: bytes, *, content_type: str) -> str:
+        """Store a small file (a sidecar, a preview image) at `path`, the same way as a video."""
+        with self.staging(path, ".small" + Path(path).suffix) as staged:
+            staged.write_bytes(content)
+            return await self.store(staged, path, sha256=hashlib.sha256(content).hexdigest(), content_type=content_type)
+
     async def write_sidecar(self, video_path: str, record: dict[str, Any]) -> str:
         """Write `<video path>.json` next to the video: what was asked, what it cost, how it went."""
         content = pydantic_core.to_json(record, indent=2, fallback=str)
-        path = f"{video_path}.json"
-        with self.staging(path, ".sidecar.json") as staged:
-            staged.write_bytes(content)
-            return await self.store(staged, path, sha256=hashlib.sha256(content).hexdigest(),
-                                    content_type="application/json")
+        return await self.write_bytes(f"{video_path}.json", content, content_type="application/json")
 
 
 class LocalDestination(Destination):
@@ -192,7 +189,7 @@ async def resolve_output(
         if output and (output.endswith(("/", os.sep)) or Path(output).expanduser().is_dir()):
             template = str(Path(output) / DEFAULT_TEMPLATE)
         target = LocalDestination(template=str(Path(template).expanduser().absolute()))
-    _check_template(target.template)
+    check_template(target.template)
     return target
 
 
@@ -205,18 +202,6 @@ async def _resolve_block(slug_and_name: str, template: str) -> Destination:
     if isinstance(block, S3Bucket):
         return await S3Destination.for_block(block, slug_and_name, template)
     return BlockDestination(template=template.lstrip("/"), block=slug_and_name)
-
-
-def _check_template(template: str) -> None:
-    try:
-        template.format_map({name: "x" for name in TEMPLATE_FIELDS})
-    except KeyError as exc:
-        raise InvalidInputError(
-            f"output template {template!r} uses unknown field {exc}; available: "
-            + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
-        ) from None
-    except (ValueError, IndexError) as exc:
-        raise InvalidInputError(f"output template {template!r} is malformed ({exc}).") from None
 
 
 def move_atomically(source: Path, final: Path) -> None:

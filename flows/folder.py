@@ -15,44 +15,16 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.batch import (
-    DEFAULT_CONCURRENCY_LIMIT,
-    DEFAULT_MAX_CONCURRENCY,
-    report,
-    run_items,
-)
-from prefect_aimlapi_video.flows.batch_items import (
-    BatchItemResult,
-    ItemBase,
-    batch_item_model,
-    load_manifest,
-)
-from prefect_aimlapi_video.flows.destinations import TEMPLATE_FIELDS
+from prefect_aimlapi_video.flows.batch import DEFAULT_CONCURRENCY_LIMIT, DEFAULT_MAX_CONCURRENCY, report, run_items
+from prefect_aimlapi_video.flows.batch_items import BatchItemResult, ItemBase, batch_item_model, load_manifest
 from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
-from prefect_aimlapi_video.flows.requests import (
-    DEFAULT_MODEL,
-    DEFAULTS,
-    VideoRequest,
-    request_model,
-)
-from prefect_aimlapi_video.flows.s3 import (
-    head_object,
-    list_objects,
-    object_exists,
-    object_version,
-    s3_identity,
-)
-from prefect_aimlapi_video.flows.s3_requests import (
-    object_idempotency_key,
-    overrides_from_metadata,
-)
+from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
+from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, DEFAULTS, VideoRequest, request_model
+from prefect_aimlapi_video.flows.s3 import head_object, list_objects, object_exists, object_version, s3_identity
+from prefect_aimlapi_video.flows.s3_requests import object_idempotency_key, overrides_from_metadata
+from prefect_aimlapi_video.flows.settings import TEMPLATE_FIELDS
 from prefect_aimlapi_video.flows.sources import VIDEO_SUFFIXES, file_stem
-from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
-from prefect_aimlapi_video.flows.video_to_video import (
-    DEFAULT_CREDENTIALS_BLOCK,
-    parse_overrides,
-)
+from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, parse_overrides
 
 # Fields that stay the same from run to run for one object and one request: outputs named with
 # them can be found again by the next run (and by the upload trigger, which uses the same names).

@@ -151,7 +151,7 @@ class VideoToVideoResult(BaseModel):
 
     status: str
     model: str
-    prompt: str
+    prompt: str | None = None  # None for a generation collected by id (the request is not known)
     input: str
     input_info: VideoInfo | None = None
     generation_id: str | None = None
@@ -164,6 +164,8 @@ class VideoToVideoResult(BaseModel):
     credits: float | None = None
     output: str | None = None
     sidecar: str | None = None
+    strip: str | None = None  # where the before/after preview image was stored
+    collect_command: str | None = None  # set when a paid generation was left behind (timeout, cancel)
     output_info: VideoInfo | None = None
     sha256: str | None = None
     size_bytes: int | None = None

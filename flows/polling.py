@@ -15,6 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 # How long a flow waits for a generation by default (the provider quotes ~2.5 min of processing;
 # queueing comes on top).
 DEFAULT_TIMEOUT_SECONDS = 20 * 60.0
+# How long a POST with an unclear outcome must stay absent from the usage log (and its record
+# unrefreshed by a live sender) before it is sent again (see `flows.submissions`). The provider
+# records charges for video when a generation completes and may list the request only then; this
+# is how long the flow waits for a generation by default, so one that would finish in that time
+# shows up first.
+DEFAULT_RECONCILE_SECONDS = DEFAULT_TIMEOUT_SECONDS
 
 
 class PollPolicy(BaseModel):

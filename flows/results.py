@@ -7,20 +7,18 @@ the download takes the one polling just saw, if fresh, or asks the API again.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 
 from pydantic import BaseModel
 
 from prefect_aimlapi_video.flows.client import AimlApiClient
 from prefect_aimlapi_video.flows.destinations import Destination
 from prefect_aimlapi_video.flows.errors import AimlApiError, DownloadError
-from prefect_aimlapi_video.flows.models import (
-    Generation,
-    Phase,
-    StatusChange,
-    VideoInfo,
-)
+from prefect_aimlapi_video.flows.models import Generation, Phase, StatusChange, VideoInfo
 from prefect_aimlapi_video.flows.probe import probe_video
+from prefect_aimlapi_video.flows.strip import Strip, make_strip
 
 RESULT_URL_TTL_SECONDS = 60.0
 _fresh_result_urls: dict[str, tuple[str, float]] = {}
@@ -41,13 +39,14 @@ class GenerationOutcome(BaseModel):
 
 
 class StoredVideo(BaseModel):
-    """The verified result, where it was put."""
+    """The verified result, where it was put, and a before/after strip of it (best effort)."""
 
     location: str
     sha256: str
     size_bytes: int
     info: VideoInfo
     download_s: float
+    strip: Strip | None = None
 
 
 def remember_result_url(generation: Generation) -> None:
@@ -67,9 +66,14 @@ async def result_url(client: AimlApiClient, generation_id: str, *, fresh_ok: boo
 
 
 async def store_result(
-    client: AimlApiClient, generation_id: str, destination: Destination, path: str, *, fresh_ok: bool = True
+    client: AimlApiClient, generation_id: str, destination: Destination, path: str, *, fresh_ok: bool = True,
+    before: Path | None = None, strip: bool = True,
 ) -> StoredVideo:
-    """Stream the result to `path` of `destination`, verified (length, MP4, decodable) and atomic."""
+    """Stream the result to `path` of `destination`, verified (length, MP4, decodable) and atomic.
+
+    With `strip`, a before/after strip is made from the verified file before it is stored (`before`:
+    the input as a local file, when at hand; else the strip shows the output alone).
+    """
     started = time.monotonic()
     with destination.staging(path, ".download.mp4") as staged:
         downloaded = await client.download(await result_url(client, generation_id, fresh_ok=fresh_ok), staged)
@@ -77,6 +81,7 @@ async def store_result(
             info = probe_video(staged, label="the downloaded result")
         except AimlApiError as exc:
             raise DownloadError(f"The result of {generation_id} is not a playable video: {exc}") from None
+        preview = await asyncio.to_thread(make_strip, before, staged) if strip else None
         location = await destination.store(staged, path, sha256=downloaded.sha256)
     return StoredVideo(location=location, sha256=downloaded.sha256, size_bytes=downloaded.size_bytes, info=info,
-                       download_s=time.monotonic() - started)
+                       download_s=time.monotonic() - started, strip=preview)

@@ -16,12 +16,26 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
-from prefect_aimlapi_video.flows.sources import DEFAULT_PRESIGN_SECONDS
-from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
+from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
+from prefect_aimlapi_video.flows.video_checks import DEFAULT_PRESIGN_SECONDS
 
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # S3's limit for SigV4 presigned URLs
 Scope = Literal["flow-run", "request"]
+TEMPLATE_FIELDS = ("stem", "seed", "strength", "generation", "fingerprint", "flow_run", "date")
+
+
+def check_template(template: str) -> str:
+    """An output template may use only `TEMPLATE_FIELDS`; a typo is refused before anything is paid."""
+    try:
+        template.format_map({name: "x" for name in TEMPLATE_FIELDS})
+    except KeyError as exc:
+        raise InvalidInputError(
+            f"output template {template!r} uses unknown field {exc}; available: "
+            + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+        ) from None
+    except (ValueError, IndexError) as exc:
+        raise InvalidInputError(f"output template {template!r} is malformed ({exc}).") from None
+    return template
 
 
 class RunSettings(BaseModel):
@@ -39,7 +53,7 @@ class RunSettings(BaseModel):
     submissions: str | None = None
     timeout_seconds: float = Field(default=DEFAULT_TIMEOUT_SECONDS, gt=0)
     reconcile_grace_seconds: float = Field(default=DEFAULT_RECONCILE_SECONDS, ge=0)
-    poll_policy: PollPolicy = Field(default_factory=PollPolicy)
+    poll_policy: PollPolicy | None = None  # None: learned from past generations (see `flows.learned_polling`)
 
     @field_validator("output", "output_storage", "aws_credentials", "stage_to", "submissions", "idempotency_key",
                      mode="before")
@@ -50,6 +64,18 @@ class RunSettings(BaseModel):
         if not isinstance(value, str):
             raise ValueError(f"must be text, got {type(value).__name__}")
         return value.strip() or None
+
+    @field_validator("output")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
+    @field_validator("submissions")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and not value.startswith("s3://"):
+            raise ValueError(f"{value!r}: use a local directory or s3://bucket/prefix")
+        return value
 
     @field_validator("timeout_seconds", "reconcile_grace_seconds", mode="before")
     @classmethod
@@ -77,9 +103,9 @@ class RunSettings(BaseModel):
     @field_validator("poll_policy", mode="before")
     @classmethod
     def _policy(cls, value: Any) -> Any:
-        """None for the default; a dict (deployments, the UI) or JSON text (templates) for the fields."""
+        """None to learn from past generations; a dict (deployments, the UI) or JSON text (templates)."""
         if value is None or value == "":
-            return PollPolicy()
+            return None
         if isinstance(value, str):
             try:
                 value = json.loads(value)

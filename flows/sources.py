@@ -10,20 +10,20 @@ S3 URL). Call `video_url()` only where the value can stay secret (inside the sub
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
+import contextlib
 import hashlib
 import mimetypes
-import re
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, Field
 
+from prefect_aimlapi_video.flows import video_checks
 from prefect_aimlapi_video.flows.block_refs import load_block
-from prefect_aimlapi_video.flows.connection import is_loopback
 from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.models import VideoInfo
 from prefect_aimlapi_video.flows.probe import probe_url, probe_video
@@ -39,37 +39,25 @@ from prefect_aimlapi_video.flows.s3 import (
     s3_identity,
     upload_verified,
 )
+from prefect_aimlapi_video.flows.video_checks import (
+    DEFAULT_PRESIGN_SECONDS,
+    MAX_DATA_URI_BYTES,
+    MAX_INLINE_FILE_BYTES,
+    VIDEO_SUFFIXES,
+    check_local_file,
+    check_url,
+    data_uri,
+    decode_data_uri,
+    file_stem,
+    scheme_of,
+    sha256_file,
+)
 
-# A local file is sent inline: read and base64-encoded inside the submit step, it travels in the
-# POST body. Keep bodies well below what an API gateway accepts: 20 MiB of video is about 27 MiB
-# of request. Larger files go through S3 (`stage_to`, or pass s3://bucket/key).
-MAX_INLINE_FILE_BYTES = 20 * 1024 * 1024
-# A data URI given as the `video` parameter is stored with the flow run, and Prefect's API refuses
-# parameters above 512 KB; 256 KiB of video (~342 KB of base64) leaves room for the rest.
-MAX_DATA_URI_BYTES = 256 * 1024
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
-# A queued job may wait before the API fetches its input, so presigned input URLs live for hours.
-DEFAULT_PRESIGN_SECONDS = 3 * 3600
-_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,")
+__all__ = ["DEFAULT_PRESIGN_SECONDS", "MAX_DATA_URI_BYTES", "MAX_INLINE_FILE_BYTES", "VIDEO_SUFFIXES", "AnySource",
+           "DataUriSource", "LocalFileSource", "S3Source", "SourceOptions", "UrlSource", "VideoSource", "data_uri",
+           "file_stem", "inspect_video", "sha256_file"]
+
 _VIDEO_SIGNATURES = (b"ftyp", b"\x1a\x45\xdf\xa3")  # ISO BMFF box at offset 4, or an EBML (WebM) header
-
-
-def file_stem(name: str) -> str:
-    """A short, path-safe name for a video, from the last segment of its path or URL."""
-    stem = Path(unquote(name.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])).stem or "video"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:60] or "video"
-
-
-def data_uri(content: bytes, mime: str = "video/mp4") -> str:
-    return f"data:{mime};base64,{base64.b64encode(content).decode()}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class SourceOptions(BaseModel):
@@ -78,8 +66,8 @@ class SourceOptions(BaseModel):
     aws_credentials: str | None = None
     stage_to: str | None = None
     presign_seconds: int = DEFAULT_PRESIGN_SECONDS
-    max_data_uri_bytes: int | None = None  # None: MAX_DATA_URI_BYTES (read when used)
-    max_inline_file_bytes: int | None = None  # None: MAX_INLINE_FILE_BYTES
+    max_data_uri_bytes: int | None = None  # None: video_checks.MAX_DATA_URI_BYTES (read when used)
+    max_inline_file_bytes: int | None = None  # None: video_checks.MAX_INLINE_FILE_BYTES
     check_url: bool = True
 
 
@@ -98,6 +86,11 @@ class VideoSource(BaseModel):
         """The `video_url` to send. A secret (a data URI, a signed URL): never log or return it."""
         raise NotImplementedError
 
+    @contextlib.contextmanager
+    def local_copy(self) -> Iterator[Path | None]:
+        """The video as a local file, when it is at hand without fetching it (for previews)."""
+        yield None
+
 
 class DataUriSource(VideoSource):
     kind: Literal["data_uri"] = "data_uri"
@@ -105,7 +98,7 @@ class DataUriSource(VideoSource):
 
     @classmethod
     async def inspect(cls, video: str, options: SourceOptions) -> DataUriSource:
-        content = _decode_data_uri(video, options.max_data_uri_bytes or MAX_DATA_URI_BYTES)
+        content = decode_data_uri(video, options.max_data_uri_bytes or video_checks.MAX_DATA_URI_BYTES)
         digest = hashlib.sha256(content).hexdigest()
         info = probe_video(content, label="video data URI")
         return cls(display=f"data URI ({len(content)} bytes)", identity=f"sha256:{digest}", stem=f"inline-{digest[:8]}",
@@ -113,6 +106,13 @@ class DataUriSource(VideoSource):
 
     async def video_url(self) -> str:
         return self.uri
+
+    @contextlib.contextmanager
+    def local_copy(self) -> Iterator[Path | None]:
+        with tempfile.TemporaryDirectory(prefix="aimlapi-input-") as directory:
+            path = Path(directory) / "input.mp4"
+            path.write_bytes(decode_data_uri(self.uri, len(self.uri)))
+            yield path
 
 
 class UrlSource(VideoSource):
@@ -122,8 +122,7 @@ class UrlSource(VideoSource):
     @classmethod
     async def inspect(cls, video: str, options: SourceOptions) -> UrlSource:
         parts = urlsplit(video)
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise InvalidInputError(f"video URL must be https (got {safe_url(video)}); the API fetches it itself.")
+        check_url(video)
         info = None
         if options.check_url:
             await _check_remote(video)
@@ -146,25 +145,17 @@ class LocalFileSource(VideoSource):
     def path(self) -> Path:
         return Path(self.display)
 
+    @contextlib.contextmanager
+    def local_copy(self) -> Iterator[Path | None]:
+        yield self.path
+
     @classmethod
     async def inspect(cls, video: str, options: SourceOptions) -> LocalFileSource:
         path = Path(video).expanduser()
-        if not path.exists():
-            raise InvalidInputError(f"video file {path} does not exist.")
-        if not path.is_file():
-            raise InvalidInputError(f"video path {path} is not a file.")
-        size = path.stat().st_size
-        if size == 0:
-            raise InvalidInputError(f"video file {path} is empty.")
-        cap = options.max_inline_file_bytes or MAX_INLINE_FILE_BYTES
-        if size > cap and not options.stage_to:
-            raise InvalidInputError(
-                f"video file {path} is {size} bytes, above the {cap}-byte cap for sending a file inline; "
-                "upload it to S3 and pass s3://bucket/key, or set `stage_to` to an S3Bucket block."
-            )
+        cap = options.max_inline_file_bytes or video_checks.MAX_INLINE_FILE_BYTES
+        size, info = check_local_file(path, cap, staged=bool(options.stage_to))
         if options.stage_to:
             await load_block(options.stage_to, what="stage_to")
-        info = probe_video(path, label=f"video file {path}")
         return cls(display=str(path.resolve()), identity=f"sha256:{sha256_file(path)}", stem=file_stem(path.name),
                    size_bytes=size, info=info, stage_to=options.stage_to if size > cap else None,
                    presign_seconds=options.presign_seconds)
@@ -219,7 +210,7 @@ class S3Source(VideoSource):
 
 # What a task can take: any checked source, told apart by `kind`.
 AnySource = Annotated[DataUriSource | UrlSource | LocalFileSource | S3Source, Field(discriminator="kind")]
-# scheme -> source class; "" is a local path. A new kind of source is one class and one line here.
+# scheme (`video_checks.KNOWN_SCHEMES`) -> source class; "" is a local path.
 SOURCES: dict[str, Any] = {"data": DataUriSource, "http": UrlSource, "https": UrlSource, "s3": S3Source,
                            "": LocalFileSource}
 
@@ -227,39 +218,9 @@ SOURCES: dict[str, Any] = {"data": DataUriSource, "http": UrlSource, "https": Ur
 async def inspect_video(video: str, options: SourceOptions | None = None, **settings: Any) -> VideoSource:
     """Check a `video` argument without spending anything; `InvalidInputError` if it is unusable."""
     options = options or SourceOptions(**settings)
-    if not isinstance(video, str) or not video.strip():
-        raise InvalidInputError("video is empty: give an https URL, a data URI, a local path or s3://bucket/key.")
+    source = SOURCES[scheme_of(video)]
     video = video.strip()
-    scheme = "data" if video.startswith("data:") else urlsplit(video).scheme
-    if len(scheme) == 1:  # a Windows drive letter, not a scheme
-        scheme = ""
-    source = SOURCES.get(scheme)
-    if source is None:
-        raise InvalidInputError(
-            f"video URL scheme {scheme!r} is not supported; use https://, a data URI, a local path or s3://bucket/key."
-        )
     return await source.inspect(video, options)
-
-
-def _decode_data_uri(video: str, max_bytes: int) -> bytes:
-    match = _DATA_URI.match(video)
-    if not match:
-        raise InvalidInputError("video is a malformed data URI: expected 'data:video/mp4;base64,<payload>'.")
-    if not match.group("mime").startswith("video/") and match.group("mime") != "application/octet-stream":
-        raise InvalidInputError(f"video data URI has media type {match.group('mime')!r}; expected video/*.")
-    if not match.group("b64"):
-        raise InvalidInputError("video data URI must be base64-encoded (';base64,').")
-    payload = video[match.end():]
-    size = len(payload) * 3 // 4 - len(payload) + len(payload.rstrip("="))
-    if size > max_bytes:
-        raise InvalidInputError(
-            f"video data URI holds about {size} bytes, above the {max_bytes}-byte cap for a data URI "
-            "parameter (Prefect stores parameters with the flow run); pass a local path or s3://bucket/key."
-        )
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInputError("video data URI has an invalid base64 payload.") from None
 
 
 async def _check_remote(url: str) -> None:

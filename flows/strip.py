@@ -46,6 +46,7 @@ class Strip(BaseModel):
     height: int
     frames: int
     times: list[float]
+    rows: int = 2  # 2: input over output; 1: the output alone
 
 
 class _Unusable(Exception):
@@ -195,9 +196,12 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def make_strip(
-    before: Path, after: Path, *, columns: int = 4, tile_height: int = 96, max_bytes: int = 200_000
+    before: Path | None, after: Path, *, columns: int = 4, tile_height: int = 96, max_bytes: int = 200_000
 ) -> Strip | None:
     """A PNG strip of `columns` evenly spaced frames of `before` over the same relative times of `after`.
+
+    Without `before` (an input that is not at hand, such as a URL or an S3 object) the strip is the
+    output's row alone, and `times` are the output's.
 
     Columns sit at the middle of equal slices of each video (so neither a fade-in first frame nor a
     possibly missing last one is shown), which also lines them up when the output has a frame more
@@ -208,17 +212,17 @@ def make_strip(
         raise ValueError("make_strip needs columns >= 1 and tile_height >= 2")
     fractions = [(index + 0.5) / columns for index in range(columns)]
     try:
-        before_frames, times, before_sar = _pick(before, fractions)
-        after_frames, _, after_sar = _pick(after, fractions)
+        picked = [_pick(path, fractions) for path in (before, after) if path is not None]
+        times = picked[0][1]
         height = tile_height // 2 * 2
         while True:
-            rows = [_tiles(before_frames, before_sar, height), _tiles(after_frames, after_sar, height)]
+            rows = [_tiles(frames, sar, height) for frames, _, sar in picked]
             rgb = _grid(rows, height)
             png = _png(rgb)
             if len(png) <= max_bytes:
                 return Strip(
                     png=png, width=rgb.shape[1], height=rgb.shape[0], frames=columns,
-                    times=[round(seconds, 3) for seconds in times],
+                    times=[round(seconds, 3) for seconds in times], rows=len(picked),
                 )
             smaller = _even(height * SHRINK)
             if smaller < MIN_TILE_HEIGHT or smaller >= height:
@@ -230,7 +234,7 @@ def make_strip(
     except Exception as exc:  # best effort by design: a strip must never fail a generation
         logger.warning(
             "No before/after strip for %s -> %s: %s: %s",
-            before.name, after.name, type(exc).__name__, redact(str(exc))[:200],
+            before.name if before else "-", after.name, type(exc).__name__, redact(str(exc))[:200],
         )
         return None
 

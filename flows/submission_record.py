@@ -7,6 +7,7 @@ generation here, and tests and tools read records without running the protocol.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from typing import Literal
 
@@ -116,4 +117,27 @@ async def mark_failed(store: RecordStore, key: str, generation_id: str) -> None:
             return
         failed = record.model_copy(update={"state": "failed", "updated_at": time.time()})
         if await store.replace(key, dump_record(failed), found[1]) is not None:
+            return
+
+
+# The durations of recent completed generations (acceptance to `completed`), kept beside the
+# records so that every worker sharing the store learns from all of them (`LearnedPollPolicy`).
+DURATIONS_KEY = "durations"
+KEEP_DURATIONS = 200
+
+
+async def read_durations(store: RecordStore) -> list[float]:
+    found = await store.read(DURATIONS_KEY)
+    return [] if found is None else [float(d) for d in json.loads(found[0])]
+
+
+async def add_duration(store: RecordStore, seconds: float, attempts: int = 5) -> None:
+    """Append one duration (compare-and-swap; gives up quietly after a few lost races: it is a hint)."""
+    for _ in range(attempts):
+        found = await store.read(DURATIONS_KEY)
+        durations = [] if found is None else json.loads(found[0])
+        data = json.dumps([*durations, round(seconds, 3)][-KEEP_DURATIONS:]).encode()
+        written = await (store.create(DURATIONS_KEY, data) if found is None else store.replace(DURATIONS_KEY, data,
+                                                                                                  found[1]))
+        if written is not None:
             return

@@ -46,7 +46,7 @@ from prefect_aimlapi_video.flows.errors import (
     SubmissionOutcomeUnknown,
     UnidentifiedGenerationError,
 )
-from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS
+from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS
 from prefect_aimlapi_video.flows.record_store import RecordStore
 from prefect_aimlapi_video.flows.requests import VideoRequest
 from prefect_aimlapi_video.flows.submission_record import (
@@ -62,14 +62,9 @@ from prefect_aimlapi_video.flows.submission_record import (
 )
 from prefect_aimlapi_video.flows.usage_log import Finding, UsageLog, attempt_of
 
-__all__ = ["DEFAULT_RECONCILE_SECONDS", "StoreRef", "SubmissionRecord", "SubmittedGeneration", "mark_failed",
+__all__ = ["StoreRef", "SubmissionRecord", "SubmittedGeneration", "mark_failed",
            "record_key", "submit_once"]
 
-# How long a POST with an unclear outcome must stay absent from the usage log (and its record
-# unrefreshed by a live sender) before it is sent again. The provider records charges for video
-# when a generation completes and may list the request only then; this is how long the flow waits
-# for a generation by default, so a generation that would finish in that time shows up first.
-DEFAULT_RECONCILE_SECONDS = DEFAULT_TIMEOUT_SECONDS
 # After the provider's own 500/503 JSON answer: the pause before the one log read that decides.
 PROVIDER_ERROR_PAUSE_SECONDS = 5.0
 HEARTBEAT_SECONDS = 5.0

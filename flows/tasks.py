@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -28,29 +29,16 @@ from prefect.logging import get_run_logger
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.artifacts import ProgressArtifact
 from prefect_aimlapi_video.flows.destinations import Destination, resolve_output
-from prefect_aimlapi_video.flows.errors import (
-    AimlApiError,
-    GenerationFailedError,
-    RateLimitedError,
-)
+from prefect_aimlapi_video.flows.errors import AimlApiError, GenerationFailedError, RateLimitedError
+from prefect_aimlapi_video.flows.learned_polling import LearnedPollPolicy
 from prefect_aimlapi_video.flows.models import Phase
-from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
+from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.record_store import default_location
 from prefect_aimlapi_video.flows.requests import VideoRequest, request_model
-from prefect_aimlapi_video.flows.results import (
-    GenerationOutcome,
-    StoredVideo,
-    remember_result_url,
-    store_result,
-)
+from prefect_aimlapi_video.flows.results import GenerationOutcome, StoredVideo, remember_result_url, store_result
 from prefect_aimlapi_video.flows.sources import VideoSource, inspect_video
-from prefect_aimlapi_video.flows.submissions import (
-    DEFAULT_RECONCILE_SECONDS,
-    StoreRef,
-    SubmittedGeneration,
-    mark_failed,
-    submit_once,
-)
+from prefect_aimlapi_video.flows.submission_record import add_duration, read_durations
+from prefect_aimlapi_video.flows.submissions import StoreRef, SubmittedGeneration, mark_failed, submit_once
 from prefect_aimlapi_video.flows.waiting import Tracker, observe
 
 STILL_WAITING_EVERY_SECONDS = 30.0
@@ -128,17 +116,24 @@ async def wait_for_generation(
     submitted: SubmittedGeneration,
     credentials: str | AimlApiCredentials,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-    poll_policy: PollPolicy | None = None,
+    poll_policy: PollPolicy | LearnedPollPolicy | None = None,
 ) -> GenerationOutcome:
-    """Poll until the generation completes; raise `GenerationFailedError` or `GenerationTimeoutError`."""
+    """Poll until the generation completes; raise `GenerationFailedError` or `GenerationTimeoutError`.
+
+    Without a `poll_policy` the schedule is learned from the durations of past generations in the
+    same record store (dense around the expected finish), or today's schedule without history.
+    """
     logger = get_run_logger()
     generation_id = submitted.generation_id
     expected = request_model(submitted.model).EXPECTED_SECONDS if submitted.model else 150.0
     tracker = Tracker(submitted.initial_status, submitted.accepted_at)
     last_note = time.monotonic()
     creds = await AimlApiCredentials.resolve(credentials)
+    store = await submitted.store.open() if submitted.store else None
+    if poll_policy is None:
+        poll_policy = LearnedPollPolicy.from_durations(await read_durations(store) if store else [])
     async with creds.get_client() as client, ProgressArtifact(min_interval=10.0) as progress:
-        schedule = (poll_policy or PollPolicy()).schedule()
+        schedule = poll_policy.schedule()
         async for seen in observe(client, generation_id, schedule, timeout_seconds=timeout_seconds):
             if seen.kind == "limited":
                 logger.warning("Polling is rate limited; waiting %.1f s.", seen.retry_after)
@@ -154,14 +149,16 @@ async def wait_for_generation(
                 else:
                     logger.info("Generation %s is %s.", generation_id, generation.status)
             if generation.phase is Phase.FAILED:
-                if submitted.store is not None:
-                    await mark_failed(await submitted.store.open(), submitted.record_key, generation_id)
+                if store is not None:
+                    await mark_failed(store, submitted.record_key, generation_id)
                 progress.update(100, f"{generation_id}: failed")
                 name, detail = generation.error_summary()
                 raise GenerationFailedError(generation_id, name, detail, raw=generation.error)
             if generation.phase is Phase.COMPLETED:
                 progress.update(100, f"{generation_id}: completed")
                 remember_result_url(generation)
+                if store is not None and not submitted.resumed:  # resumed: we did not see it accepted
+                    await add_duration(store, seen.at - submitted.accepted_at)
                 return GenerationOutcome(
                     generation_id=generation.id, status=generation.status, timeline=tracker.timeline,
                     credits=generation.credits if generation.credits is not None else submitted.credits,
@@ -184,16 +181,19 @@ async def wait_for_generation(
     cache_policy=NO_CACHE,
 )
 async def download_video(
-    generation_id: str, credentials: str | AimlApiCredentials, target: str | Destination, path: str
+    generation_id: str, credentials: str | AimlApiCredentials, target: str | Destination, path: str,
+    before: str | None = None,
 ) -> StoredVideo:
     """Stream the result to `path` of `target` (an output template or a checked destination),
-    verified (length, MP4, decodable) and atomic."""
+    verified (length, MP4, decodable) and atomic, with a before/after strip (`before`: the input
+    as a local file, if at hand)."""
     from prefect.runtime import task_run
 
     destination = target if isinstance(target, Destination) else await resolve_output(target)
     creds = await AimlApiCredentials.resolve(credentials)
     async with creds.get_client() as client:
-        stored = await store_result(client, generation_id, destination, path, fresh_ok=task_run.run_count <= 1)
+        stored = await store_result(client, generation_id, destination, path, fresh_ok=task_run.run_count <= 1,
+                                    before=Path(before) if before else None)
     get_run_logger().info("Stored %s (%d bytes, sha256 %s) in %.1f s.", stored.location, stored.size_bytes,
                           stored.sha256, stored.download_s)
     return stored

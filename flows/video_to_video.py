@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shlex
 import time
 from typing import Any
 
@@ -18,38 +19,17 @@ from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.artifacts import publish_output_link, publish_summary
-from prefect_aimlapi_video.flows.destinations import (
-    Destination,
-    resolve_output,
-    template_fields,
-)
-from prefect_aimlapi_video.flows.errors import (
-    AimlApiError,
-    GenerationFailedError,
-    InvalidInputError,
-)
+from prefect_aimlapi_video.flows.destinations import Destination, resolve_output, template_fields
+from prefect_aimlapi_video.flows.errors import GenerationFailedError, InvalidInputError
+from prefect_aimlapi_video.flows.generation_events import emit_generation_event
 from prefect_aimlapi_video.flows.models import Timing, VideoToVideoResult
-from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
+from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.record_store import open_store
-from prefect_aimlapi_video.flows.requests import (
-    DEFAULT_MODEL,
-    DEFAULTS,
-    VideoRequest,
-    request_model,
-)
+from prefect_aimlapi_video.flows.redact import redact
+from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, DEFAULTS, VideoRequest, request_model
 from prefect_aimlapi_video.flows.settings import RunSettings, Scope, validate_settings
-from prefect_aimlapi_video.flows.sources import (
-    DEFAULT_PRESIGN_SECONDS,
-    VideoSource,
-    file_stem,
-    inspect_video,
-)
-from prefect_aimlapi_video.flows.submissions import DEFAULT_RECONCILE_SECONDS
-from prefect_aimlapi_video.flows.tasks import (
-    download_video,
-    submit_generation,
-    wait_for_generation,
-)
+from prefect_aimlapi_video.flows.sources import DEFAULT_PRESIGN_SECONDS, VideoSource, file_stem, inspect_video
+from prefect_aimlapi_video.flows.tasks import download_video, submit_generation, wait_for_generation
 
 DEFAULT_CREDENTIALS_BLOCK = "aimlapi"
 RUN_TAGS = ("aimlapi", "video-to-video")
@@ -89,7 +69,7 @@ def parse_overrides(overrides: dict[str, Any] | str | None, request: type[VideoR
     return request.from_text(overrides)
 
 
-async def _tag_run() -> None:
+async def tag_run() -> None:
     """Add our tags with one request, unless the run was created with them (as batch children are)."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
@@ -185,7 +165,7 @@ async def video_to_video(
     source = await inspect_video(video, aws_credentials=settings.aws_credentials, stage_to=settings.stage_to,
                                  presign_seconds=settings.presign_expiry_seconds)
     target = await resolve_output(settings.output, settings.output_storage, settings.aws_credentials)
-    await _tag_run()
+    await tag_run()
     logger.info("Input %s (%s); output to %s.", source.display,
                 source.info.describe() if source.info else "not probed", target.kind)
 
@@ -199,14 +179,16 @@ async def video_to_video(
         result.client_request_id = submitted.client_request_id
         result.resumed = submitted.resumed
         result.request_ids = [r for r in [submitted.request_id] if r]
+        emit_generation_event("submitted", result)
         outcome = await wait_for_generation(submitted, creds, settings.timeout_seconds, settings.poll_policy)
         result.timeline, result.polls = outcome.timeline, outcome.polls
         result.request_ids += [r for r in outcome.request_ids if r not in result.request_ids]
         result.credits = outcome.credits
         path = _output_path(target, source, params, outcome.generation_id, run_id)
-        stored = await download_video(outcome.generation_id, creds, target, path)
-    except AimlApiError as exc:
-        await _report_failure(result, exc, started)
+        with source.local_copy() as before:
+            stored = await download_video(outcome.generation_id, creds, target, path, str(before) if before else None)
+    except BaseException as exc:  # a failure, or a cancellation: say what became of any paid generation
+        await _report_failure(result, exc, started, _collect_command(result, credentials, settings))
         raise
     result.status = outcome.status
     result.output, result.output_info = stored.location, stored.info
@@ -214,11 +196,14 @@ async def video_to_video(
     result.timing = Timing(queued_s=outcome.queued_s, generating_s=outcome.generating_s,
                            download_s=stored.download_s, total_s=time.time() - started)
     result.sidecar = target.location(f"{path}.json")
+    if stored.strip is not None:
+        result.strip = await target.write_bytes(f"{path}.strip.png", stored.strip.png, content_type="image/png")
     await asyncio.gather(  # independent writes: don't pay their round trips one after another
         target.write_sidecar(path, result.model_dump(mode="json")),
-        publish_summary(result),
+        publish_summary(result, stored.strip),
         publish_output_link(stored.location),
     )
+    emit_generation_event("completed", result)
     logger.info(
         "Done: %s -> %s (%s credits, %.1f s).", result.generation_id, result.output,
         f"{result.credits:,.0f}" if result.credits is not None else "unknown", result.timing.total_s,
@@ -252,12 +237,34 @@ def _output_path(
     ))
 
 
-async def _report_failure(result: VideoToVideoResult, exc: AimlApiError, started: float) -> None:
-    """Leave a summary that says why, then let the exception fail the run (its message is the state's)."""
-    result.status = "failed"
+def _collect_command(result: VideoToVideoResult, credentials: Any, settings: RunSettings) -> str | None:
+    """The command that downloads an accepted generation later, at no new cost."""
+    if not result.generation_id:
+        return None
+    parts = ["aimlapi-video", "collect", result.generation_id]
+    if settings.output:
+        parts += ["--output", settings.output]
+    if isinstance(credentials, str) and credentials != DEFAULT_CREDENTIALS_BLOCK:
+        parts += ["--credentials", credentials]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
+async def _report_failure(result: VideoToVideoResult, exc: BaseException, started: float, collect: str | None) -> None:
+    """Leave a summary (and an event) that says why, then let the exception end the run.
+
+    An accepted generation that did not fail at the provider (we stopped waiting, the run was
+    cancelled, the download failed) is paid or about to be: the summary names it and the exact
+    command that collects it without a new charge.
+    """
+    result.status = "failed" if isinstance(exc, Exception) else "cancelled"
     if isinstance(exc, GenerationFailedError):
         result.error_name, result.error_message = exc.error_name, exc.error_message
     else:
-        result.error_name, result.error_message = type(exc).__name__, str(exc)
+        result.error_name, result.error_message = type(exc).__name__, redact(str(exc)) or type(exc).__name__
+        result.collect_command = collect
     result.timing = Timing(total_s=time.time() - started)
-    await publish_summary(result)
+    try:
+        await asyncio.wait_for(asyncio.shield(publish_summary(result)), 10)
+        emit_generation_event("failed", result)
+    except Exception as report_error:  # the run's own failure is what matters; never hide it
+        get_run_logger().warning("Could not publish the failure summary: %s", report_error)

@@ -27,6 +27,7 @@ _LAZY: dict[str, str] = {
     "video_to_video": "prefect_aimlapi_video.flows.video_to_video",
     "video_to_video_batch": "prefect_aimlapi_video.flows.batch",
     "video_to_video_folder": "prefect_aimlapi_video.flows.folder",
+    "collect_generation": "prefect_aimlapi_video.flows.collect",
     # tasks, for composing your own flows
     "submit_generation": "prefect_aimlapi_video.flows.tasks",
     "wait_for_generation": "prefect_aimlapi_video.flows.tasks",

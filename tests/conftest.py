@@ -38,7 +38,7 @@ def prefect_server() -> Iterator[str]:
         database = None
         if os.environ.get("AIMLAPI_TEST_DATABASE") != "sqlite" and local_services.postgres_binaries():
             database = stack.enter_context(local_services.postgres_server())
-        url = stack.enter_context(local_services.prefect_server(_SESSION_HOME / "prefect-server", database))
+        url = stack.enter_context(local_services.prefect_server(_SESSION_HOME / "prefect-server", database, ui=True))
         os.environ["PREFECT_API_URL"] = url
         from prefect.settings import PREFECT_API_URL, temporary_settings
 

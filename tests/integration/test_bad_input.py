@@ -26,7 +26,7 @@ import pytest
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.deployments.local_services import free_port
 from prefect_aimlapi_video.flows.errors import AuthenticationError, InvalidInputError
-from prefect_aimlapi_video.flows.sources import MAX_DATA_URI_BYTES
+from prefect_aimlapi_video.flows.video_checks import MAX_DATA_URI_BYTES
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from tests.support import prefect_api
 from tests.support.reliability import cli_command, last_line, subprocess_env
@@ -38,7 +38,7 @@ WRONG_KEY = "sk-wrong-0000"
 # URI case runs the same CLI with the inline cap lowered to 64 KiB and sends ~96 KiB.
 CLI_INLINE_CAP = 64 * 1024
 CLI_WITH_LOWER_CAP = (
-    "import sys, prefect_aimlapi_video.flows.sources as sources; sources.MAX_DATA_URI_BYTES = %d; "
+    "import sys, prefect_aimlapi_video.flows.video_checks as checks; checks.MAX_DATA_URI_BYTES = %d; "
     "from prefect_aimlapi_video.deployments.cli import main; sys.exit(main())" % CLI_INLINE_CAP
 )
 
@@ -117,8 +117,12 @@ CASES: dict[str, Case] = {
     "presign beyond s3 limit": Case(lambda c: dict(presign_expiry_seconds=10**7),
                                     r"presign_expiry_seconds: .*less than or equal to 604800", via_cli=False),
     "unknown record store": Case(lambda c: dict(submissions="gs://bucket/records"),
-                                 r"submissions 'gs://bucket/records': use a local directory or s3://bucket/prefix"),
+                                 r"submissions:? 'gs://bucket/records': use a local directory or s3://bucket/prefix"),
 }
+# What the CLI can only find out through Prefect, S3 or the API; every other case it answers before
+# importing more than the request and the video checks, with no Prefect server started.
+NEEDS_SERVICES = {"missing s3 object", "missing s3 bucket", "unknown credentials block", "unreachable base url",
+                  "wrong key"}
 
 
 def flow_arguments(ctx: Ctx, name: str) -> dict[str, Any]:
@@ -189,7 +193,11 @@ def cli_results(ctx):
 
         def run(name: str) -> subprocess.CompletedProcess:
             argv, extra = cli_invocation(cli_ctx, name)
-            return subprocess.run(argv, env={**env, **extra}, cwd=ctx.tmp, capture_output=True, text=True, timeout=120)
+            environment = {**env, **extra}
+            if name not in NEEDS_SERVICES:  # no Prefect server configured: using one would start a temporary one
+                environment.pop("PREFECT_API_URL", None)
+                environment["PREFECT_HOME"] = str(cli_home(ctx, name))
+            return subprocess.run(argv, env=environment, cwd=ctx.tmp, capture_output=True, text=True, timeout=120)
 
         names = [name for name, case in CASES.items() if case.via_cli]
         with ThreadPoolExecutor(max_workers=3) as pool:
@@ -222,8 +230,12 @@ async def test_bad_input_through_the_flow(prefect_server, sandbox, ctx, name):
     assert await prefect_api.task_runs(run.id) == {}  # refused before the submit task existed
 
 
+def cli_home(ctx: Ctx, name: str) -> Path:
+    return ctx.tmp / "homes" / re.sub(r"\W+", "-", name)
+
+
 @pytest.mark.parametrize("name", [name for name, case in CASES.items() if case.via_cli])
-def test_bad_input_through_the_cli(cli_results, name):
+def test_bad_input_through_the_cli(ctx, cli_results, name):
     results, ledger = cli_results
     done = results[name]
     case = CASES[name]
@@ -235,3 +247,20 @@ def test_bad_input_through_the_cli(cli_results, name):
     assert reasons and re.search(case.cli_match or case.match, reasons[-1]), done.stderr[-1500:]
     reason = last_line(done.stderr)
     assert reason.startswith("error: "), f"the last stderr line is not the one-line reason: {reason!r}"
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-2000:]  # the run's log keeps the details
+    if name not in NEEDS_SERVICES:  # answered before anything started: no temporary Prefect server, no database
+        assert "temporary server" not in done.stderr + done.stdout
+        home = cli_home(ctx, name)
+        assert not any(home.rglob("*.db")), sorted(map(str, home.rglob("*")))
+
+
+def test_an_error_found_later_is_still_one_line_without_a_traceback(ctx, tmp_path):
+    """With no Prefect server configured, the CLI runs on a temporary one: an error found there (an
+    unknown credentials block) still ends the output, as one line, with no traceback above it."""
+    env = {k: v for k, v in subprocess_env(PREFECT_HOME=str(tmp_path / "home")).items() if k != "PREFECT_API_URL"}
+    done = subprocess.run([*cli_command(), "run", str(ctx.clip), "--prompt", "ink", "--credentials", "no-such-block-v2v"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert last_line(done.stderr).startswith("error: No AimlApiCredentials block named 'no-such-block-v2v'")
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "temporary server" in done.stderr  # this one did need Prefect

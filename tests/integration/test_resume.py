@@ -25,9 +25,9 @@ import pytest
 
 import prefect_aimlapi_video.flows.video_to_video as v2v_module
 from prefect_aimlapi_video.flows.errors import ReconciliationUnavailable
-from prefect_aimlapi_video.flows.sources import sha256_file as input_sha256
-from prefect_aimlapi_video.flows.requests import GenerationParams
 from prefect_aimlapi_video.flows.record_store import LocalRecordStore, default_location
+from prefect_aimlapi_video.flows.requests import GenerationParams
+from prefect_aimlapi_video.flows.sources import sha256_file as input_sha256
 from prefect_aimlapi_video.flows.submissions import SubmissionRecord, record_key
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from tests.support import prefect_api
@@ -129,7 +129,7 @@ async def test_flow_retry_resumes_from_the_record(prefect_server, sandbox, clips
     assert run.run_count == 2 and run.state.is_completed()
     assert result.resumed is True
     assert await prefect_api.logs(result.flow_run_id, containing=f"Resuming generation {result.generation_id}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "out.mp4.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "out.mp4.json", "out.mp4.strip.png"]
 
 
 async def test_duplicate_trigger_sequential_resumes(prefect_server, sandbox, clips, tmp_path):

@@ -10,7 +10,7 @@ from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 from prefect_aws.s3 import S3Bucket
 
-import prefect_aimlapi_video.flows.sources as sources_module
+import prefect_aimlapi_video.flows.video_checks as video_checks
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
@@ -79,7 +79,7 @@ async def test_output_to_s3_bucket_block_with_aws_credentials_block(prefect_serv
 
     assert result.output == "s3://studio/renders/small/9.mp4"
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="studio")["Contents"])
-    assert keys == ["renders/small/9.mp4", "renders/small/9.mp4.json"]
+    assert keys == ["renders/small/9.mp4", "renders/small/9.mp4.json", "renders/small/9.mp4.strip.png"]
     (entry,) = sandbox.ledger()
     assert s3.head_object(Bucket="studio", Key="renders/small/9.mp4")["Metadata"]["sha256"] == entry.output_sha256
 
@@ -89,7 +89,7 @@ async def test_local_file_above_inline_cap_is_staged_through_s3(prefect_server, 
     s3.create_bucket(Bucket="staging")
     aws = AwsCredentials(aws_client_parameters=AwsClientParameters(endpoint_url=moto_server))
     await S3Bucket(bucket_name="staging", credentials=aws).asave("staging-it", overwrite=True)
-    monkeypatch.setattr(sources_module, "MAX_INLINE_FILE_BYTES", 1024)  # the clip is ~10 kB
+    monkeypatch.setattr(video_checks, "MAX_INLINE_FILE_BYTES", 1024)  # the clip is ~10 kB
 
     with pytest.raises(InvalidInputError, match="stage_to"):
         await video_to_video(video=str(clips["small"]), prompt="x", credentials=credentials(sandbox))

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 
 from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.polling import PollPolicy
 from prefect_aimlapi_video.flows.settings import validate_settings
 
 
 def test_defaults_and_coercions():
     default = validate_settings()
-    assert default.poll_policy == PollPolicy() and default.idempotency_scope == "flow-run"
+    assert default.poll_policy is None and default.idempotency_scope == "flow-run"  # None: learned
     assert default.timeout_seconds == 1200 and default.reconcile_grace_seconds == 1200
     coerced = validate_settings(timeout_seconds="30", presign_expiry_seconds=60.0, poll_policy={"growth": 2},
                                 output="  ", idempotency_key=" key-1 ")

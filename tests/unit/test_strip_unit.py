@@ -222,3 +222,14 @@ def test_write_strip_replaces_the_file_and_leaves_no_temporary(tmp_path: Path, c
     reference.write_bytes(b"x")
     assert fresh.read_bytes() == strip.png
     assert fresh.stat().st_mode == reference.stat().st_mode  # umask-normal, not a temporary file's 0600
+
+
+def test_without_an_input_at_hand_the_strip_is_the_outputs_row(tmp_path):
+    from prefect_aimlapi_video.sandbox import make_test_clip
+
+    after = make_test_clip(tmp_path / "after.mp4", width=160, height=96, seconds=1.0, fps=12)
+    both = make_strip(after, after)
+    alone = make_strip(None, after)
+    assert alone is not None and both is not None
+    assert alone.width == both.width and alone.height < both.height / 2 + 8  # one row of tiles, not two
+    assert alone.frames == 4 and len(alone.times) == 4 and (alone.rows, both.rows) == (1, 2)

@@ -20,14 +20,15 @@ MAX_LINES = 360  # "about 300": a module past this has more than one job
 LAYERS: dict[str, int] = {
     **dict.fromkeys(["flows.redact", "flows.errors", "flows.models", "flows.requests", "flows.connection",
                      "flows.answers", "flows.download", "flows.client", "flows.usage_log", "flows.polling",
-                     "flows.learned_polling", "flows.waiting", "flows.probe", "flows.strip"], 0),
+                     "flows.learned_polling", "flows.waiting", "flows.probe", "flows.strip",
+                     "flows.video_checks"], 0),
     **dict.fromkeys(["blocks", "blocks.credentials"], 1),
     **dict.fromkeys(["flows.s3", "flows.record_store", "flows.block_refs"], 2),
     **dict.fromkeys(["flows.sources", "flows.destinations", "flows.s3_requests", "flows.settings",
                      "flows.submission_record", "flows.submissions", "flows.results", "flows.artifacts",
-                     "flows.batch_items"], 3),
+                     "flows.batch_items", "flows.generation_events"], 3),
     "flows.tasks": 4,
-    **dict.fromkeys(["flows.video_to_video", "flows.batch", "flows.folder"], 5),
+    **dict.fromkeys(["flows.video_to_video", "flows.batch", "flows.folder", "flows.collect"], 5),
 }
 LAZY_ALLOWED = {"deployments.cli"}  # imports inside functions: the CLI answers --help and bad input fast
 
