@@ -8,49 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 import uuid
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
+
+from prefect_aimlapi_video.deployments.terminal import OneLineErrors, fail, flush_prefect, quiet_console
 
 KEY_ENV_VARS = ("AIMLAPI_API_KEY", "AIML_API_KEY")
 
 
 def _key_from_env() -> str | None:
     return next((os.environ[name] for name in KEY_ENV_VARS if os.environ.get(name)), None)
-
-
-def _flush_prefect() -> None:
-    """Let Prefect ship its queued events and logs now, so its exit-time warnings come before our
-    last line rather than after it."""
-    if "prefect" not in sys.modules:
-        return
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (EventsWorker, APILogWorker):
-        worker.drain_all(timeout=5)
-    if "prefect.server.api.server" in sys.modules:  # a temporary server would say goodbye after our last line
-        from prefect.server.api.server import SubprocessASGIServer
-
-        for server in list(SubprocessASGIServer._instances.values()):
-            server.stop()
-
-
-def _fail(message: str, code: int) -> int:
-    _flush_prefect()
-    first_line = " ".join(str(message).split())
-    print(f"error: {first_line}", file=sys.stderr, flush=True)
-    return code
-
-
-class _OneLineErrors(argparse.ArgumentParser):
-    """Argument errors end like every other failure: one `error: ...` line, exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise SystemExit(_fail(f"{message} (see {self.prog} --help)", 2))
 
 
 def _run_parser(sub: Any) -> None:
@@ -131,7 +101,7 @@ def _credentials(args: argparse.Namespace) -> Any:
         return args.credentials
     key = _key_from_env()
     if args.base_url and not key:
-        raise SystemExit(_fail("--base-url needs the API key in AIMLAPI_API_KEY (or AIML_API_KEY).", 2))
+        raise SystemExit(fail("--base-url needs the API key in AIMLAPI_API_KEY (or AIML_API_KEY).", 2))
     if key:
         return AimlApiCredentials(api_key=key, base_url=args.base_url or DEFAULT_BASE_URL)
     return DEFAULT_CREDENTIALS_BLOCK
@@ -163,44 +133,16 @@ def _precheck(args: argparse.Namespace) -> None:
     precheck(args.video, staged=bool(args.stage_to))
 
 
-class _WithoutTracebacks(logging.Formatter):
-    """Formats a record as the wrapped formatter would, minus its traceback: the terminal gets one
-    line per error, while the flow run's log (formatted by Prefect's API handler) keeps the details."""
-
-    def __init__(self, inner: logging.Formatter) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def format(self, record: logging.LogRecord) -> str:
-        saved = record.exc_info, record.exc_text, record.stack_info
-        record.exc_info = record.exc_text = record.stack_info = None
-        try:
-            return self.inner.format(record)
-        finally:
-            record.exc_info, record.exc_text, record.stack_info = saved
-
-
-def _quiet_console() -> None:
-    """Keep Prefect's console lines but not its tracebacks (the run's log on the server keeps them)."""
-    from prefect.logging.configuration import ensure_logging_setup
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    ensure_logging_setup()
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _WithoutTracebacks):
-            handler.setFormatter(_WithoutTracebacks(handler.formatter or logging.Formatter()))
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
 
     try:
         _precheck(args)  # before Prefect (and a temporary server) starts: bad input is answered at once
     except InvalidInputError as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     from prefect_aimlapi_video.flows.video_to_video import video_to_video
 
-    _quiet_console()
+    quiet_console()
     options: dict[str, Any] = _same_generation(args)
     if args.timeout is not None:
         options["timeout_seconds"] = args.timeout
@@ -213,12 +155,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         )
     except InvalidInputError as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     except AimlApiError as exc:
-        return _fail(str(exc), 1)
+        return fail(str(exc), 1)
     except KeyboardInterrupt:
-        return _fail("interrupted; run the same command again to resume without a new charge.", 130)
-    _flush_prefect()
+        return fail("interrupted; run the same command again to resume without a new charge.", 130)
+    flush_prefect()
     print(result.one_line(), flush=True)
     return 0
 
@@ -245,10 +187,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
         validate_settings(output=args.output, output_storage=args.output_storage,
                           **({} if args.timeout is None else {"timeout_seconds": args.timeout}))
     except InvalidInputError as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     from prefect_aimlapi_video.flows.collect import collect_generation
 
-    _quiet_console()
+    quiet_console()
     try:
         result = asyncio.run(collect_generation(
             generation_id=args.generation_id, credentials=_credentials(args), output=args.output,
@@ -256,12 +198,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
             **({} if args.timeout is None else {"timeout_seconds": args.timeout}),
         ))
     except InvalidInputError as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     except AimlApiError as exc:
-        return _fail(str(exc), 1)
+        return fail(str(exc), 1)
     except KeyboardInterrupt:
-        return _fail("interrupted; run the same command again to collect it.", 130)
-    _flush_prefect()
+        return fail("interrupted; run the same command again to collect it.", 130)
+    flush_prefect()
     print(result.one_line(), flush=True)
     return 0
 
@@ -275,7 +217,7 @@ def cmd_save_key(args: argparse.Namespace) -> int:
 
         key = getpass.getpass("AI/ML API key: ")
     if not key:
-        return _fail("no key given (set AIMLAPI_API_KEY or type it at the prompt).", 2)
+        return fail("no key given (set AIMLAPI_API_KEY or type it at the prompt).", 2)
     block = AimlApiCredentials(api_key=key, **({"base_url": args.base_url} if args.base_url else {}))
     block.save(args.name, overwrite=True)
     print(f"Saved AimlApiCredentials block {args.name!r} ({block.base_url}).")
@@ -299,8 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from prefect_aimlapi_video.deployments.serve import main as serve_main
 
         return serve_main(argv[1:])
-    parser = _OneLineErrors(prog="aimlapi-video", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors)
+    parser = OneLineErrors(prog="aimlapi-video", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
     _run_parser(sub)
     sub.add_parser("sandbox", help="Serve the local stand-in of the AI/ML API (see --help).")
     sub.add_parser("s3-events", help="Bridge S3 notifications on an SQS queue to Prefect events (see --help).")
@@ -321,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from prefect_aimlapi_video.deployments.demo import run_demo
 
         return run_demo()
-    return _fail(f"unknown command {args.command}", 2)
+    return fail(f"unknown command {args.command}", 2)
 
 
 if __name__ == "__main__":

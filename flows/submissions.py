@@ -23,10 +23,8 @@ Every accepted POST is charged and the API has no idempotency key, so the guaran
 * A generation that ended in `error` is not charged; its record becomes `failed` and the next
   attempt posts anew.
 
-What holds without a shared store (several hosts, each with its own directory): a later attempt on
-another host finds the first one only through the usage log. If the provider lists requests when
-it accepts them, that is enough; if it lists them only at completion, an attempt on another host
-while the first generation is still running pays a second time. Use an `s3://` store there.
+Without a shared store, an attempt on another host finds the first only through the usage log
+(see the README, "Where the records live").
 """
 
 from __future__ import annotations

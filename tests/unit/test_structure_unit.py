@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "prefect_aimlapi_video"
 FOLDERS = {"flows": "flows", "blocks": "blocks", "deployments": "deployments", "sandbox": "sandbox"}
-MAX_LINES = 360  # "about 300": a module past this has more than one job
+MAX_LINES = 340  # "about 300": a module past this has more than one job
 
 # Lower layers never import higher ones:
 # API client and models (no Prefect) <- block <- storage adapters <- sources / destinations / the

@@ -1,0 +1,72 @@
+"""The command line's terminal manners: one `error: ...` line per failure, last; no tracebacks.
+
+Prefect logs a failed run's traceback to the console and ships its queued logs and events at exit;
+these helpers let those lines come first, keep the traceback in the flow run's log only, and end
+with the one line a person (or a script reading the exit code) needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+
+def flush_prefect() -> None:
+    """Let Prefect ship its queued events and logs now, so its exit-time warnings come before our
+    last line rather than after it."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (EventsWorker, APILogWorker):
+        worker.drain_all(timeout=5)
+    if "prefect.server.api.server" in sys.modules:  # a temporary server would say goodbye after our last line
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(SubprocessASGIServer._instances.values()):
+            server.stop()
+
+
+def fail(message: str, code: int) -> int:
+    flush_prefect()
+    first_line = " ".join(str(message).split())
+    print(f"error: {first_line}", file=sys.stderr, flush=True)
+    return code
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Argument errors end like every other failure: one `error: ...` line, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SystemExit(fail(f"{message} (see {self.prog} --help)", 2))
+
+
+class WithoutTracebacks(logging.Formatter):
+    """Formats a record as the wrapped formatter would, minus its traceback: the terminal gets one
+    line per error, while the flow run's log (formatted by Prefect's API handler) keeps the details."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def quiet_console() -> None:
+    """Keep Prefect's console lines but not its tracebacks (the run's log on the server keeps them)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, WithoutTracebacks):
+            handler.setFormatter(WithoutTracebacks(handler.formatter or logging.Formatter()))
