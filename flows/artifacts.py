@@ -86,6 +86,7 @@ def summary_markdown(report: VideoToVideoResult, strip: Strip | None = None) -> 
         ("SHA-256", f"`{report.sha256}`" if report.sha256 else None),
         ("Size", _size(report.size_bytes)),
         ("Usage", usage),
+        ("Budget", report.budget),
         ("Queued", _seconds(t.queued_s)),
         ("Generating", _seconds(t.generating_s)),
         ("Download", _seconds(t.download_s)),

@@ -20,14 +20,29 @@ from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.artifacts import ProgressArtifact, artifact_key
-from prefect_aimlapi_video.flows.batch_items import BatchItem, BatchItemResult, ItemBase, load_manifest, parse_items
+from prefect_aimlapi_video.flows.batch_items import (
+    BatchItem,
+    BatchItemResult,
+    ItemBase,
+    load_manifest,
+    parse_items,
+    shown_video,
+)
+from prefect_aimlapi_video.flows.budget import BudgetExceeded, budget_summary
 from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
+from prefect_aimlapi_video.flows.fanout import run_on_work_pool
 from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.record_store import open_store
-from prefect_aimlapi_video.flows.redact import redact, safe_url
+from prefect_aimlapi_video.flows.redact import redact
 from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, DEFAULTS, request_model
 from prefect_aimlapi_video.flows.settings import RunSettings, validate_settings
-from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, RUN_TAGS, video_to_video
+from prefect_aimlapi_video.flows.video_to_video import (
+    DEFAULT_CREDENTIALS_BLOCK,
+    RUN_TAGS,
+    SKIPPED_BUDGET,
+    budget_ref,
+    video_to_video,
+)
 
 __all__ = ["BatchFailedError", "BatchItem", "BatchItemResult", "report", "run_items", "video_to_video_batch"]
 
@@ -83,11 +98,13 @@ async def run_items(
     scope: str,
     concurrency_limit: str | None,
     max_concurrency: int,
+    deployment: str | None = None,
 ) -> list[BatchItemResult]:
-    """Run each item as a child flow run, concurrently within both caps, never cancelling siblings.
+    """Run each item as a child flow run, concurrently within the caps, never cancelling siblings.
 
-    The settings, the key and the record store are checked first, so a wrong one fails here
-    instead of in every child.
+    In this process by default; with `deployment`, as flow runs of that deployment on its work pool
+    (`flows.fanout`). The settings, the key and the record store are checked first, so a wrong one
+    fails here instead of in every child.
     """
     logger = get_run_logger()
     given = {name: value for name, value in defaults.items() if name in RunSettings.model_fields}
@@ -95,15 +112,37 @@ async def run_items(
     defaults = {**defaults, **settings.model_dump(include=set(given))}
     await (await AimlApiCredentials.resolve(defaults["credentials"])).check_access()  # once, before any child
     await (await open_store(settings.submissions, settings.aws_credentials)).check()
-    limit = await _check_limit(concurrency_limit, max_concurrency)
-    local = asyncio.Semaphore(max_concurrency)
     total = len(items)
-    done = failed = 0
+    counts = {"done": 0, "failed": 0}
+
+    def on_done(row: BatchItemResult) -> None:
+        counts["done"] += 1
+        counts["failed"] += row.status != "completed"
+        progress.update(100.0 * counts["done"] / total,
+                        f"{counts['done']}/{total} generations done, {counts['failed']} not completed")
+
+    async with ProgressArtifact() as progress:
+        progress.update(0, f"0/{total} generations done")
+        if deployment:
+            rows = await run_on_work_pool(items, defaults, scope=scope, deployment=deployment,
+                                          max_concurrency=max_concurrency, on_done=on_done)
+        else:
+            rows = await _run_here(items, defaults, scope=scope, limit=await _check_limit(concurrency_limit,
+                                   max_concurrency), max_concurrency=max_concurrency, on_done=on_done)
+    rows = [row.model_copy(update={"flow_run_url": _flow_run_url(row.flow_run_id)}) for row in rows]
+    logger.info("Batch finished: %d completed, %d not of %d.", total - counts["failed"], counts["failed"], total)
+    return rows
+
+
+async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: str, limit: str | None,
+                    max_concurrency: int, on_done: Any) -> list[BatchItemResult]:
+    """Each item a child flow run in this process, on its event loop (no thread per child)."""
+    local = asyncio.Semaphore(max_concurrency)
 
     async def run_one(index: int, item: ItemBase) -> BatchItemResult:
         arguments = {**defaults, **item.model_dump(exclude_none=True)}
         arguments.setdefault("idempotency_key", f"{scope}:item-{index}")
-        row = BatchItemResult(index=index, video=_shown(item.video), status="failed")
+        row = BatchItemResult(index=index, video=shown_video(item.video), status="failed")
         try:
             async with local, _global_slot(limit):
                 with tags(*RUN_TAGS):  # set at creation, saving each child a request
@@ -112,10 +151,11 @@ async def run_items(
             row.error = f"could not run: {type(exc).__name__}: {redact(str(exc))[:250]}"
             return row
         flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
-        row = row.model_copy(update={"flow_run_id": flow_run_id, "flow_run_url": _flow_run_url(flow_run_id)})
+        row = row.model_copy(update={"flow_run_id": flow_run_id})
         if not state.is_completed():
-            return row.model_copy(update={"status": state.name.lower(),
-                                          "error": redact(state.message or state.name)[:300]})
+            error = await state.aresult(raise_on_failure=False)
+            status = SKIPPED_BUDGET if isinstance(error, BudgetExceeded) else state.name.lower()
+            return row.model_copy(update={"status": status, "error": redact(state.message or state.name)[:300]})
         result = await state.aresult()
         return row.model_copy(update={
             "status": result.status, "generation_id": result.generation_id, "output": result.output,
@@ -123,19 +163,12 @@ async def run_items(
         })
 
     async def one(index: int, item: ItemBase) -> BatchItemResult:
-        nonlocal done, failed
         row = await run_one(index, item)
-        done += 1
-        failed += row.status != "completed"
-        progress.update(100.0 * done / total, f"{done}/{total} generations done, {failed} failed")
+        on_done(row)
         return row
 
-    async with ProgressArtifact() as progress:
-        progress.update(0, f"0/{total} generations done")
-        with _no_child_heartbeats():
-            rows = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
-    logger.info("Batch finished: %d completed, %d failed of %d.", total - failed, failed, total)
-    return list(rows)
+    with _no_child_heartbeats():
+        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
 
 
 def _no_child_heartbeats() -> contextlib.AbstractContextManager[Any]:
@@ -150,10 +183,6 @@ def _no_child_heartbeats() -> contextlib.AbstractContextManager[Any]:
     return temporary_settings(updates={"flows.heartbeat_frequency": None})
 
 
-def _shown(video: str) -> str:
-    return "data URI" if video.startswith("data:") else safe_url(video) if "://" in video else video
-
-
 # What a person scans first (how it went, why not, where the result is, what it cost), then the rest.
 TABLE_COLUMNS = ("status", "error", "output", "credits", "video", "total_s", "queued_s", "generating_s", "download_s",
                  "generation_id", "flow_run_url", "index")
@@ -163,20 +192,44 @@ def table_row(row: BatchItemResult) -> dict[str, object]:
     return {column: getattr(row, column) for column in TABLE_COLUMNS}
 
 
-async def report(rows: list[BatchItemResult], *, tolerate_failures: bool) -> list[BatchItemResult]:
-    """Publish the table artifact; fail the run, with a count, if any generation failed."""
-    counts = {status: sum(r.status == status for r in rows) for status in ("completed", "skipped")}
+def spend_cap(max_usd: float | None, max_credits: float | None, budget: str | None, default: str) -> dict[str, Any]:
+    """The children's cap: one named budget for the whole batch (or the one the caller names)."""
+    if max_usd is None and max_credits is None and budget is None:
+        return {}
+    return {"max_usd": max_usd, "max_credits": max_credits, "budget": budget or default}
+
+
+async def budget_line(defaults: dict[str, Any]) -> str | None:
+    """`spent ..., in flight ..., cap ...` of the batch's budget, for its table's description."""
+    settings = validate_settings(**{k: v for k, v in defaults.items() if k in RunSettings.model_fields})
+    spend = budget_ref(settings, "")
+    if spend is None:
+        return None
+    store = await open_store(settings.submissions, settings.aws_credentials)
+    return f"{spend.name}: {budget_summary(await spend.open(store).state(), spend.cap_credits)}"
+
+
+async def report(rows: list[BatchItemResult], *, tolerate_failures: bool, budget: str | None = None
+                 ) -> list[BatchItemResult]:
+    """Publish the table artifact; fail the run, with counts, if any generation failed or was not sent
+    for the budget (unless `tolerate_failures`)."""
+    counts = {status: sum(r.status == status for r in rows) for status in ("completed", "skipped", SKIPPED_BUDGET)}
     failed = [row for row in rows if row.status not in counts]
     description = f"{counts['completed']} completed, {len(failed)} failed"
+    if counts[SKIPPED_BUDGET]:
+        description += f", {counts[SKIPPED_BUDGET]} skipped (budget)"
     if counts["skipped"]:
         description += f", {counts['skipped']} skipped (output exists)"
+    if budget:
+        description += f"; budget {budget}"
     await acreate_table_artifact(key=artifact_key("table"), table=[table_row(row) for row in rows],
                                  description=description)
-    if failed and not tolerate_failures:
+    unsent = [row for row in rows if row.status == SKIPPED_BUDGET]
+    if (failed or unsent) and not tolerate_failures:
         raise BatchFailedError(
-            f"{len(failed)} of {len(rows) - counts['skipped']} generations failed (items "
-            f"{[r.index for r in failed][:20]}); the others completed. See the table artifact, or pass "
-            "tolerate_failures=True."
+            f"{len(failed)} of {len(rows) - counts['skipped']} generations failed and {len(unsent)} were skipped "
+            f"(budget) (items {[r.index for r in failed + unsent][:20]}); the others completed. See the table "
+            "artifact, or pass tolerate_failures=True."
         )
     return rows
 
@@ -211,6 +264,10 @@ async def video_to_video_batch(
     reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
     submissions: str | None = None,
     model: str = DEFAULT_MODEL,
+    deployment: str | None = None,
+    max_usd: float | None = None,
+    max_credits: float | None = None,
+    budget: str | None = None,
 ) -> list[BatchItemResult]:
     """Restyle many videos: one child `video_to_video` flow run per item.
 
@@ -224,6 +281,12 @@ async def video_to_video_batch(
         max_concurrency: this batch's own cap on generations in flight.
         tolerate_failures: end Completed even if some items failed (the table says which).
         timeout_seconds, poll_policy, reconcile_grace_seconds, submissions, model: as for `video_to_video`.
+        deployment: `<flow name>/<deployment name>` of `video_to_video`: each item becomes a flow run of
+            it, run by any worker of its work pool (process, Docker, ECS, Kubernetes); default: the
+            children run in this process. Give `credentials` as a block name then.
+        max_usd, max_credits: a spend cap for the whole batch; items that could pass it are not sent
+            (`skipped (budget)` in the table). budget: its name, shared with any other run naming it
+            (two batches under one cap); default: this batch alone.
     """
     from prefect.runtime import flow_run
 
@@ -244,10 +307,10 @@ async def video_to_video_batch(
         **{name: value for name, value in chosen.items() if name in request.model_fields}, model=model,
         credentials=credentials, output=output, output_storage=output_storage, aws_credentials=aws_credentials,
         timeout_seconds=timeout_seconds, poll_policy=poll_policy, reconcile_grace_seconds=reconcile_grace_seconds,
-        submissions=submissions,
+        submissions=submissions, **spend_cap(max_usd, max_credits, budget, f"batch-{flow_run.id}"),
     )
     rows = await run_items(
         batch, defaults, scope=f"batch:{flow_run.id}", concurrency_limit=concurrency_limit,
-        max_concurrency=max_concurrency,
+        max_concurrency=max_concurrency, deployment=deployment,
     )
-    return await report(rows, tolerate_failures=tolerate_failures)
+    return await report(rows, tolerate_failures=tolerate_failures, budget=await budget_line(defaults))

@@ -17,8 +17,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.redact import safe_url
 from prefect_aimlapi_video.flows.requests import GenerationParams, VideoRequest
 from prefect_aimlapi_video.flows.s3 import read_object
+
+
+def shown_video(video: str) -> str:
+    """How a table shows an item's video: never a data URI or a URL's (possibly signed) query."""
+    return "data URI" if video.startswith("data:") else safe_url(video) if "://" in video else video
 
 
 class ItemBase(BaseModel):

@@ -15,7 +15,14 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.batch import DEFAULT_CONCURRENCY_LIMIT, DEFAULT_MAX_CONCURRENCY, report, run_items
+from prefect_aimlapi_video.flows.batch import (
+    DEFAULT_CONCURRENCY_LIMIT,
+    DEFAULT_MAX_CONCURRENCY,
+    budget_line,
+    report,
+    run_items,
+    spend_cap,
+)
 from prefect_aimlapi_video.flows.batch_items import BatchItemResult, ItemBase, batch_item_model, load_manifest
 from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
@@ -120,6 +127,10 @@ async def video_to_video_folder(
     reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
     submissions: str | None = None,
     model: str = DEFAULT_MODEL,
+    deployment: str | None = None,
+    max_usd: float | None = None,
+    max_credits: float | None = None,
+    budget: str | None = None,
 ) -> list[BatchItemResult]:
     """Restyle each video under `source` whose output under `output_prefix` does not exist yet.
 
@@ -132,11 +143,15 @@ async def video_to_video_folder(
             run, and the upload trigger when its `output` is `output_prefix` + `output_name`, find it.
         reconcile_grace_seconds, submissions: as for `video_to_video` (use a shared s3:// store when
             the upload trigger's runs may run on other hosts).
+        deployment, max_usd, max_credits, budget: as for `video_to_video_batch` (a spend cap per sweep,
+            or per named budget).
 
     Each S3 object runs as the upload trigger would run it: its metadata overrides
     (x-amz-meta-aimlapi-prompt, ...), its object+etag idempotency key, the same output name. So an
     object either of them handled is skipped (output exists) or resumed (same record), never paid twice.
     """
+    from prefect.runtime import flow_run
+
     logger = get_run_logger()
     _check_output_name(output_name, source)
     request = request_model(model)
@@ -157,10 +172,10 @@ async def video_to_video_folder(
     arguments: dict[str, Any] = dict(
         **defaults, model=model, credentials=credentials, aws_credentials=aws_credentials,
         timeout_seconds=timeout_seconds, poll_policy=poll_policy, reconcile_grace_seconds=reconcile_grace_seconds,
-        submissions=submissions,
+        submissions=submissions, **spend_cap(max_usd, max_credits, budget, f"sweep-{flow_run.id}"),
     )
     if todo:
         rows += await run_items(todo, arguments, scope="folder", concurrency_limit=concurrency_limit,
-                                max_concurrency=max_concurrency)
+                                max_concurrency=max_concurrency, deployment=deployment)
     rows = [row.model_copy(update={"index": i}) for i, row in enumerate(rows)]
-    return await report(rows, tolerate_failures=tolerate_failures)
+    return await report(rows, tolerate_failures=tolerate_failures, budget=await budget_line(arguments))

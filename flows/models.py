@@ -166,6 +166,7 @@ class VideoToVideoResult(BaseModel):
     sidecar: str | None = None
     strip: str | None = None  # where the before/after preview image was stored
     collect_command: str | None = None  # set when a paid generation was left behind (timeout, cancel)
+    budget: str | None = None  # the spend cap's state after this generation (spent, in flight, cap)
     output_info: VideoInfo | None = None
     sha256: str | None = None
     size_bytes: int | None = None

@@ -54,9 +54,12 @@ class RunSettings(BaseModel):
     timeout_seconds: float = Field(default=DEFAULT_TIMEOUT_SECONDS, gt=0)
     reconcile_grace_seconds: float = Field(default=DEFAULT_RECONCILE_SECONDS, ge=0)
     poll_policy: PollPolicy | None = None  # None: learned from past generations (see `flows.learned_polling`)
+    max_usd: float | None = Field(default=None, gt=0)
+    max_credits: float | None = Field(default=None, gt=0)
+    budget: str | None = Field(default=None, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")
 
     @field_validator("output", "output_storage", "aws_credentials", "stage_to", "submissions", "idempotency_key",
-                     mode="before")
+                     "budget", mode="before")
     @classmethod
     def _text_or_none(cls, value: Any) -> str | None:
         if value is None:

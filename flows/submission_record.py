@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from prefect_aimlapi_video.flows.budget import BudgetRef
 from prefect_aimlapi_video.flows.record_store import RecordStore, open_store
 
 State = Literal["pending", "accepted", "rejected", "failed"]
@@ -76,6 +77,7 @@ class SubmittedGeneration(BaseModel):
     record_key: str
     model: str | None = None  # the request's model (its expected duration paces progress)
     store: StoreRef | None = None
+    budget: BudgetRef | None = None  # the spend cap this generation counts against
 
 
 def record_key(fingerprint: str, scope: str) -> str:

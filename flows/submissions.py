@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from prefect_aimlapi_video.flows.budget import Budget
 from prefect_aimlapi_video.flows.client import AimlApiClient
 from prefect_aimlapi_video.flows.errors import (
     AimlApiError,
@@ -87,8 +88,10 @@ class Submission:
         reconcile_seconds: float,
         may_repeat: bool,
         logger: logging.Logger | logging.LoggerAdapter,
+        budget: Budget | None = None,
     ) -> None:
         self.client, self.store, self.params, self.video_url = client, store, params, video_url
+        self.budget = budget
         self.fingerprint = params.fingerprint(video_identity)
         self.scope = scope
         self.key = record_key(self.fingerprint, scope)
@@ -230,10 +233,14 @@ class Submission:
         held = _Held(record, version)
         heartbeat = asyncio.create_task(self._heartbeat(held))
         try:
+            if self.budget is not None:  # before anything is sent: the cap holds or nothing goes out
+                await self.budget.reserve(self.key)
             url = await self.video_url()
         except Exception:
             await _stop(heartbeat)
             await self._settle(held, state="rejected", outcome=None)  # nothing was sent
+            if self.budget is not None:
+                await self.budget.release(self.key)
             raise
         try:
             answer = await self.client.submit(self.params.payload(url), client_request_id=record.client_request_id)
@@ -245,10 +252,14 @@ class Submission:
                 await self._settle(held, state="pending", outcome="provider_error")
             else:  # refused by the provider, or never sent
                 await self._settle(held, state="rejected", outcome=None)
+                if self.budget is not None:
+                    await self.budget.release(self.key)
             raise
         finally:
             await _stop(heartbeat)
         generation = answer.generation
+        if self.budget is not None:
+            await self.budget.quoted(self.key, generation.credits)
         accepted = await self._settle(held, **self._acceptance(generation.id, answer.request_id, generation.status,
                                                                 generation.credits))
         self.logger.info(
@@ -325,6 +336,7 @@ async def submit_once(
     reconcile_seconds: float = DEFAULT_RECONCILE_SECONDS,
     may_repeat: bool = True,
     logger: logging.Logger | logging.LoggerAdapter = logging.getLogger(__name__),
+    budget: Budget | None = None,
 ) -> SubmittedGeneration:
     """Make sure exactly one accepted POST exists for this logical generation, and return it.
 
@@ -333,6 +345,6 @@ async def submit_once(
     """
     submitted = await Submission(
         client, store, params, video_identity, scope, video_url,
-        reconcile_seconds=reconcile_seconds, may_repeat=may_repeat, logger=logger,
+        reconcile_seconds=reconcile_seconds, may_repeat=may_repeat, logger=logger, budget=budget,
     ).run()
     return submitted.model_copy(update={"model": params.MODEL})

@@ -28,6 +28,7 @@ from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.artifacts import ProgressArtifact
+from prefect_aimlapi_video.flows.budget import BudgetRef
 from prefect_aimlapi_video.flows.destinations import Destination, resolve_output
 from prefect_aimlapi_video.flows.errors import AimlApiError, GenerationFailedError, RateLimitedError
 from prefect_aimlapi_video.flows.learned_polling import LearnedPollPolicy
@@ -79,6 +80,7 @@ async def submit_generation(
     submissions: str | None = None,
     aws_credentials: str | None = None,
     shared_scope: bool = True,
+    budget: BudgetRef | None = None,
 ) -> SubmittedGeneration:
     """POST one generation at most once for `idempotency_key` (see `flows.submissions`).
 
@@ -86,6 +88,8 @@ async def submit_generation(
     where the records live (a directory or s3://bucket/prefix; default `AIMLAPI_SUBMISSIONS_DIR`
     or `$PREFECT_HOME/aimlapi/submissions`). `shared_scope`: False only for a scope no other run
     can share (this flow run's own): then the first attempt of its first run needs no log read.
+    `budget`: a spend cap to reserve this generation's cost against before the POST (kept in the
+    same store); `BudgetExceeded` when it could pass the cap, and then nothing is sent.
     """
     from prefect.runtime import flow_run, task_run
 
@@ -93,16 +97,18 @@ async def submit_generation(
     creds = await AimlApiCredentials.resolve(credentials)
     ref = StoreRef(location=(submissions or default_location()), aws_credentials=aws_credentials)
     may_repeat = shared_scope or task_run.run_count > 1 or flow_run.run_count > 1
+    store = await ref.open()
     async with creds.get_client() as client:
         try:
             submitted = await submit_once(
-                client, await ref.open(), params, source.identity, idempotency_key, source.video_url,
+                client, store, params, source.identity, idempotency_key, source.video_url,
                 reconcile_seconds=reconcile_grace_seconds, may_repeat=may_repeat, logger=get_run_logger(),
+                budget=budget.open(store) if budget else None,
             )
         except AimlApiError as exc:
             await _respect_retry_after(exc)
             raise
-    return submitted.model_copy(update={"store": ref})
+    return submitted.model_copy(update={"store": ref, "budget": budget})
 
 
 @task(
@@ -151,6 +157,8 @@ async def wait_for_generation(
             if generation.phase is Phase.FAILED:
                 if store is not None:
                     await mark_failed(store, submitted.record_key, generation_id)
+                    if submitted.budget:  # failed generations are not charged
+                        await submitted.budget.open(store).release(submitted.record_key)
                 progress.update(100, f"{generation_id}: failed")
                 name, detail = generation.error_summary()
                 raise GenerationFailedError(generation_id, name, detail, raw=generation.error)
@@ -159,6 +167,8 @@ async def wait_for_generation(
                 remember_result_url(generation)
                 if store is not None and not submitted.resumed:  # resumed: we did not see it accepted
                     await add_duration(store, seen.at - submitted.accepted_at)
+                if store is not None and submitted.budget:
+                    await submitted.budget.open(store).settle(submitted.record_key, generation.credits)
                 return GenerationOutcome(
                     generation_id=generation.id, status=generation.status, timeline=tracker.timeline,
                     credits=generation.credits if generation.credits is not None else submitted.credits,

@@ -19,6 +19,7 @@ from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.artifacts import publish_output_link, publish_summary
+from prefect_aimlapi_video.flows.budget import BudgetExceeded, BudgetRef, budget_summary, credits_cap
 from prefect_aimlapi_video.flows.destinations import Destination, resolve_output, template_fields
 from prefect_aimlapi_video.flows.errors import GenerationFailedError, InvalidInputError
 from prefect_aimlapi_video.flows.generation_events import emit_generation_event
@@ -32,6 +33,7 @@ from prefect_aimlapi_video.flows.sources import DEFAULT_PRESIGN_SECONDS, VideoSo
 from prefect_aimlapi_video.flows.tasks import download_video, submit_generation, wait_for_generation
 
 DEFAULT_CREDENTIALS_BLOCK = "aimlapi"
+SKIPPED_BUDGET = "skipped (budget)"
 RUN_TAGS = ("aimlapi", "video-to-video")
 
 
@@ -107,6 +109,9 @@ async def video_to_video(
     poll_policy: PollPolicy | None = None,
     overrides: dict[str, Any] | str | None = None,
     model: str = DEFAULT_MODEL,
+    max_usd: float | None = None,
+    max_credits: float | None = None,
+    budget: str | None = None,
 ) -> VideoToVideoResult:
     """Restyle `video` with `prompt` through `krea/krea-wan-14b/video-to-video` (or another registered `model`).
 
@@ -142,6 +147,11 @@ async def video_to_video(
             passed by the event bridge. A JSON string is accepted (trigger templates render text).
         model: the model on the provider's video endpoint; its request class (`flows.requests`)
             decides the fields and their limits.
+        max_usd, max_credits: a spend cap (2,000,000 credits = $1): before the POST, what the budget
+            spent plus what is in flight plus this generation's estimate must stay within it, or
+            nothing is sent (the run ends Failed: skipped (budget)).
+        budget: the name of the budget the cap applies to, shared by every run (and worker, with a
+            shared `submissions` store) that names it; default: this flow run alone.
     """
     from prefect.runtime import flow_run
 
@@ -157,8 +167,10 @@ async def video_to_video(
         output=output, output_storage=output_storage, aws_credentials=aws_credentials, stage_to=stage_to,
         presign_expiry_seconds=presign_expiry_seconds, idempotency_key=idempotency_key,
         idempotency_scope=idempotency_scope, submissions=submissions, timeout_seconds=timeout_seconds,
-        reconcile_grace_seconds=reconcile_grace_seconds, poll_policy=poll_policy,
+        reconcile_grace_seconds=reconcile_grace_seconds, poll_policy=poll_policy, max_usd=max_usd,
+        max_credits=max_credits, budget=budget,
     )
+    spend = budget_ref(settings, f"flow-run-{run_id}")
     creds = await AimlApiCredentials.resolve(credentials)
     await creds.check_access()
     await (await open_store(settings.submissions, settings.aws_credentials)).check()
@@ -174,7 +186,7 @@ async def video_to_video(
     try:
         scope, shared = _scope(settings, params, source, target, run_id)
         submitted = await submit_generation(params, source, creds, scope, settings.reconcile_grace_seconds,
-                                            settings.submissions, settings.aws_credentials, shared)
+                                            settings.submissions, settings.aws_credentials, shared, spend)
         result.generation_id = submitted.generation_id
         result.client_request_id = submitted.client_request_id
         result.resumed = submitted.resumed
@@ -198,6 +210,7 @@ async def video_to_video(
     result.sidecar = target.location(f"{path}.json")
     if stored.strip is not None:
         result.strip = await target.write_bytes(f"{path}.strip.png", stored.strip.png, content_type="image/png")
+    result.budget = await _budget_text(spend, settings)
     await asyncio.gather(  # independent writes: don't pay their round trips one after another
         target.write_sidecar(path, result.model_dump(mode="json")),
         publish_summary(result, stored.strip),
@@ -237,6 +250,21 @@ def _output_path(
     ))
 
 
+def budget_ref(settings: RunSettings, default_name: str) -> BudgetRef | None:
+    """The spend cap of a run, if it has one: a named budget in the record store."""
+    cap = credits_cap(settings.max_usd, settings.max_credits)
+    if cap is None and settings.budget is None:
+        return None
+    return BudgetRef(name=settings.budget or default_name, cap_credits=cap)
+
+
+async def _budget_text(spend: BudgetRef | None, settings: RunSettings) -> str | None:
+    if spend is None:
+        return None
+    store = await open_store(settings.submissions, settings.aws_credentials)
+    return f"{spend.name}: {budget_summary(await spend.open(store).state(), spend.cap_credits)}"
+
+
 def _collect_command(result: VideoToVideoResult, credentials: Any, settings: RunSettings) -> str | None:
     """The command that downloads an accepted generation later, at no new cost."""
     if not result.generation_id:
@@ -257,7 +285,10 @@ async def _report_failure(result: VideoToVideoResult, exc: BaseException, starte
     command that collects it without a new charge.
     """
     result.status = "failed" if isinstance(exc, Exception) else "cancelled"
-    if isinstance(exc, GenerationFailedError):
+    if isinstance(exc, BudgetExceeded):
+        result.status = SKIPPED_BUDGET
+        result.error_name, result.error_message = type(exc).__name__, str(exc)
+    elif isinstance(exc, GenerationFailedError):
         result.error_name, result.error_message = exc.error_name, exc.error_message
     else:
         result.error_name, result.error_message = type(exc).__name__, redact(str(exc)) or type(exc).__name__
@@ -265,6 +296,6 @@ async def _report_failure(result: VideoToVideoResult, exc: BaseException, starte
     result.timing = Timing(total_s=time.time() - started)
     try:
         await asyncio.wait_for(asyncio.shield(publish_summary(result)), 10)
-        emit_generation_event("failed", result)
+        emit_generation_event("skipped" if result.status == SKIPPED_BUDGET else "failed", result)
     except Exception as report_error:  # the run's own failure is what matters; never hide it
         get_run_logger().warning("Could not publish the failure summary: %s", report_error)

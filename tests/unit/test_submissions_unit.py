@@ -470,3 +470,19 @@ async def test_two_attempts_released_together_on_a_stale_record_never_both_post(
         posts = [p for p in fake.post_attempts if p["crid"].startswith(stale.logical_prefix)]
         assert len(posts) == 1, f"round {round_number}: {len(posts)} POSTs"
         assert len({r.generation_id for r in results}) == 1
+
+
+async def test_a_generation_that_could_pass_the_spend_cap_is_never_sent(client, store, fake):
+    from prefect_aimlapi_video.flows.budget import DEFAULT_ESTIMATE_CREDITS, Budget, BudgetExceeded
+
+    budget = Budget(store, "cap", cap_credits=1.5 * DEFAULT_ESTIMATE_CREDITS)
+    first = await submit_once(client, store, PARAMS, IDENTITY, "run-1", VideoUrl(), budget=budget)
+    assert (await budget.state()).reserved == {key_for("run-1"): 315000}  # the POST answer's own quote
+    video_url = VideoUrl()
+    with pytest.raises(BudgetExceeded):
+        await submit_once(client, store, PARAMS, IDENTITY, "run-2", video_url, budget=budget)
+    assert len(fake.post_attempts) == 1 and video_url.calls == 0  # nothing sent, nothing staged
+    assert (await load(store, "run-2")).state == "rejected"
+    await budget.settle(key_for("run-1"), 100_000)  # the first one completed, cheaper than quoted
+    again = await submit_once(client, store, PARAMS, IDENTITY, "run-2", VideoUrl(), budget=budget)
+    assert again.generation_id != first.generation_id and len(fake.accepted) == 2

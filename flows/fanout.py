@@ -1,0 +1,199 @@
+"""A batch fanned out over a work pool: each item a flow run of a deployment, run by any of its workers.
+
+The parent creates the children with `run_deployment(..., as_subflow=True)` and a per-item
+idempotency key (`<parent run>:item-<n>`), so a retried parent finds its children instead of
+creating them again; each child keeps its own generation key, so a child run again resumes its
+generation instead of paying for it again. At most `max_concurrency` children are unfinished at
+once. The parent then waits with one loop for all of them (one read of their states per tick, not
+a poll or a thread per child) and learns how each went from the events its generation emitted
+(`aimlapi.generation.*`, related to the child run: status, id, output, credits, durations).
+
+A child that crashed, or that stopped sending heartbeats while Running (its worker was killed), is
+marked Crashed and scheduled again, up to `retries` times, to be picked up by any worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventRelatedFilter,
+    EventResourceFilter,
+)
+from prefect.logging import get_run_logger
+from prefect.states import Crashed, Scheduled
+
+from prefect_aimlapi_video.flows.batch_items import BatchItemResult, ItemBase, shown_video
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.redact import redact
+
+TICK_SECONDS = 2.0
+# A Running child without a heartbeat for this long is taken for dead (its worker was killed). The
+# deployment's job variables set PREFECT_FLOWS_HEARTBEAT_FREQUENCY well below it (the README: 10 s).
+STALE_SECONDS = 60.0
+RETRIES = 2
+_CHUNK = 200
+
+
+def _json_ready(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Child parameters travel through the Prefect API: plain JSON only (a block by its name)."""
+    ready = {}
+    for name, value in arguments.items():
+        if hasattr(value, "model_dump"):
+            if name == "credentials":
+                raise InvalidInputError("With `deployment=`, pass `credentials` as a block name: the children run "
+                                        "on other workers and load the block themselves.")
+            value = value.model_dump(mode="json")
+        ready[name] = value
+    return ready
+
+
+class _Child:
+    def __init__(self, index: int, item: ItemBase, run: FlowRun) -> None:
+        self.index, self.item, self.run = index, item, run
+        self.retries = 0
+        self.finished_at: float | None = None
+        self.row: BatchItemResult | None = None
+
+
+async def run_on_work_pool(
+    items: list[ItemBase], defaults: dict[str, Any], *, scope: str, deployment: str, max_concurrency: int,
+    on_done: Callable[[BatchItemResult], None], retries: int = RETRIES, stale_seconds: float = STALE_SECONDS,
+) -> list[BatchItemResult]:
+    """Run each item as a flow run of `deployment`; rows in item order."""
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    parent = str(flow_run.id) if flow_run.id else scope
+    started = datetime.now(timezone.utc) - timedelta(seconds=5)
+    waiting = list(enumerate(items))
+    running: dict[UUID, _Child] = {}
+    finished: list[_Child] = []
+    while waiting or running:
+        while waiting and len(running) < max_concurrency:
+            index, item = waiting.pop(0)
+            arguments = {**defaults, **item.model_dump(exclude_none=True)}
+            arguments.setdefault("idempotency_key", f"{scope}:item-{index}")
+            run = await run_deployment(deployment, parameters=_json_ready(arguments), timeout=0, as_subflow=True,
+                                       idempotency_key=f"{parent}:item-{index}")
+            running[run.id] = _Child(index, item, run)
+        await asyncio.sleep(TICK_SECONDS)
+        async with get_client() as client:
+            for chunk in _chunks(list(running), _CHUNK):
+                for run in await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk))):
+                    running[run.id].run = run
+            await _revive(client, running, retries, stale_seconds, logger)
+            done = [child for child in running.values() if child.run.state and child.run.state.is_final()]
+            await _read_outcomes(client, done, started)
+        for child in done:
+            if child.row is not None or (time.monotonic() - (child.finished_at or time.monotonic())) > 15:
+                running.pop(child.run.id)
+                child.row = child.row or _row_from_state(child)
+                finished.append(child)
+                on_done(child.row)
+            elif child.finished_at is None:
+                child.finished_at = time.monotonic()  # its events may lag its state: a few more ticks
+    logger.info("All %d child runs of %s are final.", len(items), deployment)
+    return [child.row for child in sorted(finished, key=lambda c: c.index) if child.row is not None]
+
+
+async def _revive(client: Any, running: dict[UUID, _Child], retries: int, stale_seconds: float, logger: Any) -> None:
+    """Crashed children, and Running ones whose heartbeats stopped, run again (by any worker)."""
+    stale = await _stale(client, [c for c in running.values() if c.run.state and c.run.state.is_running()],
+                         stale_seconds)
+    for child in running.values():
+        state = child.run.state
+        if child.run.id in stale:
+            logger.warning("Child %s (item %d) stopped sending heartbeats: marking it Crashed.", child.run.name,
+                           child.index)
+            await client.set_flow_run_state(child.run.id, Crashed(message="No heartbeat: its worker is gone."),
+                                            force=True)
+            state = Crashed()
+        if state is not None and state.is_crashed() and child.retries < retries:
+            child.retries += 1
+            logger.warning("Child %s (item %d) crashed; scheduling it again (%d of %d): it resumes its generation.",
+                           child.run.name, child.index, child.retries, retries)
+            await client.set_flow_run_state(child.run.id, Scheduled(), force=True)
+            child.run.state = Scheduled()
+
+
+async def _stale(client: Any, candidates: list[_Child], stale_seconds: float) -> set[UUID]:
+    """Running children with no heartbeat (nor start) in the last `stale_seconds`."""
+    if not candidates:
+        return set()
+    now = datetime.now(timezone.utc)
+    since = now - timedelta(seconds=stale_seconds)
+    old = [c for c in candidates if c.run.start_time and c.run.start_time < since]
+    if not old:
+        return set()
+    alive: set[str] = set()
+    page = await client.read_events(filter=EventFilter(
+        occurred=EventOccurredFilter(since=since, until=now + timedelta(seconds=5)),
+        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{c.run.id}" for c in old]),
+    ), limit=200)
+    events = list(page.events)
+    while page.next_page:
+        page = await client.read_events_page(str(page.next_page))
+        events += page.events
+    for event in events:
+        alive.add(event.resource.id)
+    return {c.run.id for c in old if f"prefect.flow-run.{c.run.id}" not in alive}
+
+
+async def _read_outcomes(client: Any, done: list[_Child], since: datetime) -> None:
+    """Rows from the events each finished child's generation emitted (the last one wins)."""
+    pending = [child for child in done if child.row is None]
+    if not pending:
+        return
+    by_run = {f"prefect.flow-run.{child.run.id}": child for child in pending}
+    page = await client.read_events(filter=EventFilter(
+        occurred=EventOccurredFilter(since=since, until=datetime.now(timezone.utc) + timedelta(minutes=1)),
+        event=EventNameFilter(prefix=["aimlapi.generation."]),
+        related=EventRelatedFilter(id=list(by_run)),
+    ), limit=200)
+    events = list(page.events)
+    while page.next_page:
+        page = await client.read_events_page(str(page.next_page))
+        events += page.events
+    for event in sorted(events, key=lambda e: e.occurred):
+        kind = event.event.rsplit(".", 1)[-1]
+        if kind == "submitted":
+            continue
+        child = next((by_run[r.id] for r in event.related if r.id in by_run), None)
+        if child is None:
+            continue
+        payload = event.payload
+        generation = event.resource.id.removeprefix("aimlapi.generation.")
+        child.row = BatchItemResult(
+            index=child.index, video=shown_video(child.item.video), flow_run_id=str(child.run.id),
+            status="completed" if kind == "completed" else payload.get("status") or kind,
+            generation_id=None if generation.startswith("unsubmitted.") else generation,
+            output=payload.get("output"), credits=payload.get("credits"),
+            error=payload.get("error_message") if kind != "completed" else None,
+            **{k: v for k, v in (payload.get("durations") or {}).items() if k in BatchItemResult.model_fields},
+        )
+
+
+def _row_from_state(child: _Child) -> BatchItemResult:
+    state = child.run.state
+    completed = state is not None and state.is_completed()
+    return BatchItemResult(index=child.index, video=shown_video(child.item.video), flow_run_id=str(child.run.id),
+                           status="completed" if completed else (state.name.lower() if state else "failed"),
+                           error=None if completed else redact((state.message if state else None) or "no state")[:300])
+
+
+def _chunks(values: list[Any], size: int) -> list[list[Any]]:
+    return [values[i:i + size] for i in range(0, len(values), size)]

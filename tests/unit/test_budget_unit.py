@@ -1,0 +1,70 @@
+"""flows.budget: a spend cap kept by compare-and-swap beside the records, never passed by racing reservers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from prefect_aimlapi_video.flows.budget import (
+    DEFAULT_ESTIMATE_CREDITS,
+    Budget,
+    BudgetExceeded,
+    budget_summary,
+    credits_cap,
+)
+from prefect_aimlapi_video.flows.record_store import LocalRecordStore
+
+
+def test_the_tighter_cap_wins_in_credits():
+    assert credits_cap(None, None) is None
+    assert credits_cap(1.0, None) == 2_000_000
+    assert credits_cap(1.0, 500_000) == 500_000 and credits_cap(0.1, 500_000) == 200_000
+
+
+async def test_reserve_quote_settle_release(tmp_path):
+    budget = Budget(LocalRecordStore(tmp_path), "b", cap_credits=2.5 * DEFAULT_ESTIMATE_CREDITS)
+    assert await budget.reserve("g1") == DEFAULT_ESTIMATE_CREDITS
+    assert await budget.reserve("g2") == DEFAULT_ESTIMATE_CREDITS
+    with pytest.raises(BudgetExceeded) as refused:
+        await budget.reserve("g3")
+    assert "Nothing was charged" in str(refused.value) and refused.value.cap == 2.5 * DEFAULT_ESTIMATE_CREDITS
+    assert set((await budget.state()).reserved) == {"g1", "g2"}  # the refusal wrote nothing
+
+    await budget.quoted("g1", 100_000)  # the provider's own quote replaces the estimate
+    state = await budget.state()
+    assert state.reserved["g1"] == 100_000 and state.largest_quote == 100_000
+    await budget.settle("g1", 40_000)  # charged at completion
+    await budget.settle("g1", 40_000)  # a second run resuming the same generation adds nothing
+    await budget.release("g2")  # failed at the provider: not charged
+    state = await budget.state()
+    assert (state.spent, state.reserved) == (40_000, {})
+    assert await budget.reserve("g3") == 100_000  # estimates now come from the provider's quotes
+    assert "spent 40,000 credits ($0.02), 100,000 in flight" in budget_summary(await budget.state(), budget.cap)
+
+
+async def test_racing_reservations_never_pass_the_cap(tmp_path):
+    """Ten reservers, each a thread with its own event loop and store instance (as workers are);
+    the cap admits three."""
+    cap = 3.5 * DEFAULT_ESTIMATE_CREDITS
+    start, outcomes = threading.Barrier(10), []
+
+    def reserve(index: int) -> None:
+        async def run() -> str:
+            start.wait()
+            try:
+                await Budget(LocalRecordStore(tmp_path), "shared", cap).reserve(f"g{index}")
+                return "reserved"
+            except BudgetExceeded:
+                return "refused"
+        outcomes.append(asyncio.run(run()))
+
+    threads = [threading.Thread(target=reserve, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes) == ["refused"] * 7 + ["reserved"] * 3
+    state = await Budget(LocalRecordStore(tmp_path), "shared", cap).state()
+    assert len(state.reserved) == 3 and state.committed <= cap
