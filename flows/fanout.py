@@ -41,8 +41,9 @@ from prefect_aimlapi_video.flows.redact import redact
 
 TICK_SECONDS = 2.0
 # A Running child without a heartbeat for this long is taken for dead (its worker was killed). The
-# deployment's job variables set PREFECT_FLOWS_HEARTBEAT_FREQUENCY well below it (the README: 10 s).
-STALE_SECONDS = 60.0
+# deployment's job variables turn heartbeats on: PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 (Prefect's
+# minimum), so a live child sends three in this time.
+STALE_SECONDS = 90.0
 RETRIES = 2
 _CHUNK = 200
 
@@ -70,10 +71,13 @@ class _Child:
 
 async def run_on_work_pool(
     items: list[ItemBase], defaults: dict[str, Any], *, scope: str, deployment: str, max_concurrency: int,
-    on_done: Callable[[BatchItemResult], None], retries: int = RETRIES, stale_seconds: float = STALE_SECONDS,
+    on_done: Callable[[BatchItemResult], None], retries: int | None = None, stale_seconds: float | None = None,
 ) -> list[BatchItemResult]:
     """Run each item as a flow run of `deployment`; rows in item order."""
     from prefect.runtime import flow_run
+
+    retries = RETRIES if retries is None else retries
+    stale_seconds = STALE_SECONDS if stale_seconds is None else stale_seconds
 
     logger = get_run_logger()
     parent = str(flow_run.id) if flow_run.id else scope
@@ -143,7 +147,7 @@ async def _stale(client: Any, candidates: list[_Child], stale_seconds: float) ->
         occurred=EventOccurredFilter(since=since, until=now + timedelta(seconds=5)),
         event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
         resource=EventResourceFilter(id=[f"prefect.flow-run.{c.run.id}" for c in old]),
-    ), limit=200)
+    ), limit=50)
     events = list(page.events)
     while page.next_page:
         page = await client.read_events_page(str(page.next_page))
@@ -163,7 +167,7 @@ async def _read_outcomes(client: Any, done: list[_Child], since: datetime) -> No
         occurred=EventOccurredFilter(since=since, until=datetime.now(timezone.utc) + timedelta(minutes=1)),
         event=EventNameFilter(prefix=["aimlapi.generation."]),
         related=EventRelatedFilter(id=list(by_run)),
-    ), limit=200)
+    ), limit=50)
     events = list(page.events)
     while page.next_page:
         page = await client.read_events_page(str(page.next_page))

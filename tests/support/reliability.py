@@ -114,8 +114,8 @@ def submission_records(directory: str | Path | None = None) -> list[dict[str, An
     records = []
     for path in store.directory.glob("*.json"):
         found = store.read_now(path.stem)
-        if found is not None:
-            records.append(json.loads(found[0]))
+        if found is not None and isinstance(record := json.loads(found[0]), dict) and "fingerprint" in record:
+            records.append(record)  # not the budgets or the durations kept beside the records
     return records
 
 
