@@ -247,5 +247,6 @@ async def test_prefect_deploy_all_creates_both_deployments(prefect_server, tmp_p
     assert upload.pull_steps == [] and sweep.pull_steps == []
     for deployment in (upload, sweep):  # every worker shares the exactly-once records
         assert deployment.job_variables["env"]["AIMLAPI_SUBMISSIONS_DIR"] == "s3://media-bucket/aimlapi-submissions"
+        assert deployment.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
     assert sweep.schedules and sweep.schedules[0].schedule.cron == "0 2 * * *"
     assert automations and automations[0].trigger.match.model_dump()["prefect.resource.id"] == "s3://media-bucket/incoming/*"
