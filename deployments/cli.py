@@ -134,7 +134,7 @@ def _precheck(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
+    from prefect_aimlapi_video.flows.errors import InvalidInputError
 
     try:
         _precheck(args)  # before Prefect (and a temporary server) starts: bad input is answered at once
@@ -146,20 +146,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = _same_generation(args)
     if args.timeout is not None:
         options["timeout_seconds"] = args.timeout
+    return _report(
+        video_to_video(
+            video=args.video, **_request_values(args), credentials=_credentials(args),
+            output=args.output, output_storage=args.output_storage, aws_credentials=args.aws_credentials,
+            stage_to=args.stage_to, submissions=args.submissions, **options,
+        ),
+        interrupted="interrupted; run the same command again to resume without a new charge.",
+    )
+
+
+def _report(flow_run: Any, *, interrupted: str) -> int:
+    """Run one flow to its end and say how it went: its one-line result on stdout (exit 0), or one
+    `error:` line on stderr (2 for refused input, 1 for the rest, 130 for Ctrl-C)."""
+    from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
+
     try:
-        result = asyncio.run(
-            video_to_video(
-                video=args.video, **_request_values(args), credentials=_credentials(args),
-                output=args.output, output_storage=args.output_storage, aws_credentials=args.aws_credentials,
-                stage_to=args.stage_to, submissions=args.submissions, **options,
-            )
-        )
+        result = asyncio.run(flow_run)
     except InvalidInputError as exc:
         return fail(str(exc), 2)
     except AimlApiError as exc:
         return fail(str(exc), 1)
     except KeyboardInterrupt:
-        return fail("interrupted; run the same command again to resume without a new charge.", 130)
+        return fail(interrupted, 130)
     flush_prefect()
     print(result.one_line(), flush=True)
     return 0
@@ -178,7 +187,7 @@ def _collect_parser(sub: Any) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
+    from prefect_aimlapi_video.flows.errors import InvalidInputError
     from prefect_aimlapi_video.flows.settings import validate_settings
 
     try:
@@ -191,21 +200,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from prefect_aimlapi_video.flows.collect import collect_generation
 
     quiet_console()
-    try:
-        result = asyncio.run(collect_generation(
+    return _report(
+        collect_generation(
             generation_id=args.generation_id, credentials=_credentials(args), output=args.output,
             output_storage=args.output_storage, aws_credentials=args.aws_credentials,
             **({} if args.timeout is None else {"timeout_seconds": args.timeout}),
-        ))
-    except InvalidInputError as exc:
-        return fail(str(exc), 2)
-    except AimlApiError as exc:
-        return fail(str(exc), 1)
-    except KeyboardInterrupt:
-        return fail("interrupted; run the same command again to collect it.", 130)
-    flush_prefect()
-    print(result.one_line(), flush=True)
-    return 0
+        ),
+        interrupted="interrupted; run the same command again to collect it.",
+    )
 
 
 def cmd_save_key(args: argparse.Namespace) -> int:
