@@ -56,12 +56,28 @@ def request_rows(report: VideoToVideoResult) -> list[tuple[str, Any]]:
     return rows
 
 
-def artifact_key(kind: str) -> str:
-    """`aimlapi-<deployment or flow>-<kind>`, lowercase and dashes: one history per deployment (or flow)
-    on the UI's Artifacts page."""
-    from prefect.runtime import deployment, flow_run
+_DEPLOYMENT_NAMES: dict[str, str] = {}
 
-    owner = deployment.name or flow_run.flow_name or "video-to-video"
+
+async def artifact_key(kind: str) -> str:
+    """`aimlapi-<deployment or flow>-<kind>`, lowercase and dashes: one history per deployment (or flow)
+    on the UI's Artifacts page.
+
+    Read from the run's context, not `prefect.runtime.deployment`: that looks the flow run up with a
+    blocking API call (and a new client) every time, even for a run without a deployment, which
+    stalled a batch's shared event loop once per child. A deployment's name is read once per process.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    owner = context.flow.name if context and context.flow else "video-to-video"
+    deployment_id = context.flow_run.deployment_id if context and context.flow_run else None
+    if deployment_id is not None:
+        if str(deployment_id) not in _DEPLOYMENT_NAMES:
+            async with get_client() as client:
+                _DEPLOYMENT_NAMES[str(deployment_id)] = (await client.read_deployment(deployment_id)).name
+        owner = _DEPLOYMENT_NAMES[str(deployment_id)]
     slug = re.sub(r"[^a-z0-9]+", "-", f"aimlapi-{owner}-{kind}".lower()).strip("-")
     return re.sub(r"^aimlapi-aimlapi-", "aimlapi-", slug)
 
@@ -115,7 +131,7 @@ def summary_markdown(report: VideoToVideoResult, strip: Strip | None = None) -> 
 
 async def publish_summary(report: VideoToVideoResult, strip: Strip | None = None) -> None:
     await acreate_markdown_artifact(
-        key=artifact_key("summary"), markdown=summary_markdown(report, strip),
+        key=await artifact_key("summary"), markdown=summary_markdown(report, strip),
         description=f"AI/ML API video-to-video: {report.status}",
     )
 
@@ -129,7 +145,7 @@ async def publish_output_link(location: str) -> None:
         link = f"file://{location}"
     else:
         link = location
-    await acreate_link_artifact(key=artifact_key("output"), link=link, link_text=location, description="Generated video")
+    await acreate_link_artifact(key=await artifact_key("output"), link=link, link_text=location, description="Generated video")
 
 
 class ProgressArtifact:

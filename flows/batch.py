@@ -222,7 +222,7 @@ async def report(rows: list[BatchItemResult], *, tolerate_failures: bool, budget
         description += f", {counts['skipped']} skipped (output exists)"
     if budget:
         description += f"; budget {budget}"
-    await acreate_table_artifact(key=artifact_key("table"), table=[table_row(row) for row in rows],
+    await acreate_table_artifact(key=await artifact_key("table"), table=[table_row(row) for row in rows],
                                  description=description)
     unsent = [row for row in rows if row.status == SKIPPED_BUDGET]
     if (failed or unsent) and not tolerate_failures:
