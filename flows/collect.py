@@ -24,6 +24,8 @@ from prefect_aimlapi_video.flows.models import Timing, VideoToVideoResult
 from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, REQUEST_MODELS
 from prefect_aimlapi_video.flows.settings import validate_settings
+from prefect_aimlapi_video.flows.strip import MEDIA_TYPE as STRIP_MEDIA_TYPE
+from prefect_aimlapi_video.flows.strip import SUFFIX as STRIP_SUFFIX
 from prefect_aimlapi_video.flows.submission_record import SubmittedGeneration
 from prefect_aimlapi_video.flows.tasks import download_video, wait_for_generation
 from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, tag_run
@@ -86,7 +88,8 @@ async def collect_generation(
     result.timing = Timing(download_s=stored.download_s, total_s=time.time() - started)
     result.sidecar = target.location(f"{path}.json")
     if stored.strip is not None:
-        result.strip = await target.write_bytes(f"{path}.strip.png", stored.strip.png, content_type="image/png")
+        result.strip = await target.write_bytes(f"{path}{STRIP_SUFFIX}", stored.strip.image,
+                                                 content_type=STRIP_MEDIA_TYPE)
     await asyncio.gather(target.write_sidecar(path, result.model_dump(mode="json")),
                          publish_summary(result, stored.strip), publish_output_link(stored.location))
     emit_generation_event("completed", result)

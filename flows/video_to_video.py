@@ -30,6 +30,8 @@ from prefect_aimlapi_video.flows.redact import redact
 from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, DEFAULTS, VideoRequest, request_model
 from prefect_aimlapi_video.flows.settings import RunSettings, Scope, validate_settings
 from prefect_aimlapi_video.flows.sources import DEFAULT_PRESIGN_SECONDS, VideoSource, file_stem, inspect_video
+from prefect_aimlapi_video.flows.strip import MEDIA_TYPE as STRIP_MEDIA_TYPE
+from prefect_aimlapi_video.flows.strip import SUFFIX as STRIP_SUFFIX
 from prefect_aimlapi_video.flows.tasks import download_video, submit_generation, wait_for_generation
 
 DEFAULT_CREDENTIALS_BLOCK = "aimlapi"
@@ -209,7 +211,8 @@ async def video_to_video(
                            download_s=stored.download_s, total_s=time.time() - started)
     result.sidecar = target.location(f"{path}.json")
     if stored.strip is not None:
-        result.strip = await target.write_bytes(f"{path}.strip.png", stored.strip.png, content_type="image/png")
+        result.strip = await target.write_bytes(f"{path}{STRIP_SUFFIX}", stored.strip.image,
+                                                 content_type=STRIP_MEDIA_TYPE)
     result.budget = await _budget_text(spend, settings)
     await asyncio.gather(  # independent writes: don't pay their round trips one after another
         target.write_sidecar(path, result.model_dump(mode="json")),

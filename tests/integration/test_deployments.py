@@ -111,7 +111,7 @@ async def test_upload_starts_one_flow_run_through_the_trigger(prefect_server, sa
         (entry,) = sandbox.ledger()
         assert (entry.prompt, entry.seed) == ("stained glass", 21)  # per-object overrides from metadata
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="watched", Prefix="outputs/")["Contents"])
-        assert len(keys) == 3 and keys[0].endswith(".mp4") and keys[1:] == [keys[0] + ".json", keys[0] + ".strip.png"]
+        assert len(keys) == 3 and keys[0].endswith(".mp4") and keys[1:] == [keys[0] + ".json", keys[0] + ".strip.jpg"]
         video = s3.get_object(Bucket="watched", Key=keys[0])
         assert video["Metadata"]["sha256"] == entry.output_sha256
         sidecar = json.loads(s3.get_object(Bucket="watched", Key=keys[1])["Body"].read())
@@ -212,7 +212,7 @@ async def test_scheduled_sweep_does_no_paid_work_twice(prefect_server, sandbox, 
     assert len(sandbox.ledger()) == 3
     outputs = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="library", Prefix="outputs/")["Contents"])
     assert outputs == [f"outputs/{name}{suffix}" for name in ("a.mp4", "b.mp4", "c.mp4")
-                       for suffix in ("", ".json", ".strip.png")]
+                       for suffix in ("", ".json", ".strip.jpg")]
 
     second = await video_to_video_folder(**arguments)  # the outputs now sit inside the swept bucket
     assert sorted(r.status for r in second) == ["skipped"] * 3

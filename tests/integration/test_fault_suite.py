@@ -150,7 +150,7 @@ async def test_two_runs_writing_one_output_path_do_not_corrupt_it(prefect_server
     assert sha256_file(target) in served  # one complete output, never a mix
     sidecar = json.loads(target.with_name("result.mp4.json").read_text())
     assert sidecar["sha256"] in served
-    assert sorted(p.name for p in target.parent.iterdir()) == ["result.mp4", "result.mp4.json", "result.mp4.strip.png"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["result.mp4", "result.mp4.json", "result.mp4.strip.jpg"]
 
 
 async def test_result_above_the_download_cap_is_refused_without_partial_files(

@@ -129,7 +129,7 @@ async def test_flow_retry_resumes_from_the_record(prefect_server, sandbox, clips
     assert run.run_count == 2 and run.state.is_completed()
     assert result.resumed is True
     assert await prefect_api.logs(result.flow_run_id, containing=f"Resuming generation {result.generation_id}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "out.mp4.json", "out.mp4.strip.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "out.mp4.json", "out.mp4.strip.jpg"]
 
 
 async def test_duplicate_trigger_sequential_resumes(prefect_server, sandbox, clips, tmp_path):

@@ -79,7 +79,7 @@ async def test_output_to_s3_bucket_block_with_aws_credentials_block(prefect_serv
 
     assert result.output == "s3://studio/renders/small/9.mp4"
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="studio")["Contents"])
-    assert keys == ["renders/small/9.mp4", "renders/small/9.mp4.json", "renders/small/9.mp4.strip.png"]
+    assert keys == ["renders/small/9.mp4", "renders/small/9.mp4.json", "renders/small/9.mp4.strip.jpg"]
     (entry,) = sandbox.ledger()
     assert s3.head_object(Bucket="studio", Key="renders/small/9.mp4")["Metadata"]["sha256"] == entry.output_sha256
 

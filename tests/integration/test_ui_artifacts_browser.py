@@ -40,7 +40,7 @@ async def test_the_strip_renders_in_the_artifacts_tab(prefect_server, sandbox, c
             await page.goto(f"{ui}/runs/flow-run/{result.flow_run_id}", wait_until="networkidle")
             await page.get_by_text("Artifacts", exact=True).first.click()  # the run's Artifacts tab
             await page.get_by_text("aimlapi-video-to-video-summary").first.click()  # its summary, by key
-            image = page.locator('img[src^="data:image/png;base64,"]').first
+            image = page.locator('img[src^="data:image/jpeg;base64,"]').first
             await image.wait_for(state="visible", timeout=60_000)
             natural = await image.evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]")
             await page.screenshot(path=str(shot))
@@ -53,4 +53,4 @@ async def test_the_strip_renders_in_the_artifacts_tab(prefect_server, sandbox, c
         target = Path(os.environ["AIMLAPI_SCREENSHOT_DIR"])
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, target / shot.name)
-        shutil.copy(tmp_path / "out.mp4.strip.png", target / "strip-example.png")
+        shutil.copy(tmp_path / "out.mp4.strip.jpg", target / "strip-example.jpg")

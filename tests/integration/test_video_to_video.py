@@ -196,7 +196,7 @@ async def test_truncated_download_is_retried_without_partial_files(prefect_serve
                                   output=str(tmp_path / "o.mp4"))
     (entry,) = sandbox.ledger()
     assert sha256(tmp_path / "o.mp4") == entry.output_sha256 == result.sha256
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4", "o.mp4.json", "o.mp4.strip.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4", "o.mp4.json", "o.mp4.strip.jpg"]
     runs = await prefect_api.task_runs(result.flow_run_id, names=("download-video",))
     assert runs["download-video"].run_count == 2
 

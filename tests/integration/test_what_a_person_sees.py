@@ -33,7 +33,7 @@ from tests.support.reliability import (
 )
 
 pytestmark = pytest.mark.integration
-PNG = b"\x89PNG\r\n\x1a\n"
+JPEG = b"\xff\xd8\xff"
 
 
 async def _events(since: datetime, prefix: str, until=bool, timeout: float = 30.0) -> list:
@@ -53,12 +53,12 @@ async def test_summary_shows_a_strip_keyed_artifacts_and_events(prefect_server, 
     (entry,) = sandbox.ledger()
 
     # the strip: next to the output and the sidecar, and inline in the summary
-    strip = tmp_path / "out.mp4.strip.png"
-    assert result.strip == str(strip) and strip.read_bytes().startswith(PNG)
+    strip = tmp_path / "out.mp4.strip.jpg"
+    assert result.strip == str(strip) and strip.read_bytes().startswith(JPEG)
     assert json.loads((tmp_path / "out.mp4.json").read_text())["strip"] == str(strip)
     artifacts = await prefect_api.artifacts(result.flow_run_id, expect=3)
     summary = next(a for a in artifacts if a.type == "markdown" and a.data.startswith("# Video-to-video"))
-    inline = re.search(r"!\[before / after\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", summary.data)
+    inline = re.search(r"!\[before / after\]\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)", summary.data)
     assert inline and base64.b64decode(inline.group(1)) == strip.read_bytes()
     assert "input (top) and output (bottom)" in summary.data
 
@@ -136,7 +136,7 @@ async def test_a_run_that_stopped_waiting_names_the_command_that_collects_it(pre
         assert done.returncode == 0, done.stderr[-3000:]
         assert last_line(done.stdout).startswith(f"completed: {output}")
         assert len(slow.ledger()) == 1 and sha256_file(output) == slow.ledger()[0].output_sha256
-        assert (tmp_path / "late.mp4.json").is_file() and (tmp_path / "late.mp4.strip.png").is_file()
+        assert (tmp_path / "late.mp4.json").is_file() and (tmp_path / "late.mp4.strip.jpg").is_file()
         collected = await prefect_api.latest_flow_run("aimlapi-collect-generation")
         assert collected.state.is_completed()
         assert any(a.key == "aimlapi-collect-generation-summary" for a in await prefect_api.artifacts(collected.id))
