@@ -41,9 +41,12 @@ batch wall <= 1.5 x D + 10 s; detection p50 < 1 s and p95 < 2.5 s; <= 12 polls p
 worker peak RSS < 600 MB. The ratio to the baseline is meant for N=20 with the unscaled 15 s poll.
 The last line printed is one JSON object with every figure.
 
-    python benchmarks/bench_batch.py --n 100 --processing-seconds 10 --skip-baseline
+    python benchmarks/bench_batch.py --n 100 200 --processing-seconds 10 --skip-baseline   # both sizes, one run
     python benchmarks/bench_batch.py --n 20 --processing-seconds 10            # ratio, 15 s poll
-    python benchmarks/bench_batch.py --n 200 --processing-seconds 10 --skip-baseline
+    python benchmarks/bench_batch.py --deployment --n 40 --processing-seconds 10   # the work-pool mode
+
+``--deployment`` measures the work-pool mode instead (two process workers, ours / Prefect's floor for
+that shape, child launch latency): see ``work_pool_mode.py``.
 
 Prefect's own console logging of the flow runs goes to stderr (redirect it to keep the table
 readable: ``2>batch.log``).
@@ -60,7 +63,6 @@ import multiprocessing
 import os
 import resource
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -73,6 +75,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
 
+from benchmarks.stats import pct, rnd, summary  # noqa: E402
+
 MB = 1024 * 1024
 PROMPT = "Add a small fairy as a rider on the raccoon's back, in a dark emerald butterfly cloak."
 STRENGTH = 0.55  # the provider sample's value, used by both sides
@@ -83,35 +87,6 @@ TARGET_DETECTION_P95_S = 2.5
 TARGET_POLLS = 12
 TARGET_RSS_MB = 600.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# --- small statistics -------------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float | None:
-    """Percentile with linear interpolation between closest ranks (q in 0..100)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def mean(values: list[float]) -> float | None:
-    return statistics.fmean(values) if values else None
-
-
-def rnd(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def summary(values: list[float]) -> dict[str, float | None]:
-    return {
-        "mean": rnd(mean(values)), "p50": rnd(pct(values, 50)), "p95": rnd(pct(values, 95)),
-        "max": rnd(max(values) if values else None),
-    }
 
 
 # --- processes: the sandbox child, CPU of process trees ---------------------------------------------
@@ -475,7 +450,8 @@ def analyse_baseline(run: dict[str, Any], ledger: dict[str, Any]) -> dict[str, A
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100, help="generations in the batch")
+    parser.add_argument("--n", type=int, nargs="+", default=[100],
+                        help="generations in the batch; several sizes are measured one after another in one run")
     parser.add_argument("--processing-seconds", type=float, default=10.0, help="sandbox time per generation (D)")
     parser.add_argument("--baseline-poll", type=float, default=SAMPLE_POLL_SECONDS,
                         help="the sample's poll interval (15 s); scale it down to shorten the baseline")
@@ -491,10 +467,14 @@ def main() -> None:
                         help="the Prefect server's database (SQLite only for comparison)")
     parser.add_argument("--workdir", default=None, help="default: a temp dir, removed at the end")
     parser.add_argument("--dump", default=None, help="also write per-generation times (JSON) to this file")
+    parser.add_argument("--deployment", action="store_true",
+                        help="measure the work-pool mode instead: 2 process workers (see work_pool_mode.py)")
+    parser.add_argument("--pool-limit", type=int, default=10, help="with --deployment: flow runs per worker at once")
     args = parser.parse_args()
-    n, d = args.n, args.processing_seconds
-    workers = args.workers or n
-    baseline_n = 0 if args.skip_baseline else (args.baseline_n or n)
+    sizes, d = args.n, args.processing_seconds
+    n = sizes[0]
+    workers = args.workers or max(sizes)
+    baseline_n = 0 if args.skip_baseline or args.deployment else (args.baseline_n or n)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-batch-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -513,7 +493,11 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             database_url = stack.enter_context(postgres_server()) if args.database == "postgresql" else None
             api_url = stack.enter_context(prefect_server(work / "server", database_url))
-            os.environ["PREFECT_API_URL"] = api_url
+            os.environ["PREFECT_API_URL"] = api_url  # for the worker processes of --deployment
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            # Prefect is imported by now (our package imports its block eagerly) and read its settings then.
+            stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
             sandbox, sandbox_pid = stack.enter_context(sandbox_process(d, workers, api_key))
             clip = make_test_clip(work / "clip.mp4", width=160, height=96, seconds=0.5, fps=12)
             print(f"Prefect server {api_url} on {args.database}; sandbox {sandbox.base_url} "
@@ -527,11 +511,15 @@ def main() -> None:
                 baseline = run_baseline(sandbox.base_url, api_key, clip, baseline_n, args.baseline_poll,
                                         work / "baseline")
 
-            async def ours() -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
-                warm = None
-                if args.warmup:
-                    print(f"warm-up: a batch of {args.warmup} (not measured) ...", flush=True)
-                    warm = await run_ours(sandbox.base_url, api_key, clip, args.warmup, work / "warmup", False)
+            if args.deployment:
+                from benchmarks import work_pool_mode
+
+                for size in sizes:
+                    args.n = size
+                    work_pool_mode.main(args, work, sandbox, api_key, clip)
+                return
+
+            async def measure(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
                 floor = None
                 if not args.skip_floor:
                     print(f"(c) Prefect's floor: {n} child flow runs of three no-op tasks, the middle one "
@@ -544,7 +532,7 @@ def main() -> None:
                 cpu.start()
                 cpu_before = self_cpu_seconds()
                 with RssSampler() as rss:
-                    run = await run_ours(sandbox.base_url, api_key, clip, n, work / "ours", True)
+                    run = await run_ours(sandbox.base_url, api_key, clip, n, work / f"ours-{n}", True)
                 run["cpu_s"] = self_cpu_seconds() - cpu_before
                 run["others_cpu"] = cpu.stop(run["cpu_s"])
                 run["rss"] = {"before_mb": rss_before, "sampled_peak_mb": rss.peak, "ru_maxrss_mb": ru_maxrss_mb()}
@@ -552,17 +540,27 @@ def main() -> None:
                 children = await child_runs(ids)
                 await flush_to_server()
                 run["floor_wall_s"] = floor
-                return warm, run, children
+                return run, children
+
+            async def every_size() -> tuple[dict[str, Any] | None, list[tuple[dict[str, Any], dict[str, Any]]]]:
+                warm = None
+                if args.warmup:
+                    print(f"warm-up: a batch of {args.warmup} (not measured) ...", flush=True)
+                    warm = await run_ours(sandbox.base_url, api_key, clip, args.warmup, work / "warmup", False)
+                return warm, [await measure(size) for size in sizes]
 
             try:
-                warm, run, children = asyncio.run(ours())
+                warm, runs = asyncio.run(every_size())
             except Exception as exc:  # the batch flow itself failed: say so in the JSON line too
                 error = f"{type(exc).__name__}: {exc}"[:500]
                 print(f"the batch flow raised {error}")
-                print(json.dumps({"n": n, "processing_seconds": d, "database": args.database, "error": error}))
+                print(json.dumps({"n": sizes, "processing_seconds": d, "database": args.database, "error": error}))
                 raise SystemExit(1) from None
             ledger = {e.generation_id: e for e in sandbox.ledger()}
-            report(args, n, d, workers, baseline_n, baseline, warm, run, children, ledger)
+            for size, (run, children) in zip(sizes, runs):
+                first = size == n
+                report(args, size, d, workers, baseline_n if first else 0, baseline if first else None, warm, run,
+                       children, ledger)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
@@ -572,7 +570,7 @@ def report(args: argparse.Namespace, n: int, d: float, workers: int, baseline_n:
            warm: dict[str, Any] | None, run: dict[str, Any], children: dict[str, Any], ledger: dict[str, Any]) -> None:
     ours = analyse_ours(run, ledger, children)
     if args.dump:
-        Path(args.dump).write_text(json.dumps({"batch_started_at": run["started_at"], "batch_wall_s": run["wall_s"],
+        Path(args.dump.replace(".json", f"-{n}.json")).write_text(json.dumps({"batch_started_at": run["started_at"], "batch_wall_s": run["wall_s"],
                                                "generations": ours["records"]}, indent=1))
     base = analyse_baseline(baseline, ledger) if baseline else None
     batch_wall = run["wall_s"]
