@@ -520,14 +520,18 @@ def main() -> None:
                 return
 
             async def measure(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
-                floor = None
+                postgres_port = int(database_url.rsplit(":", 1)[1].split("/")[0]) if database_url else None
+                cpu = CpuWatch(int(api_url.rsplit(":", 1)[1].split("/")[0]), postgres_port, sandbox_pid)
+                floor, floor_cpu = None, None
                 if not args.skip_floor:
                     print(f"(c) Prefect's floor: {n} child flow runs of three no-op tasks, the middle one "
                           f"waiting {d:g} s ...", flush=True)
+                    cpu.start()
+                    cpu_before = self_cpu_seconds()
                     floor = await run_floor(n, d)
+                    worker = self_cpu_seconds() - cpu_before
+                    floor_cpu = {"worker": round(worker, 2), **cpu.stop(worker)}
                 print(f"(b) video_to_video_batch: {n} items ...", flush=True)
-                postgres_port = int(database_url.rsplit(":", 1)[1].split("/")[0]) if database_url else None
-                cpu = CpuWatch(int(api_url.rsplit(":", 1)[1].split("/")[0]), postgres_port, sandbox_pid)
                 rss_before = vmrss_mb()
                 cpu.start()
                 cpu_before = self_cpu_seconds()
@@ -539,7 +543,7 @@ def main() -> None:
                 ids = [r.flow_run_id for r in run["rows"] if r.flow_run_id]
                 children = await child_runs(ids)
                 await flush_to_server()
-                run["floor_wall_s"] = floor
+                run["floor_wall_s"], run["floor_cpu_s"] = floor, floor_cpu
                 return run, children
 
             async def every_size() -> tuple[dict[str, Any] | None, list[tuple[dict[str, Any], dict[str, Any]]]]:
@@ -607,6 +611,9 @@ def report(args: argparse.Namespace, n: int, d: float, workers: int, baseline_n:
     if floor:
         print(f"Prefect's floor (c): {floor:.1f} s for {n} child flow runs of three no-op tasks waiting {d:g} s; "
               f"ours / floor = {batch_wall / floor:.2f}")
+        spent = run["floor_cpu_s"]
+        print(f"CPU s during (c): worker {spent['worker']}, Prefect server {spent['prefect_server']}, PostgreSQL "
+              f"{spent['postgresql']} (during (b): {run['cpu_s']:.2f}, {others['prefect_server']}, {others['postgresql']})")
     o = ours["overhead"]
     print(f"orchestration overhead per generation: mean {o['mean']:.2f} s, p95 {o['p95']:.2f} s "
           f"(child total_s minus the sandbox's accepted->completed; provider processing mean "
@@ -651,7 +658,7 @@ def report(args: argparse.Namespace, n: int, d: float, workers: int, baseline_n:
         "baseline_detection_p95_s": base["detection"]["p95"] if base else None,
         "baseline_polls_per_generation_mean": base["polls"]["mean"] if base else None,
         "batch_wall_s": rnd(batch_wall, 2), "ratio": rnd(ratio, 2),
-        "prefect_floor_wall_s": rnd(floor, 2), "ratio_to_floor": rnd(batch_wall / floor, 3) if floor else None,
+        "prefect_floor_wall_s": rnd(floor, 2), "prefect_floor_cpu_s": run.get("floor_cpu_s"), "ratio_to_floor": rnd(batch_wall / floor, 3) if floor else None,
         "completed": ours["completed"], "failed": ours["failed"],
         "detection_p50_s": ours["detection"]["p50"], "detection_p95_s": ours["detection"]["p95"],
         "detection_max_s": ours["detection"]["max"],

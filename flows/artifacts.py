@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import re
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact
@@ -136,8 +137,17 @@ async def publish_summary(report: VideoToVideoResult, strip: Strip | None = None
     )
 
 
+# Set by an in-process batch around its children. Their own progress and link artifacts would repeat
+# the batch's progress artifact and table once per child, as requests and events the Prefect server
+# must absorb while every child is finishing at once; their summaries stay.
+IN_BATCH: ContextVar[bool] = ContextVar("aimlapi_in_batch", default=False)
+
+
 async def publish_output_link(location: str) -> None:
-    """Link to the stored result: the S3 console for s3:// objects, a file URL for local files."""
+    """Link to the stored result: the S3 console for s3:// objects, a file URL for local files
+    (not for the children of an in-process batch: its table links them)."""
+    if IN_BATCH.get():
+        return
     if location.startswith("s3://"):
         bucket, _, key = location[5:].partition("/")
         link = f"https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={key}"
@@ -159,8 +169,9 @@ class ProgressArtifact:
     effort: a failed update is logged, never raised.
     """
 
-    def __init__(self, min_interval: float = 2.0) -> None:
+    def __init__(self, min_interval: float = 2.0, *, enabled: bool = True) -> None:
         self.min_interval = min_interval
+        self.enabled = enabled  # disabled: `update` does nothing (a batch's child; see IN_BATCH)
         self._id: Any = None
         self._shown = -1.0
         self._sent_at: float | None = None
@@ -169,6 +180,8 @@ class ProgressArtifact:
         self._sender: asyncio.Task[None] | None = None
 
     def update(self, percent: float, description: str) -> None:
+        if not self.enabled:
+            return
         percent = max(0.0, min(100.0, round(percent, 0)))
         if percent == self._shown and self._wanted is None:
             return

@@ -65,6 +65,10 @@ async def test_batch_of_ten_with_two_failures(prefect_server, sandbox, clips, tm
     assert sum(r["status"] == "completed" for r in rows) == 8
     progress = next(a for a in artifacts if a.type == "progress")
     assert progress.data == 100
+    # A child keeps its summary; its progress and output link would repeat the batch's own.
+    child = next(c for c in children if c.state.is_completed())
+    assert [(a.type, a.key) for a in await prefect_api.artifacts(child.id)] == [
+        ("markdown", "aimlapi-video-to-video-summary")]
 
 
 async def test_global_concurrency_limit_holds(prefect_server, sandbox, clips, tmp_path):
