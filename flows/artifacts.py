@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import re
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -139,14 +140,31 @@ async def publish_summary(report: VideoToVideoResult, strip: Strip | None = None
 
 # Set by an in-process batch around its children. Their own progress and link artifacts would repeat
 # the batch's progress artifact and table once per child, as requests and events the Prefect server
-# must absorb while every child is finishing at once; their summaries stay.
-IN_BATCH: ContextVar[bool] = ContextVar("aimlapi_in_batch", default=False)
+# must absorb while every child is finishing at once; their summaries stay. Private, and read through
+# functions: task and flow functions are pickled by value when a flow is served, with the globals
+# they name, and a ContextVar cannot be pickled.
+_IN_BATCH: ContextVar[bool] = ContextVar("aimlapi_in_batch", default=False)
+
+
+def in_batch() -> bool:
+    """Whether this code runs as a child of an in-process batch."""
+    return _IN_BATCH.get()
+
+
+@contextlib.contextmanager
+def batch_children() -> Iterator[None]:
+    """Around an in-process batch's children: they skip their progress and output-link artifacts."""
+    token = _IN_BATCH.set(True)
+    try:
+        yield
+    finally:
+        _IN_BATCH.reset(token)
 
 
 async def publish_output_link(location: str) -> None:
     """Link to the stored result: the S3 console for s3:// objects, a file URL for local files
     (not for the children of an in-process batch: its table links them)."""
-    if IN_BATCH.get():
+    if in_batch():
         return
     if location.startswith("s3://"):
         bucket, _, key = location[5:].partition("/")
@@ -171,7 +189,7 @@ class ProgressArtifact:
 
     def __init__(self, min_interval: float = 2.0, *, enabled: bool = True) -> None:
         self.min_interval = min_interval
-        self.enabled = enabled  # disabled: `update` does nothing (a batch's child; see IN_BATCH)
+        self.enabled = enabled  # disabled: `update` does nothing (a batch's child; see in_batch)
         self._id: Any = None
         self._shown = -1.0
         self._sent_at: float | None = None

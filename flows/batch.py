@@ -19,7 +19,7 @@ from prefect.artifacts import acreate_table_artifact
 from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.artifacts import IN_BATCH, ProgressArtifact, artifact_key
+from prefect_aimlapi_video.flows.artifacts import ProgressArtifact, artifact_key, batch_children
 from prefect_aimlapi_video.flows.batch_items import (
     BatchItem,
     BatchItemResult,
@@ -167,12 +167,8 @@ async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: s
         on_done(row)
         return row
 
-    in_batch = IN_BATCH.set(True)
-    try:
-        with _no_child_heartbeats():
-            return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
-    finally:
-        IN_BATCH.reset(in_batch)
+    with _no_child_heartbeats(), batch_children():
+        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
 
 
 def _no_child_heartbeats() -> contextlib.AbstractContextManager[Any]:

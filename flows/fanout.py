@@ -158,7 +158,13 @@ async def _stale(client: Any, candidates: list[_Child], stale_seconds: float) ->
 
 
 async def _read_outcomes(client: Any, done: list[_Child], since: datetime) -> None:
-    """Rows from the events each finished child's generation emitted (the last one wins)."""
+    """Rows from the events each finished child's generation emitted.
+
+    A child that ran more than once (its worker died, it was scheduled again) may hold events from
+    each attempt, in any order: a stopped attempt's `failed` can come after the attempt that
+    completed. So an event counts only if it agrees with the child's final state (`completed` for
+    a Completed child, any other outcome for the rest), and the last such event wins.
+    """
     pending = [child for child in done if child.row is None]
     if not pending:
         return
@@ -177,7 +183,7 @@ async def _read_outcomes(client: Any, done: list[_Child], since: datetime) -> No
         if kind == "submitted":
             continue
         child = next((by_run[r.id] for r in event.related if r.id in by_run), None)
-        if child is None:
+        if child is None or (kind == "completed") != bool(child.run.state and child.run.state.is_completed()):
             continue
         payload = event.payload
         generation = event.resource.id.removeprefix("aimlapi.generation.")

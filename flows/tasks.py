@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.artifacts import IN_BATCH, ProgressArtifact
+from prefect_aimlapi_video.flows.artifacts import ProgressArtifact, in_batch
 from prefect_aimlapi_video.flows.budget import BudgetRef
 from prefect_aimlapi_video.flows.destinations import Destination, resolve_output
 from prefect_aimlapi_video.flows.errors import AimlApiError, GenerationFailedError, RateLimitedError
@@ -138,7 +138,7 @@ async def wait_for_generation(
     store = await submitted.store.open() if submitted.store else None
     if poll_policy is None:
         poll_policy = LearnedPollPolicy.from_durations(await read_durations(store) if store else [])
-    async with creds.get_client() as client, ProgressArtifact(min_interval=10.0, enabled=not IN_BATCH.get()) as progress:
+    async with creds.get_client() as client, ProgressArtifact(min_interval=10.0, enabled=not in_batch()) as progress:
         schedule = poll_policy.schedule()
         async for seen in observe(client, generation_id, schedule, timeout_seconds=timeout_seconds):
             if seen.kind == "limited":
