@@ -9,14 +9,19 @@ and where the result is: never a signed URL, never the key.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from prefect.events import emit_event
 
 from prefect_aimlapi_video.flows.models import VideoToVideoResult
+from prefect_aimlapi_video.flows.redact import redact
 
 Kind = Literal["submitted", "completed", "failed", "skipped"]
 EVENT_PREFIX = "aimlapi.generation"
+# Prefect refuses an event over its size limit (EventTooLarge); a provider's error text is unbounded.
+MAX_ERROR_CHARS = 2000
+logger = logging.getLogger(__name__)
 
 
 def generation_resource(result: VideoToVideoResult) -> dict[str, str]:
@@ -41,11 +46,14 @@ def event_payload(result: VideoToVideoResult) -> dict[str, Any]:
         "resumed": result.resumed,
         "durations": result.timing.model_dump(),
         "error_name": result.error_name,
-        "error_message": result.error_message,
+        "error_message": result.error_message[:MAX_ERROR_CHARS] if result.error_message else None,
         "collect_command": result.collect_command,
     }
 
 
 def emit_generation_event(kind: Kind, result: VideoToVideoResult) -> None:
     """Best effort, like Prefect's own events: never fails the run that emits it."""
-    emit_event(event=f"{EVENT_PREFIX}.{kind}", resource=generation_resource(result), payload=event_payload(result))
+    try:
+        emit_event(event=f"{EVENT_PREFIX}.{kind}", resource=generation_resource(result), payload=event_payload(result))
+    except Exception as exc:  # e.g. EventTooLarge: the generation's outcome stands without its event
+        logger.warning("Event %s.%s not emitted: %s: %s", EVENT_PREFIX, kind, type(exc).__name__, redact(str(exc))[:200])

@@ -35,10 +35,16 @@ def _describe(container: Any, size: int | None, *, label: str, count_frames: boo
     )
 
 
+def local_media(path: Path) -> str:
+    """A local path as FFmpeg must be given it: `file:` first, or a name such as `take:2.mp4` reads as
+    a protocol (`take`) FFmpeg does not know."""
+    return f"file:{path}"
+
+
 def probe_video(source: Path | bytes, *, label: str) -> VideoInfo:
     """Describe the first video stream of a file or buffer; `InvalidInputError` if there is none."""
     size = source.stat().st_size if isinstance(source, Path) else len(source)
-    opened = str(source) if isinstance(source, Path) else io.BytesIO(source)
+    opened = local_media(source) if isinstance(source, Path) else io.BytesIO(source)
     try:
         with av.open(opened, mode="r") as container:
             return _describe(container, size, label=label, count_frames=True)

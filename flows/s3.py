@@ -10,25 +10,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from prefect_aimlapi_video.flows.errors import InvalidInputError, TransientApiError
 from prefect_aimlapi_video.flows.redact import install_log_redaction
+from prefect_aimlapi_video.flows.video_checks import parse_s3_url
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 16 * 1024 * 1024
 NO_BUCKET = "the bucket does not exist"
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    bucket, key = parts.netloc, parts.path.lstrip("/")
-    if parts.scheme != "s3" or not bucket or not key:
-        raise InvalidInputError(f"{url!r} is not an s3://bucket/key URL.")
-    return bucket, key
 
 
 async def s3_client(aws_credentials: str | None = None, bucket_block: Any = None) -> Any:

@@ -25,6 +25,7 @@ import av
 import numpy as np
 from pydantic import BaseModel
 
+from prefect_aimlapi_video.flows.probe import local_media
 from prefect_aimlapi_video.flows.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def _pick(path: Path, fractions: Sequence[float]) -> tuple[list[av.VideoFrame], 
     Returns the frames, their times and the stream's sample aspect ratio. Close targets are reached
     by decoding forward; far ones by seeking to the keyframe before them, then decoding forward.
     """
-    with av.open(str(path), mode="r") as container:
+    with av.open(local_media(path), mode="r") as container:
         if not container.streams.video:
             raise _Unusable("no video stream")
         stream = container.streams.video[0]
@@ -129,7 +130,7 @@ def _pick(path: Path, fractions: Sequence[float]) -> tuple[list[av.VideoFrame], 
         # packets in a pass of its own (no decoding), then decode it forward.
         seekable = duration is not None
         if duration is None:
-            with av.open(str(path), mode="r") as counting:
+            with av.open(local_media(path), mode="r") as counting:
                 packets = sum(1 for packet in counting.demux(counting.streams.video[0]) if packet.size)
             duration = packets / float(rate)
 

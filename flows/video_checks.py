@@ -61,11 +61,22 @@ def scheme_of(video: str) -> str:
     scheme = "data" if video.startswith("data:") else urlsplit(video).scheme
     if len(scheme) == 1:  # a Windows drive letter, not a scheme
         scheme = ""
+    if scheme not in KNOWN_SCHEMES and not video[len(scheme) + 1:].startswith("//") and Path(video).expanduser().exists():
+        scheme = ""  # a local file whose name holds a colon (`take:2.mp4`), not a URL
     if scheme not in KNOWN_SCHEMES:
         raise InvalidInputError(
             f"video URL scheme {scheme!r} is not supported; use https://, a data URI, a local path or s3://bucket/key."
         )
     return scheme
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """Bucket and key of `s3://bucket/key` (offline: the CLI checks it before starting Prefect)."""
+    parts = urlsplit(url)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if parts.scheme != "s3" or not bucket or not key:
+        raise InvalidInputError(f"{url!r} is not an s3://bucket/key URL.")
+    return bucket, key
 
 
 def decode_data_uri(video: str, max_bytes: int) -> bytes:
@@ -121,6 +132,8 @@ def precheck(video: str, *, staged: bool = False) -> str:
         probe_video(decode_data_uri(video, MAX_DATA_URI_BYTES), label="video data URI")
     elif scheme in ("http", "https"):
         check_url(video)
+    elif scheme == "s3":
+        parse_s3_url(video)
     elif scheme == "":
         check_local_file(Path(video).expanduser(), MAX_INLINE_FILE_BYTES, staged=staged)
     return scheme

@@ -240,3 +240,11 @@ def test_without_an_input_at_hand_the_strip_is_the_outputs_row(tmp_path):
     assert alone is not None and both is not None
     assert alone.width == both.width and alone.height < both.height / 2 + 8  # one row of tiles, not two
     assert alone.frames == 4 and len(alone.times) == 4 and (alone.rows, both.rows) == (1, 2)
+
+
+def test_a_file_whose_name_holds_a_colon_gets_its_strip(tmp_path: Path) -> None:
+    """FFmpeg would read `take:2.mp4` as a protocol named `take`; the strip opens it as a file."""
+    before = make_test_clip(tmp_path / "take:1.mp4", width=64, height=48, seconds=0.5, fps=12)
+    after = make_test_clip(tmp_path / "take:2.mp4", width=64, height=48, seconds=0.5, fps=12)
+    strip = make_strip(before, after, columns=2, tile_height=32)
+    assert strip is not None and strip.rows == 2
