@@ -10,7 +10,7 @@ from prefect.events import Event
 
 
 class EmitError(Exception):
-    """The Prefect API did not accept the events (network error or non-2xx answer)."""
+    """The Prefect API did not accept the events (network error, non-2xx or non-JSON answer)."""
 
 
 class Emitter(Protocol):
@@ -39,5 +39,6 @@ class PrefectEventEmitter:
             async with self._client() as client:
                 response = await client.request("POST", "/events", json=[e.model_dump(mode="json") for e in events])
                 response.raise_for_status()
-        except (httpx.HTTPError, OSError) as error:
+        # ValueError: a 2xx answer that is not JSON (an API URL without `/api` reaches the UI's page)
+        except (httpx.HTTPError, OSError, ValueError) as error:
             raise EmitError(f"POST /api/events failed: {error}") from error

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -50,9 +51,14 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def _version(initdb: str) -> tuple[int, ...]:
+    """(16,) for /usr/lib/postgresql/16/bin/initdb, (9, 6) for 9.6: numbers, so 16 ranks above 9.6."""
+    return tuple(int(part) for part in re.findall(r"\d+", Path(initdb).parent.parent.name))
+
+
 def postgres_binaries() -> Path | None:
     """The bin directory of a local PostgreSQL install (Debian: apt-get install postgresql), if any."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version)
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
