@@ -12,12 +12,11 @@ import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Iterator
-from contextvars import ContextVar
 from typing import Any
 
 from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact
 
+from prefect_aimlapi_video.flows.batch_context import in_batch
 from prefect_aimlapi_video.flows.models import VideoToVideoResult
 from prefect_aimlapi_video.flows.redact import redact
 from prefect_aimlapi_video.flows.requests import REQUEST_MODELS
@@ -136,29 +135,6 @@ async def publish_summary(report: VideoToVideoResult, strip: Strip | None = None
         key=await artifact_key("summary"), markdown=summary_markdown(report, strip),
         description=f"AI/ML API video-to-video: {report.status}",
     )
-
-
-# Set by an in-process batch around its children. Their own progress and link artifacts would repeat
-# the batch's progress artifact and table once per child, as requests and events the Prefect server
-# must absorb while every child is finishing at once; their summaries stay. Private, and read through
-# functions: task and flow functions are pickled by value when a flow is served, with the globals
-# they name, and a ContextVar cannot be pickled.
-_IN_BATCH: ContextVar[bool] = ContextVar("aimlapi_in_batch", default=False)
-
-
-def in_batch() -> bool:
-    """Whether this code runs as a child of an in-process batch."""
-    return _IN_BATCH.get()
-
-
-@contextlib.contextmanager
-def batch_children() -> Iterator[None]:
-    """Around an in-process batch's children: they skip their progress and output-link artifacts."""
-    token = _IN_BATCH.set(True)
-    try:
-        yield
-    finally:
-        _IN_BATCH.reset(token)
 
 
 async def publish_output_link(location: str) -> None:

@@ -19,7 +19,8 @@ from prefect.artifacts import acreate_table_artifact
 from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.artifacts import ProgressArtifact, artifact_key, batch_children
+from prefect_aimlapi_video.flows.artifacts import ProgressArtifact, artifact_key
+from prefect_aimlapi_video.flows.batch_context import batch_children, owned_key
 from prefect_aimlapi_video.flows.batch_items import (
     BatchItem,
     BatchItemResult,
@@ -137,15 +138,20 @@ async def run_items(
 async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: str, limit: str | None,
                     max_concurrency: int, on_done: Any) -> list[BatchItemResult]:
     """Each item a child flow run in this process, on its event loop (no thread per child)."""
+    from prefect.runtime import flow_run
+
     local = asyncio.Semaphore(max_concurrency)
+    first_run = flow_run.run_count <= 1  # see `flows.batch_context`: only then are our keys ours alone
 
     async def run_one(index: int, item: ItemBase) -> BatchItemResult:
         arguments = {**defaults, **item.model_dump(exclude_none=True)}
+        ours = first_run and "idempotency_key" not in arguments  # an item's own key may be shared
         arguments.setdefault("idempotency_key", f"{scope}:item-{index}")
         row = BatchItemResult(index=index, video=shown_video(item.video), status="failed")
         try:
             async with local, _global_slot(limit):
-                with tags(*RUN_TAGS):  # set at creation, saving each child a request
+                claim = owned_key(arguments["idempotency_key"]) if ours else contextlib.nullcontext()
+                with tags(*RUN_TAGS), claim:  # tags set at creation, saving each child a request
                     state = await video_to_video(**arguments, return_state=True)
         except Exception as exc:  # e.g. the server refused to create the child run: fail this item only
             row.error = f"could not run: {type(exc).__name__}: {redact(str(exc))[:250]}"

@@ -27,7 +27,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.artifacts import ProgressArtifact, in_batch
+from prefect_aimlapi_video.flows.artifacts import ProgressArtifact
+from prefect_aimlapi_video.flows.batch_context import in_batch
 from prefect_aimlapi_video.flows.budget import BudgetRef
 from prefect_aimlapi_video.flows.destinations import Destination, resolve_output
 from prefect_aimlapi_video.flows.errors import AimlApiError, GenerationFailedError, RateLimitedError

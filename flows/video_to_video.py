@@ -19,6 +19,7 @@ from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.artifacts import publish_output_link, publish_summary
+from prefect_aimlapi_video.flows.batch_context import owns_key
 from prefect_aimlapi_video.flows.budget import BudgetExceeded, BudgetRef, budget_summary, credits_cap
 from prefect_aimlapi_video.flows.destinations import Destination, resolve_output, template_fields
 from prefect_aimlapi_video.flows.errors import GenerationFailedError, InvalidInputError
@@ -235,8 +236,8 @@ def _scope(
     An explicit key is taken as is (a trigger's object+etag, a batch item). The request scope is
     the request itself, where it goes included: the same command run twice is one generation.
     """
-    if settings.idempotency_key:
-        return settings.idempotency_key, True
+    if settings.idempotency_key:  # shared, unless the batch running this child made it for it alone
+        return settings.idempotency_key, not owns_key(settings.idempotency_key)
     if settings.idempotency_scope == "request":
         where = target.model_dump_json(include={"kind", "template", "bucket", "block"})
         digest = hashlib.sha256(f"{params.fingerprint(source.identity)}|{where}".encode()).hexdigest()

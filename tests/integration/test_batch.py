@@ -43,6 +43,8 @@ async def test_batch_of_ten_with_two_failures(prefect_server, sandbox, clips, tm
     ledger = sandbox.ledger()
     assert len(ledger) == 10
     assert sorted(e.status for e in ledger) == ["completed"] * 8 + ["error"] * 2
+    # The batch's first run made each child's key for it alone: no usage-log scan before any POST.
+    assert sandbox.log_reads()["reads"] == 0
     parent = await _latest_batch_run()
     assert parent.state.is_failed() and "2 of 10 generations failed" in parent.state.message
     children = await _children(str(parent.id))

@@ -75,6 +75,9 @@ async def test_hundred_generations_under_twenty_percent_faults(prefect_server, s
     sandbox.set_faults({
         "seed": 20240611, "rate": FAULT_RATE, "kinds": list(ALL_KINDS),
         "slow_seconds": 3, "retry_after_seconds": 1, "unknown_status_seconds": 1, **LOG_BEHAVIOURS[log_behaviour],
+        # The seeded draws depend on the order of every request, usage-log reads included; the first two
+        # POSTs are accepted then answered 502 whatever that order, so that fault is always exercised.
+        "script": [{"route": "submit", "kind": "accept_then_502", "times": 2}],
     })
     out = tmp_path / "out"
     items = [{"video": str(clips["small"]), "seed": 1000 + i, "output": str(out / f"gen-{i:03d}.mp4")}

@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["flows.s3", "flows.record_store", "flows.block_refs"], 2),
     **dict.fromkeys(["flows.sources", "flows.destinations", "flows.s3_requests", "flows.settings",
                      "flows.submission_record", "flows.submissions", "flows.results", "flows.artifacts",
-                     "flows.batch_items", "flows.generation_events", "flows.budget"], 3),
+                     "flows.batch_items", "flows.generation_events", "flows.budget", "flows.batch_context"], 3),
     "flows.tasks": 4,
     "flows.fanout": 4,
     **dict.fromkeys(["flows.video_to_video", "flows.batch", "flows.folder", "flows.collect"], 5),

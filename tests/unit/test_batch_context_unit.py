@@ -1,0 +1,77 @@
+"""prefect_aimlapi_video.flows.batch_context, and the batch's use of it: which keys a child owns.
+
+A key the batch made for one child in its first run needs no usage-log read before its first POST
+(no other run can hold it); an item's own key, or any key of a retried batch, may be shared and is
+read for. The batch's children are replaced by a recorder of what each saw (one function under
+test: `_run_here`); the run count comes from Prefect's own runtime override.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prefect.states import Completed
+
+from prefect_aimlapi_video.flows import batch as batch_module
+from prefect_aimlapi_video.flows.batch_context import batch_children, in_batch, owned_key, owns_key
+from prefect_aimlapi_video.flows.batch_items import ItemBase
+from prefect_aimlapi_video.flows.models import VideoToVideoResult
+from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL
+
+
+def test_a_key_is_owned_only_inside_its_claim_and_only_that_key():
+    assert not owns_key("batch:x:item-0")
+    with owned_key("batch:x:item-0"):
+        assert owns_key("batch:x:item-0") and not owns_key("batch:x:item-1")
+    assert not owns_key("batch:x:item-0")
+
+
+def test_claims_of_concurrent_children_do_not_leak_into_each_other():
+    async def child(key: str, other: str) -> tuple[bool, bool]:
+        with owned_key(key):
+            await asyncio.sleep(0.01)  # the other child claims its key meanwhile
+            return owns_key(key), owns_key(other)
+
+    async def both() -> list[tuple[bool, bool]]:
+        return await asyncio.gather(child("k-0", "k-1"), child("k-1", "k-0"))
+
+    assert asyncio.run(both()) == [(True, False), (True, False)]
+
+
+def test_batch_children_flag_is_set_only_inside():
+    assert not in_batch()
+    with batch_children():
+        assert in_batch()
+    assert not in_batch()
+
+
+@pytest.fixture
+def seen(monkeypatch) -> list[tuple[str, bool]]:
+    """What each child saw: its key, and whether it owns it."""
+    calls: list[tuple[str, bool]] = []
+
+    async def child(**arguments):
+        key = arguments["idempotency_key"]
+        calls.append((key, owns_key(key)))
+        return Completed(data=VideoToVideoResult(status="completed", model=DEFAULT_MODEL, prompt="p", input="v"))
+
+    monkeypatch.setattr(batch_module, "video_to_video", child)
+    return calls
+
+
+def _run(items: list[ItemBase]) -> None:
+    asyncio.run(batch_module._run_here(items, {"prompt": "p"}, scope="batch:parent", limit=None, max_concurrency=4,
+                                       on_done=lambda row: None))
+
+
+def test_first_run_children_own_the_keys_the_batch_made_but_not_an_items_own(seen, monkeypatch):
+    monkeypatch.setenv("PREFECT__RUNTIME__FLOW_RUN__RUN_COUNT", "1")
+    _run([ItemBase(video="a.mp4"), ItemBase(video="b.mp4", idempotency_key="shared-by-a-trigger")])
+    assert sorted(seen) == [("batch:parent:item-0", True), ("shared-by-a-trigger", False)]
+
+
+def test_a_retried_batch_claims_no_key(seen, monkeypatch):
+    monkeypatch.setenv("PREFECT__RUNTIME__FLOW_RUN__RUN_COUNT", "2")
+    _run([ItemBase(video="a.mp4"), ItemBase(video="b.mp4")])
+    assert sorted(seen) == [("batch:parent:item-0", False), ("batch:parent:item-1", False)]
