@@ -141,7 +141,7 @@ async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: s
     from prefect.runtime import flow_run
 
     local = asyncio.Semaphore(max_concurrency)
-    first_run = flow_run.run_count <= 1  # see `flows.batch_context`: only then are our keys ours alone
+    first_run = flow_run.run_count == 1  # see `flows.batch_context`: only then are our keys ours alone (0: no run)
 
     async def run_one(index: int, item: ItemBase) -> BatchItemResult:
         arguments = {**defaults, **item.model_dump(exclude_none=True)}

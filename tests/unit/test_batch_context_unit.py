@@ -75,3 +75,9 @@ def test_a_retried_batch_claims_no_key(seen, monkeypatch):
     monkeypatch.setenv("PREFECT__RUNTIME__FLOW_RUN__RUN_COUNT", "2")
     _run([ItemBase(video="a.mp4"), ItemBase(video="b.mp4")])
     assert sorted(seen) == [("batch:parent:item-0", False), ("batch:parent:item-1", False)]
+
+
+def test_outside_a_flow_run_no_key_is_claimed(seen, monkeypatch):
+    monkeypatch.setenv("PREFECT__RUNTIME__FLOW_RUN__RUN_COUNT", "0")
+    _run([ItemBase(video="a.mp4")])
+    assert seen == [("batch:parent:item-0", False)]
