@@ -29,7 +29,7 @@ from prefect_aimlapi_video.flows.batch_items import (
     parse_items,
     shown_video,
 )
-from prefect_aimlapi_video.flows.budget import BudgetExceeded, budget_summary
+from prefect_aimlapi_video.flows.budget import BudgetExceeded
 from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
 from prefect_aimlapi_video.flows.fanout import run_on_work_pool
 from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
@@ -42,6 +42,7 @@ from prefect_aimlapi_video.flows.video_to_video import (
     RUN_TAGS,
     SKIPPED_BUDGET,
     budget_ref,
+    budget_text,
     video_to_video,
 )
 
@@ -208,11 +209,7 @@ def spend_cap(max_usd: float | None, max_credits: float | None, budget: str | No
 async def budget_line(defaults: dict[str, Any]) -> str | None:
     """`spent ..., in flight ..., cap ...` of the batch's budget, for its table's description."""
     settings = validate_settings(**{k: v for k, v in defaults.items() if k in RunSettings.model_fields})
-    spend = budget_ref(settings, "")
-    if spend is None:
-        return None
-    store = await open_store(settings.submissions, settings.aws_credentials)
-    return f"{spend.name}: {budget_summary(await spend.open(store).state(), spend.cap_credits)}"
+    return await budget_text(budget_ref(settings, ""), settings)
 
 
 async def report(rows: list[BatchItemResult], *, tolerate_failures: bool, budget: str | None = None

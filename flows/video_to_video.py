@@ -214,7 +214,7 @@ async def video_to_video(
     if stored.strip is not None:
         result.strip = await target.write_bytes(f"{path}{STRIP_SUFFIX}", stored.strip.image,
                                                  content_type=STRIP_MEDIA_TYPE)
-    result.budget = await _budget_text(spend, settings)
+    result.budget = await budget_text(spend, settings)
     await asyncio.gather(  # independent writes: don't pay their round trips one after another
         target.write_sidecar(path, result.model_dump(mode="json")),
         publish_summary(result, stored.strip),
@@ -262,7 +262,8 @@ def budget_ref(settings: RunSettings, default_name: str) -> BudgetRef | None:
     return BudgetRef(name=settings.budget or default_name, cap_credits=cap)
 
 
-async def _budget_text(spend: BudgetRef | None, settings: RunSettings) -> str | None:
+async def budget_text(spend: BudgetRef | None, settings: RunSettings) -> str | None:
+    """`<name>: spent ..., in flight ..., cap ...` of a spend cap, for summaries and tables."""
     if spend is None:
         return None
     store = await open_store(settings.submissions, settings.aws_credentials)
