@@ -101,12 +101,14 @@ async def run_items(
     concurrency_limit: str | None,
     max_concurrency: int,
     deployment: str | None = None,
+    scope_owned: bool = False,
 ) -> list[BatchItemResult]:
     """Run each item as a child flow run, concurrently within the caps, never cancelling siblings.
 
     In this process by default; with `deployment`, as flow runs of that deployment on its work pool
     (`flows.fanout`). The settings, the key and the record store are checked first, so a wrong one
-    fails here instead of in every child.
+    fails here instead of in every child. `scope_owned`: the scope is this flow run's own (made from
+    its id), so no other run makes the items' keys (see `flows.batch_context`).
     """
     logger = get_run_logger()
     given = {name: value for name, value in defaults.items() if name in RunSettings.model_fields}
@@ -129,24 +131,27 @@ async def run_items(
             rows = await run_on_work_pool(items, defaults, scope=scope, deployment=deployment,
                                           max_concurrency=max_concurrency, on_done=on_done)
         else:
-            rows = await _run_here(items, defaults, scope=scope, limit=await _check_limit(concurrency_limit,
-                                   max_concurrency), max_concurrency=max_concurrency, on_done=on_done)
+            rows = await _run_here(items, defaults, scope=scope, scope_owned=scope_owned,
+                                   limit=await _check_limit(concurrency_limit, max_concurrency),
+                                   max_concurrency=max_concurrency, on_done=on_done)
     rows = [row.model_copy(update={"flow_run_url": _flow_run_url(row.flow_run_id)}) for row in rows]
     logger.info("Batch finished: %d completed, %d not of %d.", total - counts["failed"], counts["failed"], total)
     return rows
 
 
-async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: str, limit: str | None,
-                    max_concurrency: int, on_done: Any) -> list[BatchItemResult]:
+async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: str, scope_owned: bool,
+                    limit: str | None, max_concurrency: int, on_done: Any) -> list[BatchItemResult]:
     """Each item a child flow run in this process, on its event loop (no thread per child)."""
     from prefect.runtime import flow_run
 
     local = asyncio.Semaphore(max_concurrency)
-    first_run = flow_run.run_count == 1  # see `flows.batch_context`: only then are our keys ours alone (0: no run)
+    # See `flows.batch_context`: the keys made from the scope are ours alone only if the scope is this
+    # run's own, and only in its first run (0: no run at all).
+    claims = scope_owned and flow_run.run_count == 1
 
     async def run_one(index: int, item: ItemBase) -> BatchItemResult:
         arguments = {**defaults, **item.model_dump(exclude_none=True)}
-        ours = first_run and "idempotency_key" not in arguments  # an item's own key may be shared
+        ours = claims and "idempotency_key" not in arguments  # an item's own key may be shared
         arguments.setdefault("idempotency_key", f"{scope}:item-{index}")
         row = BatchItemResult(index=index, video=shown_video(item.video), status="failed")
         try:
@@ -313,7 +318,7 @@ async def video_to_video_batch(
         submissions=submissions, **spend_cap(max_usd, max_credits, budget, f"batch-{flow_run.id}"),
     )
     rows = await run_items(
-        batch, defaults, scope=f"batch:{flow_run.id}", concurrency_limit=concurrency_limit,
+        batch, defaults, scope=f"batch:{flow_run.id}", scope_owned=True, concurrency_limit=concurrency_limit,
         max_concurrency=max_concurrency, deployment=deployment,
     )
     return await report(rows, tolerate_failures=tolerate_failures, budget=await budget_line(defaults))

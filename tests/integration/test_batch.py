@@ -160,3 +160,18 @@ async def test_wrong_key_fails_the_batch_before_any_child(prefect_server, sandbo
     assert parent.state.is_failed()
     assert await _children(str(parent.id)) == []
     assert sandbox.ledger() == []
+
+
+async def test_a_sweep_of_a_manifest_reads_the_log_before_its_first_posts(prefect_server, sandbox, clips, tmp_path):
+    """A sweep's keys (`folder:item-<n>`) are the same in every sweep, so unlike a batch's they are no
+    one run's own: a first attempt asks the usage log before it pays (see `flows.batch_context`)."""
+    from prefect_aimlapi_video.flows.folder import video_to_video_folder
+
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("video,seed\n" + "".join(f"{clips['small']},{seed}\n" for seed in (1, 2)))
+    rows = await video_to_video_folder(
+        source=str(manifest), output_prefix=f"{tmp_path / 'out'}/", output_name="{stem}-{seed}.mp4", prompt="ink",
+        credentials=credentials(sandbox), concurrency_limit=None,
+    )
+    assert [r.status for r in rows] == ["completed", "completed"] and len(sandbox.ledger()) == 2
+    assert sandbox.log_reads()["reads"] >= 1

@@ -60,9 +60,9 @@ def seen(monkeypatch) -> list[tuple[str, bool]]:
     return calls
 
 
-def _run(items: list[ItemBase]) -> None:
-    asyncio.run(batch_module._run_here(items, {"prompt": "p"}, scope="batch:parent", limit=None, max_concurrency=4,
-                                       on_done=lambda row: None))
+def _run(items: list[ItemBase], *, scope: str = "batch:parent", scope_owned: bool = True) -> None:
+    asyncio.run(batch_module._run_here(items, {"prompt": "p"}, scope=scope, scope_owned=scope_owned, limit=None,
+                                       max_concurrency=4, on_done=lambda row: None))
 
 
 def test_first_run_children_own_the_keys_the_batch_made_but_not_an_items_own(seen, monkeypatch):
@@ -81,3 +81,10 @@ def test_outside_a_flow_run_no_key_is_claimed(seen, monkeypatch):
     monkeypatch.setenv("PREFECT__RUNTIME__FLOW_RUN__RUN_COUNT", "0")
     _run([ItemBase(video="a.mp4")])
     assert seen == [("batch:parent:item-0", False)]
+
+
+def test_a_scope_other_runs_share_is_never_claimed(seen, monkeypatch):
+    """The sweep's scope ("folder") is the same in every sweep: its keys are not any one run's."""
+    monkeypatch.setenv("PREFECT__RUNTIME__FLOW_RUN__RUN_COUNT", "1")
+    _run([ItemBase(video="a.mp4")], scope="folder", scope_owned=False)
+    assert seen == [("folder:item-0", False)]
