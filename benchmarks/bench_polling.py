@@ -208,6 +208,7 @@ def main() -> None:
         "learned_window_s": [round(learned.window_start, 3), round(learned.window_end, 3)] if learned.learned else None,
         "learned_policy": {
             "dense_seconds": learned.dense_seconds,
+            "dense_step": learned.dense_step,
             "sparse_seconds": learned.sparse_seconds,
             "quantiles": [learned.low_quantile, learned.high_quantile],
             "margin_fraction": learned.margin_fraction,
@@ -225,7 +226,7 @@ def main() -> None:
     print(f"warm-up: {args.warmup} generations, durations {result['warmup_durations_s']}")
     if learned.learned:
         print(f"learned window: {learned.window_start:.3f} .. {learned.window_end:.3f} s "
-              f"(dense every {learned.dense_seconds:.3f} s inside, sparse every {learned.sparse_seconds:.3f} s before)")
+              f"(dense every {learned.dense_step or learned.dense_seconds:.3f} s inside, sparse every {learned.sparse_seconds:.3f} s before)")
     print(f"measured: {args.n} generations per policy, interleaved, batch wall {out['batch_wall_s']:.1f} s")
     header = f"{'policy':8} {'det p50 s':>10} {'det p95 s':>10} {'(provider p50/p95 s)':>22}"
     print(f"{header} {'mean polls':>11} {'max':>5}")

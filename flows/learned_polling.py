@@ -15,6 +15,10 @@ against estimation error (a small history says little about its own tails). Then
 * before the window: sparse polls, every ``sparse_seconds`` (30 s) but never sleeping past the
   window start (an early failure or an early finish is still seen, at most ~30 s late);
 * inside the window: every ``dense_seconds`` (2 s), so completion is seen ~1 s late on average;
+  a narrow window (short or very regular generations) is crossed in ``dense_polls`` (8) polls
+  instead, at least ``min_dense_seconds`` (0.25 s) apart: for 10 s generations a 2 s step would
+  be a fifth of the whole wait and see completion ~1 s late, where 0.25 s sees it ~0.1 s late for
+  about the same number of polls;
 * after the window (a slow outlier, or a provider that got slower): back off from
   ``dense_seconds`` by the fallback's ``growth`` per poll up to its ``max_seconds`` (10 s), the
   same bound on lateness as today's schedule;
@@ -124,8 +128,13 @@ class LearnedPollPolicy(BaseModel):
     jitter: float = Field(0.1, ge=0, lt=1, description="+/- fraction applied to each delay")
     # What was learned: both None = nothing learned yet (fallback).
     window_start: float | None = Field(None, ge=0, description="learned: dense polling starts here")
+    dense_polls: int = Field(8, ge=1, description="a window narrower than dense_polls x dense_seconds is crossed "
+                             "in this many polls")
+    min_dense_seconds: float = Field(0.25, gt=0, description="...but never at less than this pause")
     window_end: float | None = Field(None, ge=0, description="learned: after this, back off like the fallback")
     samples: int = Field(0, ge=0, description="learned: how many durations the window was estimated from")
+    dense_step: float | None = Field(None, gt=0, description="learned: the pause inside the window (at most "
+                                     "dense_seconds); None: dense_seconds")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -159,12 +168,15 @@ class LearnedPollPolicy(BaseModel):
         """
         usable = [d for d in map(_as_seconds, durations) if d is not None][-self.max_history :]
         if len(usable) < self.min_history:
-            return self.model_copy(update={"window_start": None, "window_end": None, "samples": len(usable)})
+            return self.model_copy(update={"window_start": None, "window_end": None, "dense_step": None,
+                                           "samples": len(usable)})
         ordered = sorted(usable)
         low, high = quantile(ordered, self.low_quantile), quantile(ordered, self.high_quantile)
         margin = max(self.margin_fraction * (high - low), self.min_margin_fraction * quantile(ordered, 0.5))
+        start, end = max(0.0, low - margin), high + margin
+        step = min(self.dense_seconds, max(self.min_dense_seconds, (end - start) / self.dense_polls))
         return self.model_copy(
-            update={"window_start": max(0.0, low - margin), "window_end": high + margin, "samples": len(usable)}
+            update={"window_start": start, "window_end": end, "dense_step": step, "samples": len(usable)}
         )
 
     def schedule(self, rng: random.Random | None = None) -> PollSchedule | LearnedPollSchedule:
@@ -185,7 +197,8 @@ class LearnedPollSchedule:
         self.window_start = policy.window_start
         self.window_end = policy.window_end
         self._rng = rng
-        self._backoff = policy.dense_seconds  # grows only after the window
+        self.step = policy.dense_step or policy.dense_seconds
+        self._backoff = self.step  # grows only after the window
 
     def _jittered(self, seconds: float) -> float:
         j = self.policy.jitter
@@ -203,9 +216,9 @@ class LearnedPollSchedule:
             # Clipped to the window start (> 0 here), so the first dense poll is never late.
             delay = min(self._jittered(p.sparse_seconds), self.window_start - elapsed)
         elif elapsed < self.window_end:
-            delay = self._jittered(p.dense_seconds)
+            delay = self._jittered(self.step)
         else:
-            self._backoff = min(max(p.fallback.max_seconds, p.dense_seconds), self._backoff * p.fallback.growth)
+            self._backoff = min(max(p.fallback.max_seconds, self.step), self._backoff * p.fallback.growth)
             delay = self._jittered(self._backoff)
         return max(delay, retry_after or 0.0)
 
@@ -230,7 +243,10 @@ def scale_policy(policy: P, factor: float) -> P:
         "fallback": scale_policy(policy.fallback, factor),
         "sparse_seconds": policy.sparse_seconds * factor,
         "dense_seconds": policy.dense_seconds * factor,
+        "min_dense_seconds": policy.min_dense_seconds * factor,
     }
+    if policy.dense_step is not None:
+        update["dense_step"] = policy.dense_step * factor
     if policy.window_start is not None and policy.window_end is not None:
         update.update(window_start=policy.window_start * factor, window_end=policy.window_end * factor)
     return policy.model_copy(update=update)

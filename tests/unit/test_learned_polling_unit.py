@@ -253,3 +253,33 @@ def test_policy_validation() -> None:
         LearnedPollPolicy(dense_second=1.0)  # a misspelt field is refused, not ignored
     with pytest.raises(ValueError):
         LearnedPollSchedule(LearnedPollPolicy(), random.Random())
+
+
+def test_a_narrow_window_is_crossed_in_a_few_short_steps() -> None:
+    """10 s generations within a few tenths of a second: a 2 s step would see completion ~1 s late."""
+    rng = random.Random(5)
+    history = [10.0 + rng.uniform(0.0, 0.6) for _ in range(50)]
+    policy = LearnedPollPolicy.from_durations(history)
+    assert policy.dense_step == pytest.approx(policy.min_dense_seconds)
+    future = [10.0 + rng.uniform(0.0, 0.6) for _ in range(300)]
+    narrow = figures(policy, future)
+    coarse = figures(policy.model_copy(update={"dense_step": None}), future)  # the plain 2 s step
+    assert narrow["p50"] < 0.2 < 0.5 < coarse["p50"]
+    assert narrow["mean_polls"] <= 8
+
+
+def test_the_step_stays_two_seconds_for_the_providers_durations(learned) -> None:
+    assert learned.dense_step == pytest.approx(learned.dense_seconds)
+
+
+def test_a_wide_window_keeps_the_step_at_most_dense_seconds() -> None:
+    policy = LearnedPollPolicy.from_durations([10.0 + 20.0 * i / 49 for i in range(50)])
+    assert policy.dense_step == pytest.approx(policy.dense_seconds)
+    assert figures(policy, [10.0 + 20.0 * i / 299 for i in range(300)])["mean_polls"] <= 14
+
+
+def test_scaling_scales_the_learned_step() -> None:
+    policy = LearnedPollPolicy.from_durations([10.0, 10.1, 10.2, 10.3, 10.4])
+    fast = scale_policy(policy, 0.1)
+    assert fast.dense_step == pytest.approx(policy.dense_step * 0.1)
+    assert fast.min_dense_seconds == pytest.approx(policy.min_dense_seconds * 0.1)
