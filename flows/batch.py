@@ -20,7 +20,7 @@ from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.artifacts import ProgressArtifact, artifact_key
-from prefect_aimlapi_video.flows.batch_context import batch_children, owned_key
+from prefect_aimlapi_video.flows.batch_context import batch_children, finish_deferred, owned_key
 from prefect_aimlapi_video.flows.batch_items import (
     BatchItem,
     BatchItemResult,
@@ -179,8 +179,10 @@ async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: s
         on_done(row)
         return row
 
-    with _no_child_heartbeats(), batch_children():
-        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+    with _no_child_heartbeats(), batch_children() as deferred:
+        rows = list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+        await finish_deferred(deferred)  # the children's summaries, before the table that links them
+        return rows
 
 
 def _no_child_heartbeats() -> contextlib.AbstractContextManager[Any]:

@@ -3,6 +3,10 @@
 * `in_batch()`: the child skips its progress and output-link artifacts; the batch's progress artifact
   and table carry both, and each would be requests and events the Prefect server must absorb while
   every child finishes at once. Summaries stay.
+* `defer(work)`: a child's summary artifact is created alongside, not before, the end of its run;
+  the batch waits for all of them (`finish_deferred`) before it reports. A child otherwise waits
+  out one more Prefect API round trip just when every child is finishing and the server is at its
+  busiest (1.2-1.9 s each, measured at N=100 on 2 cores), and the batch waits for the slowest.
 * `owns_key(key)`: this child run alone ever uses its idempotency key. The batch makes each item's key
   from its own flow run id and the item's index; in the batch's first run no other run can hold that
   key (the sweep's scope is the same in every sweep, so it claims nothing), so the child's first attempt is provably the first of its generation and, like a flow run's
@@ -17,12 +21,17 @@ flow is served, with the globals they name, and a ContextVar cannot be pickled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Coroutine, Iterator
 from contextvars import ContextVar
+from typing import Any
 
 _IN_BATCH: ContextVar[bool] = ContextVar("aimlapi_in_batch", default=False)
 _OWNED_KEY: ContextVar[str | None] = ContextVar("aimlapi_owned_key", default=None)
+_DEFERRED: ContextVar[list[asyncio.Task[None]] | None] = ContextVar("aimlapi_deferred", default=None)
+logger = logging.getLogger(__name__)
 
 
 def in_batch() -> bool:
@@ -31,13 +40,39 @@ def in_batch() -> bool:
 
 
 @contextlib.contextmanager
-def batch_children() -> Iterator[None]:
-    """Around an in-process batch's children: they skip their progress and output-link artifacts."""
-    token = _IN_BATCH.set(True)
+def batch_children() -> Iterator[list[asyncio.Task[None]]]:
+    """Around an in-process batch's children: they skip their progress and output-link artifacts,
+    and defer their summaries to the list this yields (give it to `finish_deferred`)."""
+    deferred: list[asyncio.Task[None]] = []
+    tokens = _IN_BATCH.set(True), _DEFERRED.set(deferred)
     try:
-        yield
+        yield deferred
     finally:
-        _IN_BATCH.reset(token)
+        _DEFERRED.reset(tokens[1])
+        _IN_BATCH.reset(tokens[0])
+
+
+async def defer(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` now; in an in-process batch's child, start it and let the batch wait for it.
+
+    The task copies the child's context, so what it creates (an artifact) is still the child's.
+    """
+    deferred = _DEFERRED.get()
+    if deferred is None:
+        await work
+    else:
+        deferred.append(asyncio.ensure_future(work))
+
+
+async def finish_deferred(deferred: list[asyncio.Task[None]]) -> int:
+    """Wait for the children's deferred work; a failure is logged, not raised (the generations
+    it describes are done and stored). Returns how many failed."""
+    failed = 0
+    for outcome in await asyncio.gather(*deferred, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            failed += 1
+            logger.warning("A child's summary was not published: %s: %s", type(outcome).__name__, outcome)
+    return failed
 
 
 def owns_key(key: str) -> bool:

@@ -19,7 +19,7 @@ from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.artifacts import publish_output_link, publish_summary
-from prefect_aimlapi_video.flows.batch_context import owns_key
+from prefect_aimlapi_video.flows.batch_context import defer, owns_key
 from prefect_aimlapi_video.flows.budget import BudgetExceeded, BudgetRef, budget_summary, credits_cap
 from prefect_aimlapi_video.flows.destinations import Destination, resolve_output, template_fields
 from prefect_aimlapi_video.flows.errors import GenerationFailedError, InvalidInputError
@@ -217,8 +217,7 @@ async def video_to_video(
     result.budget = await budget_text(spend, settings)
     await asyncio.gather(  # independent writes: don't pay their round trips one after another
         target.write_sidecar(path, result.model_dump(mode="json")),
-        publish_summary(result, stored.strip),
-        publish_output_link(stored.location),
+        defer(asyncio.gather(publish_summary(result, stored.strip), publish_output_link(stored.location))),
     )
     emit_generation_event("completed", result)
     logger.info(

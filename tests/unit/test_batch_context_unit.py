@@ -14,7 +14,14 @@ import pytest
 from prefect.states import Completed
 
 from prefect_aimlapi_video.flows import batch as batch_module
-from prefect_aimlapi_video.flows.batch_context import batch_children, in_batch, owned_key, owns_key
+from prefect_aimlapi_video.flows.batch_context import (
+    batch_children,
+    defer,
+    finish_deferred,
+    in_batch,
+    owned_key,
+    owns_key,
+)
 from prefect_aimlapi_video.flows.batch_items import ItemBase
 from prefect_aimlapi_video.flows.models import VideoToVideoResult
 from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL
@@ -44,6 +51,58 @@ def test_batch_children_flag_is_set_only_inside():
     with batch_children():
         assert in_batch()
     assert not in_batch()
+
+
+def test_outside_a_batch_deferred_work_is_done_before_defer_returns():
+    done: list[str] = []
+
+    async def work() -> None:
+        await asyncio.sleep(0.01)
+        done.append("summary")
+
+    async def run() -> list[str]:
+        await defer(work())
+        return list(done)
+
+    assert asyncio.run(run()) == ["summary"]
+
+
+def test_in_a_batch_a_child_does_not_wait_for_its_deferred_work_and_the_batch_does():
+    done: list[tuple[str, bool]] = []
+
+    async def run() -> tuple[list, list, int]:
+        gate = asyncio.Event()  # made inside the loop that waits on it
+
+        async def work(key: str) -> None:
+            await gate.wait()
+            done.append((key, owns_key(key)))  # the child's context travels with its work
+
+        async def child(key: str) -> None:
+            with owned_key(key):
+                await defer(work(key))
+
+        with batch_children() as deferred:
+            await asyncio.gather(child("k-0"), child("k-1"))
+            before = list(done)  # both children have returned; their work waits on the gate
+            gate.set()
+            failed = await finish_deferred(deferred)
+        return before, sorted(done), failed
+
+    before, after, failed = asyncio.run(run())
+    assert before == [] and after == [("k-0", True), ("k-1", True)] and failed == 0
+
+
+def test_a_failed_deferred_work_is_counted_and_logged_not_raised(caplog):
+    async def broken() -> None:
+        raise RuntimeError("server said 500")
+
+    async def run() -> int:
+        with batch_children() as deferred:
+            await defer(broken())
+            return await finish_deferred(deferred)
+
+    assert asyncio.run(run()) == 1
+    assert "server said 500" in caplog.text
 
 
 @pytest.fixture
