@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
 _IN_BATCH: ContextVar[bool] = ContextVar("aimlapi_in_batch", default=False)
 _OWNED_KEY: ContextVar[str | None] = ContextVar("aimlapi_owned_key", default=None)
-_DEFERRED: ContextVar[list[asyncio.Task[None]] | None] = ContextVar("aimlapi_deferred", default=None)
+_DEFERRED: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar("aimlapi_deferred", default=None)
 logger = logging.getLogger(__name__)
 
 
@@ -40,10 +40,10 @@ def in_batch() -> bool:
 
 
 @contextlib.contextmanager
-def batch_children() -> Iterator[list[asyncio.Task[None]]]:
+def batch_children() -> Iterator[list[asyncio.Future[Any]]]:
     """Around an in-process batch's children: they skip their progress and output-link artifacts,
     and defer their summaries to the list this yields (give it to `finish_deferred`)."""
-    deferred: list[asyncio.Task[None]] = []
+    deferred: list[asyncio.Future[Any]] = []
     tokens = _IN_BATCH.set(True), _DEFERRED.set(deferred)
     try:
         yield deferred
@@ -52,10 +52,11 @@ def batch_children() -> Iterator[list[asyncio.Task[None]]]:
         _IN_BATCH.reset(tokens[0])
 
 
-async def defer(work: Coroutine[Any, Any, None]) -> None:
-    """Run `work` now; in an in-process batch's child, start it and let the batch wait for it.
+async def defer(work: Awaitable[Any]) -> None:
+    """Await `work` now; in an in-process batch's child, start it and let the batch wait for it.
 
-    The task copies the child's context, so what it creates (an artifact) is still the child's.
+    A task copies the context it is started in, so what it creates (an artifact) is still the
+    child's; pass a coroutine or a future already started in the child (`asyncio.gather(...)`).
     """
     deferred = _DEFERRED.get()
     if deferred is None:
@@ -64,7 +65,7 @@ async def defer(work: Coroutine[Any, Any, None]) -> None:
         deferred.append(asyncio.ensure_future(work))
 
 
-async def finish_deferred(deferred: list[asyncio.Task[None]]) -> int:
+async def finish_deferred(deferred: list[asyncio.Future[Any]]) -> int:
     """Wait for the children's deferred work; a failure is logged, not raised (the generations
     it describes are done and stored). Returns how many failed."""
     failed = 0
