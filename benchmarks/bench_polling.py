@@ -226,7 +226,7 @@ def main() -> None:
     print(f"warm-up: {args.warmup} generations, durations {result['warmup_durations_s']}")
     if learned.learned:
         print(f"learned window: {learned.window_start:.3f} .. {learned.window_end:.3f} s "
-              f"(dense every {learned.dense_step or learned.dense_seconds:.3f} s inside, sparse every {learned.sparse_seconds:.3f} s before)")
+              f"(dense every {learned.dense_step:.3f} s inside, sparse every {learned.sparse_seconds:.3f} s before)")
     print(f"measured: {args.n} generations per policy, interleaved, batch wall {out['batch_wall_s']:.1f} s")
     header = f"{'policy':8} {'det p50 s':>10} {'det p95 s':>10} {'(provider p50/p95 s)':>22}"
     print(f"{header} {'mean polls':>11} {'max':>5}")

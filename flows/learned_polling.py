@@ -20,7 +20,7 @@ against estimation error (a small history says little about its own tails). Then
   be a fifth of the whole wait and see completion ~1 s late, where 0.25 s sees it ~0.1 s late for
   about the same number of polls;
 * after the window (a slow outlier, or a provider that got slower): back off from
-  ``dense_seconds`` by the fallback's ``growth`` per poll up to its ``max_seconds`` (10 s), the
+  that step by the fallback's ``growth`` per poll up to its ``max_seconds`` (10 s), the
   same bound on lateness as today's schedule;
 * every delay gets +/- ``jitter`` so a batch of waiters does not poll in lockstep, and a
   server's Retry-After is a floor, as in `PollSchedule`.
@@ -125,16 +125,14 @@ class LearnedPollPolicy(BaseModel):
     # How the schedule polls.
     sparse_seconds: float = Field(30.0, gt=0, description="pause before the window (never past its start)")
     dense_seconds: float = Field(2.0, gt=0, description="pause inside the window")
-    jitter: float = Field(0.1, ge=0, lt=1, description="+/- fraction applied to each delay")
-    # What was learned: both None = nothing learned yet (fallback).
-    window_start: float | None = Field(None, ge=0, description="learned: dense polling starts here")
     dense_polls: int = Field(8, ge=1, description="a window narrower than dense_polls x dense_seconds is crossed "
                              "in this many polls")
     min_dense_seconds: float = Field(0.25, gt=0, description="...but never at less than this pause")
+    jitter: float = Field(0.1, ge=0, lt=1, description="+/- fraction applied to each delay")
+    # What was learned: both None = nothing learned yet (fallback).
+    window_start: float | None = Field(None, ge=0, description="learned: dense polling starts here")
     window_end: float | None = Field(None, ge=0, description="learned: after this, back off like the fallback")
     samples: int = Field(0, ge=0, description="learned: how many durations the window was estimated from")
-    dense_step: float | None = Field(None, gt=0, description="learned: the pause inside the window (at most "
-                                     "dense_seconds); None: dense_seconds")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -160,6 +158,15 @@ class LearnedPollPolicy(BaseModel):
     def learned(self) -> bool:
         return self.window_start is not None
 
+    @property
+    def dense_step(self) -> float:
+        """The pause inside the window: `dense_seconds`, or less for a window it would cross in
+        fewer than `dense_polls` polls (never under `min_dense_seconds`)."""
+        if self.window_start is None or self.window_end is None:
+            return self.dense_seconds
+        width = self.window_end - self.window_start
+        return min(self.dense_seconds, max(self.min_dense_seconds, width / self.dense_polls))
+
     def learn(self, durations: Sequence[float]) -> LearnedPollPolicy:
         """A copy whose window is estimated from ``durations`` (oldest first), or cleared if too few.
 
@@ -168,15 +175,12 @@ class LearnedPollPolicy(BaseModel):
         """
         usable = [d for d in map(_as_seconds, durations) if d is not None][-self.max_history :]
         if len(usable) < self.min_history:
-            return self.model_copy(update={"window_start": None, "window_end": None, "dense_step": None,
-                                           "samples": len(usable)})
+            return self.model_copy(update={"window_start": None, "window_end": None, "samples": len(usable)})
         ordered = sorted(usable)
         low, high = quantile(ordered, self.low_quantile), quantile(ordered, self.high_quantile)
         margin = max(self.margin_fraction * (high - low), self.min_margin_fraction * quantile(ordered, 0.5))
-        start, end = max(0.0, low - margin), high + margin
-        step = min(self.dense_seconds, max(self.min_dense_seconds, (end - start) / self.dense_polls))
         return self.model_copy(
-            update={"window_start": start, "window_end": end, "dense_step": step, "samples": len(usable)}
+            update={"window_start": max(0.0, low - margin), "window_end": high + margin, "samples": len(usable)}
         )
 
     def schedule(self, rng: random.Random | None = None) -> PollSchedule | LearnedPollSchedule:
@@ -197,7 +201,7 @@ class LearnedPollSchedule:
         self.window_start = policy.window_start
         self.window_end = policy.window_end
         self._rng = rng
-        self.step = policy.dense_step or policy.dense_seconds
+        self.step = policy.dense_step
         self._backoff = self.step  # grows only after the window
 
     def _jittered(self, seconds: float) -> float:
@@ -245,8 +249,6 @@ def scale_policy(policy: P, factor: float) -> P:
         "dense_seconds": policy.dense_seconds * factor,
         "min_dense_seconds": policy.min_dense_seconds * factor,
     }
-    if policy.dense_step is not None:
-        update["dense_step"] = policy.dense_step * factor
     if policy.window_start is not None and policy.window_end is not None:
         update.update(window_start=policy.window_start * factor, window_end=policy.window_end * factor)
     return policy.model_copy(update=update)

@@ -263,7 +263,7 @@ def test_a_narrow_window_is_crossed_in_a_few_short_steps() -> None:
     assert policy.dense_step == pytest.approx(policy.min_dense_seconds)
     future = [10.0 + rng.uniform(0.0, 0.6) for _ in range(300)]
     narrow = figures(policy, future)
-    coarse = figures(policy.model_copy(update={"dense_step": None}), future)  # the plain 2 s step
+    coarse = figures(policy.model_copy(update={"min_dense_seconds": 2.0}), future)  # the plain 2 s step
     assert narrow["p50"] < 0.2 < 0.5 < coarse["p50"]
     assert narrow["mean_polls"] <= 8
 
