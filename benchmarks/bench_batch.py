@@ -20,12 +20,12 @@ its RSS and CPU are the worker's.
 
 (b) and (c) run in ``--rounds`` pairs (3 by default), the first of each pair alternating (floor
 then ours, ours then floor, ...), each phase only once the Prefect server and PostgreSQL are idle
-again (``settle``): the server records a batch's task runs and events for seconds after the batch
-returns, and whichever side ran straight after the other paid for that backlog. The pair-to-pair
-spread on this 2-core machine is wide (the floor alone moved 22-28 s at N=100), so
-``ratio_to_floor`` is the median of the rounds' ratios, printed with their min and max; the
-round with the median ratio is the one detailed below the table. Detection and polls are judged
-on the worst round.
+again (``CpuWatch.settle``): the server records a batch's task runs and events for seconds after
+the batch returns, and whichever side ran straight after the other paid for that backlog. The
+pair-to-pair spread on this 2-core machine is wide (the floor alone moved 22-28 s at N=100), so
+``ratio_to_floor`` is the median of the rounds' ratios, printed with their min and max; the round
+with the median ratio is the one detailed below the table. Detection and polls are judged on the
+worst round.
 
 Per generation, with the sandbox's ledger (accepted_at / started_at / completed_at, GETs counted):
 
@@ -199,6 +199,25 @@ class CpuWatch:
     def start(self) -> None:
         self._start = self._read()
 
+    async def settle(self, *, quiet_cores: float = 0.15, window: float = 1.0, limit: float = 90.0) -> float:
+        """Wait until the Prefect server and PostgreSQL are idle; returns the seconds waited.
+
+        The server records a batch's task runs and events for seconds after the batch returns (its
+        task-run recorder and event persister work through a backlog). Measured without this wait,
+        whichever side ran second paid for the first one's backlog: the floor always ran first, so
+        ours started each time on a server still busy with the floor's thousands of events.
+        """
+        waited = 0.0
+        while waited < limit:
+            before = self._read()
+            await asyncio.sleep(window)
+            waited += window
+            after = self._read()
+            busy = sum(after[name] - before[name] for name in ("prefect_server", "postgresql"))
+            if busy < quiet_cores * window:
+                break
+        return waited
+
     def stop(self, worker_cpu: float) -> dict[str, float]:
         """Deltas; `unaccounted` is machine CPU used by none of the benchmark's processes (other load)."""
         end = self._read()
@@ -206,26 +225,6 @@ class CpuWatch:
         ours = worker_cpu + deltas["prefect_server"] + deltas["postgresql"] + deltas["sandbox"]
         deltas["unaccounted"] = round(max(0.0, deltas["machine"] - ours), 2)
         return deltas
-
-
-async def settle(cpu: CpuWatch, *, quiet_cores: float = 0.15, window: float = 1.0, limit: float = 90.0) -> float:
-    """Wait until the Prefect server and PostgreSQL are idle; returns the seconds waited.
-
-    The server records a batch's task runs and events for seconds after the batch returns (its
-    task-run recorder and event persister work through a backlog). Measured without this wait,
-    whichever side ran second paid for the first one's backlog: the floor always ran first, so
-    ours started each time on a server still busy with the floor's thousands of events.
-    """
-    waited = 0.0
-    while waited < limit:
-        before = cpu._read()
-        await asyncio.sleep(window)
-        waited += window
-        after = cpu._read()
-        busy = (after["prefect_server"] - before["prefect_server"]) + (after["postgresql"] - before["postgresql"])
-        if busy < quiet_cores * window:
-            return waited
-    return waited
 
 
 def self_cpu_seconds() -> float:
@@ -583,7 +582,7 @@ def main() -> None:
                         order.remove("floor")
                     floor, floor_cpu, settled = None, None, {}
                     for phase in order:
-                        settled[phase] = await settle(cpu)
+                        settled[phase] = await cpu.settle()
                         if phase == "floor":
                             print(f"(c) Prefect's floor, round {round_ + 1}: {n} child flow runs of three no-op "
                                   f"tasks, the middle one waiting {d:g} s ...", flush=True)

@@ -9,13 +9,14 @@
   busiest (1.2-1.9 s each, measured at N=100 on 2 cores), and the batch waits for the slowest.
 * `owns_key(key)`: this child run alone ever uses its idempotency key. The batch makes each item's key
   from its own flow run id and the item's index; in the batch's first run no other run can hold that
-  key (the sweep's scope is the same in every sweep, so it claims nothing), so the child's first attempt is provably the first of its generation and, like a flow run's
-  own scope, needs no usage-log read before its POST. A retried batch (run count above 1) may meet
+  key (the sweep's scope is the same in every sweep, so it claims nothing), so the child's first
+  attempt is provably the first of its generation and, like a flow run's own scope, needs no
+  usage-log read before its POST. A retried batch (run count above 1) may meet
   what its earlier run sent, so it claims nothing and its children read the log. Without this every
   child of a batch scans the log (24 h back) before paying: slow on a busy account, and failing
   closed once the account lists more rows than a scan may read.
 
-Both are private and read through functions: task and flow functions are pickled by value when a
+The context variables are private and read through functions: task and flow functions are pickled by value when a
 flow is served, with the globals they name, and a ContextVar cannot be pickled.
 """
 
