@@ -7,7 +7,6 @@ the download takes the one polling just saw, if fresh, or asks the API again.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from prefect_aimlapi_video.flows.destinations import Destination
 from prefect_aimlapi_video.flows.errors import AimlApiError, DownloadError
 from prefect_aimlapi_video.flows.models import Generation, Phase, StatusChange, VideoInfo
 from prefect_aimlapi_video.flows.probe import probe_video
-from prefect_aimlapi_video.flows.strip import Strip, make_strip
+from prefect_aimlapi_video.flows.strip import Strip
+from prefect_aimlapi_video.flows.strip_helper import make_strip_in_helper
 
 RESULT_URL_TTL_SECONDS = 60.0
 _fresh_result_urls: dict[str, tuple[str, float]] = {}
@@ -81,7 +81,7 @@ async def store_result(
             info = probe_video(staged, label="the downloaded result")
         except AimlApiError as exc:
             raise DownloadError(f"The result of {generation_id} is not a playable video: {exc}") from None
-        preview = await asyncio.to_thread(make_strip, before, staged) if strip else None
+        preview = await make_strip_in_helper(before, staged) if strip else None
         location = await destination.store(staged, path, sha256=downloaded.sha256)
     return StoredVideo(location=location, sha256=downloaded.sha256, size_bytes=downloaded.size_bytes, info=info,
                        download_s=time.monotonic() - started, strip=preview)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from prefect_aimlapi_video.flows.probe import local_media
 from prefect_aimlapi_video.flows.redact import redact
@@ -46,6 +46,8 @@ SUFFIX = ".strip.jpg"  # next to the output: <output>.strip.jpg
 
 class Strip(BaseModel):
     """An encoded strip (JPEG) and what it shows; `times` are seconds into the input, one per column."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")  # JPEG bytes are not UTF-8
 
     image: bytes
     width: int

@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["flows.redact", "flows.errors", "flows.models", "flows.requests", "flows.connection",
                      "flows.answers", "flows.download", "flows.client", "flows.usage_log", "flows.polling",
                      "flows.learned_polling", "flows.waiting", "flows.probe", "flows.strip",
-                     "flows.video_checks"], 0),
+                     "flows.strip_helper", "flows.video_checks"], 0),
     **dict.fromkeys(["blocks", "blocks.credentials"], 1),
     **dict.fromkeys(["flows.s3", "flows.record_store", "flows.block_refs"], 2),
     **dict.fromkeys(["flows.sources", "flows.destinations", "flows.s3_requests", "flows.settings",
