@@ -7,10 +7,13 @@ one session: with the strip made in a thread the batch took 1.28x Prefect's floo
 11.6 s of CPU; with the strip made in another process, 1.14x and 8.8 s. A crash of FFmpeg on a
 hostile file also ends the helper, not the flow run.
 
-One helper per process, started on first use, makes one strip at a time; requests and answers are
-JSON lines on its stdin and stdout. It exits when its stdin closes, so it never outlives the process
-that started it, even one that was SIGKILLed. It imports the strip's own modules only: not the
-package's `__init__`, which imports Prefect for the block (~1 s and ~50 MB more per helper).
+In-process batches use it (`flows/results.py`); a flow run alone in its process (a single run, a
+work-pool child) makes its strip in a thread, as starting a helper (~0.25 s of CPU) would cost more
+than the strip. One helper per process, started on first use, makes one strip at a time; requests
+and answers are JSON lines on its stdin and stdout. It exits when its stdin closes, so it never
+outlives the process that started it, even one that was SIGKILLed. It imports the strip's own
+modules only: not the package's `__init__`, which imports Prefect for the block (~1 s and ~50 MB
+more per helper).
 
 Best effort, like the strip itself: when the helper cannot be started, the strip is made in a thread
 as before; when it dies on a file or gives no answer within `TIMEOUT_SECONDS`, that generation gets
@@ -29,7 +32,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from prefect_aimlapi_video.flows.strip import Strip, make_strip
 from prefect_aimlapi_video.flows.strip import logger as strip_logger
@@ -122,9 +125,14 @@ class _Helper:
             timer.cancel()
         if not line:
             code = process.wait()
-            raise HelperGone(f"no answer in {TIMEOUT_SECONDS:g} s; stopped" if expired.is_set()
-                             else f"it ended with exit code {code}")
-        return StripAnswer.model_validate_json(line)
+            raise HelperGone(f"gave no answer in {TIMEOUT_SECONDS:g} s and was stopped" if expired.is_set()
+                             else f"ended with exit code {code}")
+        try:
+            return StripAnswer.model_validate_json(line)
+        except ValidationError:  # half a line from a helper that died writing it, say: start afresh
+            process.kill()
+            process.wait()
+            raise HelperGone("gave an unreadable answer and was stopped") from None
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -170,6 +178,9 @@ def _make_via_helper(helper: _Helper, request: StripRequest) -> Strip | None:
         answer = helper.ask(request, process)
     except HelperGone as exc:
         strip_logger.warning("No before/after strip for %s: the strip helper %s.", Path(request.after).name, exc)
+        return None
+    except Exception as exc:  # best effort, like the strip itself: never fail a generation
+        strip_logger.warning("No before/after strip for %s: %s: %s", Path(request.after).name, type(exc).__name__, exc)
         return None
     for warning in answer.warnings:
         strip_logger.warning("%s", warning)

@@ -89,7 +89,7 @@ async def test_a_helper_that_hangs_is_stopped_and_the_next_strip_gets_a_new_one(
         started = time.monotonic()
         assert await make_strip_in_helper(None, stuck) is None
         assert time.monotonic() - started < 30
-    assert any("no answer in 1 s" in r.getMessage() for r in caplog.records)
+    assert any("gave no answer in 1 s" in r.getMessage() for r in caplog.records)
     assert hung.poll() is not None
     assert await make_strip_in_helper(None, after) is not None
     assert helper_process().pid != hung.pid
@@ -121,7 +121,7 @@ async def test_a_helper_killed_mid_strip_costs_that_strip_only(clips, caplog, mo
     with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.flows.strip"):
         assert await make_strip_in_helper(*clips) is None
     assert process.returncode == -signal.SIGSEGV
-    assert any(f"exit code {-signal.SIGSEGV}" in r.getMessage() for r in caplog.records)
+    assert any(f"ended with exit code {-signal.SIGSEGV}" in r.getMessage() for r in caplog.records)
     assert made_here == []
 
 
@@ -164,3 +164,24 @@ def test_the_helper_ends_with_the_process_that_started_it_even_on_sigkill(clips,
 async def test_strips_asked_for_at_once_are_made_one_after_another_by_one_helper(clips):
     strips = await asyncio.gather(*(make_strip_in_helper(*clips) for _ in range(6)))
     assert all(strip == strips[0] for strip in strips) and strips[0] is not None
+
+
+async def test_an_unreadable_answer_costs_that_strip_and_the_helper(clips, caplog, monkeypatch):
+    monkeypatch.setattr(strip_helper, "BOOTSTRAP", "import sys, time\nsys.stdin.readline()\n"
+                                                   "print('{\"strip\": {\"ima', flush=True)\ntime.sleep(60)\n")
+    with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.flows.strip"):
+        assert await make_strip_in_helper(*clips) is None
+    assert any("gave an unreadable answer and was stopped" in r.getMessage() for r in caplog.records)
+    assert helper_process().returncode is not None  # killed, so the next strip starts afresh
+
+
+async def test_only_an_in_process_batch_uses_the_helper(clips):
+    """A run alone in its process makes its strip in a thread: a helper would cost more than the strip."""
+    from prefect_aimlapi_video.flows.batch_context import batch_children
+    from prefect_aimlapi_video.flows.results import _make_strip
+
+    alone = await _make_strip(*clips)
+    assert alone is not None and strip_helper._helper is None
+    with batch_children():
+        in_batch = await _make_strip(*clips)
+    assert in_batch == alone and helper_process().poll() is None
