@@ -467,7 +467,10 @@ def analyse_ours(run: dict[str, Any], ledger: dict[str, Any], children: dict[str
             "child_end": child.end_time.timestamp() if child is not None and child.end_time else None,
         })
     accepted = [ledger[r.generation_id].accepted_at for r in run["rows"] if r.generation_id in ledger]
+    ends = [r["child_end"] for r in records if r["child_end"] is not None]
     return {
+        # the batch's own end: its last summaries, its table and progress artifacts, its final state
+        "tail_after_last_child_s": rnd(run["started_at"] + run["wall_s"] - max(ends)) if ends else None,
         "completed": len(detection), "failed": failed,
         "detection": summary(detection), "polls": summary(polls), "overhead": summary(overhead),
         "provider_processing": summary(processing), "provider_queued": summary(queued), "child_total": summary(total),
@@ -713,7 +716,8 @@ def report(args: argparse.Namespace, n: int, d: float, workers: int, baseline_n:
     print(f"phases: child launch p50 {ours['child_launch']['p50']} s / p95 {ours['child_launch']['p95']} s after the "
           f"batch call; POSTs from +{ours['first_post_after_s']} s, spread over {ours['posts_spread_s']} s; "
           f"start->POST p50 {ours['before_post']['p50']} s / p95 {ours['before_post']['p95']} s; "
-          f"detection->child end p50 {ours['after_detect']['p50']} s / p95 {ours['after_detect']['p95']} s")
+          f"detection->child end p50 {ours['after_detect']['p50']} s / p95 {ours['after_detect']['p95']} s; "
+          f"last child end->batch end {ours['tail_after_last_child_s']} s")
     rss = run["rss"]
     print(f"worker: peak RSS {peak_rss:.0f} MB with its strip helper's {rss['strip_helper_mb']:.0f} (ru_maxrss "
           f"{rss['ru_maxrss_mb']:.0f}, sampled during (b) {rss['sampled_peak_mb']:.0f}, before (b) "
@@ -767,7 +771,7 @@ def report(args: argparse.Namespace, n: int, d: float, workers: int, baseline_n:
         "child_launch_p50_s": ours["child_launch"]["p50"], "child_launch_p95_s": ours["child_launch"]["p95"],
         "before_post_p50_s": ours["before_post"]["p50"], "before_post_p95_s": ours["before_post"]["p95"],
         "after_detect_p50_s": ours["after_detect"]["p50"], "after_detect_p95_s": ours["after_detect"]["p95"],
-        "posts_spread_s": ours["posts_spread_s"], "first_post_after_s": ours["first_post_after_s"],
+        "posts_spread_s": ours["posts_spread_s"], "tail_after_last_child_s": ours["tail_after_last_child_s"], "first_post_after_s": ours["first_post_after_s"],
         "provider_processing_mean_s": ours["provider_processing"]["mean"],
         "peak_rss_mb": rnd(peak_rss, 1), "ru_maxrss_mb": rnd(rss["ru_maxrss_mb"], 1),
         "rss_sampled_peak_b_mb": rnd(rss["sampled_peak_mb"], 1), "rss_before_b_mb": rnd(rss["before_mb"], 1),

@@ -152,6 +152,11 @@ async def publish_output_link(location: str) -> None:
     await acreate_link_artifact(key=await artifact_key("output"), link=link, link_text=location, description="Generated video")
 
 
+async def publish_result(report: VideoToVideoResult, strip: Strip | None, location: str) -> None:
+    """A finished generation's summary and output link, sent together (independent requests)."""
+    await asyncio.gather(publish_summary(report, strip), publish_output_link(location))
+
+
 class ProgressArtifact:
     """A progress artifact kept up to date in the background, so waiting never waits on the Prefect API.
 

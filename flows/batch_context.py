@@ -7,6 +7,9 @@
   the batch waits for all of them (`finish_deferred`) before it reports. A child otherwise waits
   out one more Prefect API round trip just when every child is finishing and the server is at its
   busiest (1.2-1.9 s each, measured at N=100 on 2 cores), and the batch waits for the slowest.
+  At most `DEFERRED_AT_ONCE` are in flight: each summary carries its strip (~34 KB of base64 out,
+  the same back), and hundreds sent at once would queue in the Prefect client's 16 connections
+  ahead of the requests that start and finish the other children.
 * `owns_key(key)`: this child run alone ever uses its idempotency key. The batch makes each item's key
   from its own flow run id and the item's index; in the batch's first run no other run can hold that
   key (the sweep's scope is the same in every sweep, so it claims nothing), so the child's first
@@ -25,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Iterator
+from collections.abc import Coroutine, Iterator
 from contextvars import ContextVar
 from typing import Any
 
 _IN_BATCH: ContextVar[bool] = ContextVar("aimlapi_in_batch", default=False)
 _OWNED_KEY: ContextVar[str | None] = ContextVar("aimlapi_owned_key", default=None)
-_DEFERRED: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar("aimlapi_deferred", default=None)
+_DEFERRED: ContextVar[DeferredWork | None] = ContextVar("aimlapi_deferred", default=None)
+DEFERRED_AT_ONCE = 4  # a quarter of the Prefect client's connection pool (16)
 logger = logging.getLogger(__name__)
 
 
@@ -40,11 +44,30 @@ def in_batch() -> bool:
     return _IN_BATCH.get()
 
 
+class DeferredWork:
+    """One batch's deferred work, in flight at most `DEFERRED_AT_ONCE` at a time.
+
+    Also when the batch waits for what is left: sending all of that at once did not end the batch
+    sooner (the Prefect server, recording the children's ends, answers them no faster).
+    """
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[Any]] = []
+        self._turns = asyncio.Semaphore(DEFERRED_AT_ONCE)
+
+    def start(self, work: Coroutine[Any, Any, Any]) -> None:
+        async def in_turn() -> Any:
+            async with self._turns:
+                return await work
+
+        self.futures.append(asyncio.ensure_future(in_turn()))
+
+
 @contextlib.contextmanager
-def batch_children() -> Iterator[list[asyncio.Future[Any]]]:
+def batch_children() -> Iterator[DeferredWork]:
     """Around an in-process batch's children: they skip their progress and output-link artifacts,
-    and defer their summaries to the list this yields (give it to `finish_deferred`)."""
-    deferred: list[asyncio.Future[Any]] = []
+    and defer their summaries to what this yields (give it to `finish_deferred`)."""
+    deferred = DeferredWork()
     tokens = _IN_BATCH.set(True), _DEFERRED.set(deferred)
     try:
         yield deferred
@@ -53,24 +76,24 @@ def batch_children() -> Iterator[list[asyncio.Future[Any]]]:
         _IN_BATCH.reset(tokens[0])
 
 
-async def defer(work: Awaitable[Any]) -> None:
+async def defer(work: Coroutine[Any, Any, Any]) -> None:
     """Await `work` now; in an in-process batch's child, start it and let the batch wait for it.
 
     A task copies the context it is started in, so what it creates (an artifact) is still the
-    child's; pass a coroutine or a future already started in the child (`asyncio.gather(...)`).
+    child's. `work` is a coroutine, not yet started: in a batch it waits for its turn.
     """
     deferred = _DEFERRED.get()
     if deferred is None:
         await work
     else:
-        deferred.append(asyncio.ensure_future(work))
+        deferred.start(work)
 
 
-async def finish_deferred(deferred: list[asyncio.Future[Any]]) -> int:
-    """Wait for the children's deferred work; a failure is logged, not raised (the generations
-    it describes are done and stored). Returns how many failed."""
+async def finish_deferred(deferred: DeferredWork) -> int:
+    """Wait for the children's deferred work; a failure is logged, not raised (the generations it
+    describes are done and stored). Returns how many failed."""
     failed = 0
-    for outcome in await asyncio.gather(*deferred, return_exceptions=True):
+    for outcome in await asyncio.gather(*deferred.futures, return_exceptions=True):
         if isinstance(outcome, BaseException):
             failed += 1
             logger.warning("A child's summary was not published: %s: %s", type(outcome).__name__, outcome)

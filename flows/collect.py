@@ -15,7 +15,7 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.artifacts import publish_output_link, publish_summary
+from prefect_aimlapi_video.flows.artifacts import publish_result
 from prefect_aimlapi_video.flows.destinations import resolve_output, template_fields
 from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.generation_events import emit_generation_event
@@ -91,7 +91,7 @@ async def collect_generation(
         result.strip = await target.write_bytes(f"{path}{STRIP_SUFFIX}", stored.strip.image,
                                                  content_type=STRIP_MEDIA_TYPE)
     await asyncio.gather(target.write_sidecar(path, result.model_dump(mode="json")),
-                         publish_summary(result, stored.strip), publish_output_link(stored.location))
+                         publish_result(result, stored.strip, stored.location))
     emit_generation_event("completed", result)
     get_run_logger().info("Collected %s -> %s (no new request sent).", generation_id, result.output)
     return result

@@ -18,7 +18,7 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.artifacts import publish_output_link, publish_summary
+from prefect_aimlapi_video.flows.artifacts import publish_result, publish_summary
 from prefect_aimlapi_video.flows.batch_context import defer, owns_key
 from prefect_aimlapi_video.flows.budget import BudgetExceeded, BudgetRef, budget_summary, credits_cap
 from prefect_aimlapi_video.flows.destinations import Destination, resolve_output, template_fields
@@ -217,7 +217,7 @@ async def video_to_video(
     result.budget = await budget_text(spend, settings)
     await asyncio.gather(  # independent writes: don't pay their round trips one after another
         target.write_sidecar(path, result.model_dump(mode="json")),
-        defer(asyncio.gather(publish_summary(result, stored.strip), publish_output_link(stored.location))),
+        defer(publish_result(result, stored.strip, stored.location)),
     )
     emit_generation_event("completed", result)
     logger.info(

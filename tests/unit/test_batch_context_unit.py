@@ -92,6 +92,33 @@ def test_in_a_batch_a_child_does_not_wait_for_its_deferred_work_and_the_batch_do
     assert before == [] and after == [("k-0", True), ("k-1", True)] and failed == 0
 
 
+def test_a_batch_runs_at_most_a_few_deferred_works_at_once_and_finishes_them_all():
+    """Hundreds of summaries sent at once would crowd out, in the Prefect client's 16 connections,
+    the requests that start and finish the other children."""
+    from prefect_aimlapi_video.flows.batch_context import DEFERRED_AT_ONCE
+
+    total = 5 * DEFERRED_AT_ONCE
+    running, most, finished = 0, 0, []
+
+    async def work(index: int) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.005)
+        running -= 1
+        finished.append(index)
+
+    async def run() -> int:
+        with batch_children() as deferred:
+            for index in range(total):
+                await defer(work(index))  # returns at once: the child does not wait its turn
+            assert finished == []
+            return await finish_deferred(deferred)
+
+    assert asyncio.run(run()) == 0
+    assert most == DEFERRED_AT_ONCE and sorted(finished) == list(range(total))
+
+
 def test_a_failed_deferred_work_is_counted_and_logged_not_raised(caplog):
     async def broken() -> None:
         raise RuntimeError("server said 500")
