@@ -14,9 +14,9 @@ import re
 import time
 from typing import Any
 
-from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact
+from prefect.artifacts import MarkdownArtifact, acreate_link_artifact
 
-from prefect_aimlapi_video.flows.batch_context import in_batch
+from prefect_aimlapi_video.flows.batch_context import batch_client, in_batch
 from prefect_aimlapi_video.flows.models import VideoToVideoResult
 from prefect_aimlapi_video.flows.redact import redact
 from prefect_aimlapi_video.flows.requests import REQUEST_MODELS
@@ -131,10 +131,11 @@ def summary_markdown(report: VideoToVideoResult, strip: Strip | None = None) -> 
 
 
 async def publish_summary(report: VideoToVideoResult, strip: Strip | None = None) -> None:
-    await acreate_markdown_artifact(
+    """The summary artifact, sent with the batch's own client in an in-process batch's child."""
+    await MarkdownArtifact(
         key=await artifact_key("summary"), markdown=summary_markdown(report, strip),
         description=f"AI/ML API video-to-video: {report.status}",
-    )
+    ).acreate(batch_client())
 
 
 async def publish_output_link(location: str) -> None:

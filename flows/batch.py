@@ -14,13 +14,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 from prefect import flow, tags
 from prefect.artifacts import acreate_table_artifact
+from prefect.client.orchestration import get_client
 from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.artifacts import ProgressArtifact, artifact_key
-from prefect_aimlapi_video.flows.batch_context import batch_children, finish_deferred, owned_key
+from prefect_aimlapi_video.flows.batch_context import DEFERRED_AT_ONCE, batch_children, finish_deferred, owned_key
 from prefect_aimlapi_video.flows.batch_items import (
     BatchItem,
     BatchItemResult,
@@ -179,10 +181,18 @@ async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: s
         on_done(row)
         return row
 
-    with _no_child_heartbeats(), batch_children() as deferred:
-        rows = list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
-        await finish_deferred(deferred)  # the children's summaries, before the table that links them
-        return rows
+    async with _client_for_deferred() as client:
+        with _no_child_heartbeats(), batch_children(client) as deferred:
+            rows = list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+            await finish_deferred(deferred)  # the children's summaries, before the table that links them
+            return rows
+
+
+def _client_for_deferred() -> contextlib.AbstractAsyncContextManager[Any]:
+    """A Prefect client with connections of its own for the children's summaries (see
+    `flows.batch_context`), so they never queue ahead of the requests that run the children."""
+    return get_client(httpx_settings={"limits": httpx.Limits(max_connections=DEFERRED_AT_ONCE,
+                                                             max_keepalive_connections=DEFERRED_AT_ONCE)})
 
 
 def _no_child_heartbeats() -> contextlib.AbstractContextManager[Any]:

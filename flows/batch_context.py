@@ -7,9 +7,11 @@
   the batch waits for all of them (`finish_deferred`) before it reports. A child otherwise waits
   out one more Prefect API round trip just when every child is finishing and the server is at its
   busiest (1.2-1.9 s each, measured at N=100 on 2 cores), and the batch waits for the slowest.
-  At most `DEFERRED_AT_ONCE` are in flight: each summary carries its strip (~34 KB of base64 out,
-  the same back), and hundreds sent at once would queue in the Prefect client's 16 connections
-  ahead of the requests that start and finish the other children.
+  The batch sends them through a Prefect client of its own (`batch_client()`), at most
+  `DEFERRED_AT_ONCE` at a time: each summary carries its strip (~34 KB of base64 out, the same
+  back), and sent through the client the children share they queued in its 16 connections ahead of
+  the requests that start and finish the other children (or, held back to a few at a time there,
+  piled up for the batch's end).
 * `owns_key(key)`: this child run alone ever uses its idempotency key. The batch makes each item's key
   from its own flow run id and the item's index; in the batch's first run no other run can hold that
   key (the sweep's scope is the same in every sweep, so it claims nothing), so the child's first
@@ -35,7 +37,7 @@ from typing import Any
 _IN_BATCH: ContextVar[bool] = ContextVar("aimlapi_in_batch", default=False)
 _OWNED_KEY: ContextVar[str | None] = ContextVar("aimlapi_owned_key", default=None)
 _DEFERRED: ContextVar[DeferredWork | None] = ContextVar("aimlapi_deferred", default=None)
-DEFERRED_AT_ONCE = 4  # a quarter of the Prefect client's connection pool (16)
+DEFERRED_AT_ONCE = 16  # the connections of the batch's own client (as many as Prefect's shared one)
 logger = logging.getLogger(__name__)
 
 
@@ -45,13 +47,11 @@ def in_batch() -> bool:
 
 
 class DeferredWork:
-    """One batch's deferred work, in flight at most `DEFERRED_AT_ONCE` at a time.
+    """One batch's deferred work, in flight at most `DEFERRED_AT_ONCE` at a time, and the Prefect
+    client it is sent with (opaque here: this module sends nothing itself)."""
 
-    Also when the batch waits for what is left: sending all of that at once did not end the batch
-    sooner (the Prefect server, recording the children's ends, answers them no faster).
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, client: Any = None) -> None:
+        self.client = client
         self.futures: list[asyncio.Future[Any]] = []
         self._turns = asyncio.Semaphore(DEFERRED_AT_ONCE)
 
@@ -64,16 +64,23 @@ class DeferredWork:
 
 
 @contextlib.contextmanager
-def batch_children() -> Iterator[DeferredWork]:
+def batch_children(client: Any = None) -> Iterator[DeferredWork]:
     """Around an in-process batch's children: they skip their progress and output-link artifacts,
-    and defer their summaries to what this yields (give it to `finish_deferred`)."""
-    deferred = DeferredWork()
+    and defer their summaries to what this yields (give it to `finish_deferred`), to be sent with
+    `client` (a Prefect client the batch opened for them; None: Prefect's usual one)."""
+    deferred = DeferredWork(client)
     tokens = _IN_BATCH.set(True), _DEFERRED.set(deferred)
     try:
         yield deferred
     finally:
         _DEFERRED.reset(tokens[1])
         _IN_BATCH.reset(tokens[0])
+
+
+def batch_client() -> Any:
+    """The Prefect client an in-process batch opened for its children's deferred artifacts, or None."""
+    deferred = _DEFERRED.get()
+    return deferred.client if deferred is not None else None
 
 
 async def defer(work: Coroutine[Any, Any, Any]) -> None:

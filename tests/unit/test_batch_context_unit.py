@@ -53,6 +53,16 @@ def test_batch_children_flag_is_set_only_inside():
     assert not in_batch()
 
 
+def test_the_batch_client_is_the_one_the_batch_gave_its_children_and_none_elsewhere():
+    from prefect_aimlapi_video.flows.batch_context import batch_client
+
+    client = object()  # opaque here: the batch opens a Prefect client of its own for its summaries
+    assert batch_client() is None
+    with batch_children(client):
+        assert batch_client() is client
+    assert batch_client() is None
+
+
 def test_outside_a_batch_deferred_work_is_done_before_defer_returns():
     done: list[str] = []
 
