@@ -56,6 +56,10 @@ class StripRequest(BaseModel):
     before: str | None
     after: str
 
+    def make(self) -> Strip | None:
+        """The strip asked for, made here (in the helper, or in a thread when it cannot start)."""
+        return make_strip(Path(self.before) if self.before else None, Path(self.after))
+
 
 class StripAnswer(BaseModel):
     strip: Strip | None
@@ -85,8 +89,7 @@ def serve() -> None:
     strip_logger.propagate = False
     for line in sys.stdin:
         warnings.clear()
-        request = StripRequest.model_validate_json(line)
-        strip = make_strip(Path(request.before) if request.before else None, Path(request.after))
+        strip = StripRequest.model_validate_json(line).make()
         answers.write(StripAnswer(strip=strip, warnings=list(warnings)).model_dump_json() + "\n")
         answers.flush()
 
@@ -173,7 +176,7 @@ def _make_via_helper(helper: _Helper, request: StripRequest) -> Strip | None:
         process = helper.start()
     except OSError as exc:
         logger.warning("Cannot start the strip helper (%s); making the strip in a thread.", exc)
-        return make_strip(Path(request.before) if request.before else None, Path(request.after))
+        return request.make()
     try:
         answer = helper.ask(request, process)
     except HelperGone as exc:
