@@ -22,7 +22,15 @@ from starlette.types import ASGIApp
 from .config import CREDITS_PER_USD, SandboxConfig
 from .contract import BodyError, error_body, field_errors, generation_body, parse_submission
 from .engine import Engine, Generation
-from .faults import GATEWAY_502_PAGE, REJECTING_KINDS, FaultConfig, FaultInjector, FaultKind, add_extra_fields
+from .faults import (
+    GATEWAY_502_PAGE,
+    GATEWAY_503_PAGE,
+    REJECTING_KINDS,
+    FaultConfig,
+    FaultInjector,
+    FaultKind,
+    add_extra_fields,
+)
 from .ledger import LOG_STATUS, log_row, refused_row
 from .responses import AbortedResponse, RequestIds, linger
 
@@ -127,6 +135,8 @@ class SandboxApp:
         if denied := self.denied(request):
             return denied, False
         fault = self.faults.draw("submit")
+        if fault == "gateway_503":  # a gateway refuses before the provider sees the POST: nothing accepted
+            return Response(GATEWAY_503_PAGE, status_code=503, media_type="text/html"), False
         if fault in REJECTING_KINDS:
             return self.rejection(request, fault), False
         try:
@@ -140,6 +150,8 @@ class SandboxApp:
         generation = self.engine.accept(submission, request.state.client_request_id, failure)
         if fault == "accept_then_502":  # accepted and charged, but a gateway answers with its own page
             return Response(GATEWAY_502_PAGE, status_code=502, media_type="text/html"), True
+        if fault == "accept_then_500":  # accepted and charged, yet the provider itself answers a JSON 500
+            return self.error(request, 500, REJECTION_MESSAGES[500]), True
         if fault == "unknown_status":
             self.engine.mask_status(
                 generation, self.faults.unknown_status_word(), self.faults.config.unknown_status_seconds

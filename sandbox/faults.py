@@ -24,6 +24,8 @@ FaultKind = Literal[
     "generation_error",
     "unknown_status",
     "extra_fields",
+    "accept_then_500",
+    "gateway_503",
 ]
 ALL_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 # Answered instead of the real response; on submit this happens before acceptance (no charge).
@@ -34,8 +36,11 @@ REJECTING_KINDS: dict[FaultKind, int] = {
     "server_error_503": 503,
 }
 _HTTP_FAULTS = (*REJECTING_KINDS, "drop_connection", "slow_response")
+# Only a POST can be accepted (and so charged) despite a 5xx, or be refused by a gateway before the
+# provider saw it, or fail later, asynchronously.
+_SUBMIT_ONLY = ("accept_then_502", "accept_then_500", "gateway_503", "generation_error")
 ROUTE_KINDS: dict[Route, frozenset[FaultKind]] = {
-    "submit": frozenset((*_HTTP_FAULTS, "accept_then_502", "generation_error", "unknown_status", "extra_fields")),
+    "submit": frozenset((*_HTTP_FAULTS, *_SUBMIT_ONLY, "unknown_status", "extra_fields")),
     "poll": frozenset((*_HTTP_FAULTS, "unknown_status", "extra_fields")),
     "download": frozenset(
         (
@@ -51,9 +56,14 @@ ROUTE_KINDS: dict[Route, frozenset[FaultKind]] = {
 }
 UNKNOWN_STATUS_WORDS = ("processing", "waiting", "active", "in_progress")
 # What a gateway in front of the provider answers: its own HTML page, not the provider's JSON.
+# 502 comes after the provider accepted the POST (``accept_then_502``); 503 before it saw it (``gateway_503``).
 GATEWAY_502_PAGE = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     "<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
+)
+GATEWAY_503_PAGE = (
+    "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
+    "<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n</body>\r\n</html>\r\n"
 )
 # The usage log's row shapes we must survive (the provider documents only `client_request_id`):
 # both ids; the generation id only as `inference_id`; or no field we could recognise as one.

@@ -75,7 +75,7 @@ def log_row(entry: LedgerEntry, shape: str = "standard") -> dict[str, Any]:
 
 
 def refused_row(client_request_id: str | None, at: float, status_code: int) -> dict[str, Any]:
-    """A POST the provider refused (4xx/5xx before acceptance): listed as failed, zero cost, no id."""
+    """A POST refused before acceptance (4xx/5xx, by the provider or a gateway): failed, zero cost, no id."""
     return {
         "id": str(uuid.uuid4()),
         "time": iso_utc(at),

@@ -6,10 +6,13 @@ import time
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from prefect_aimlapi_video.sandbox import FaultConfig, FaultRule
+from prefect_aimlapi_video.sandbox.faults import ALL_KINDS, GATEWAY_503_PAGE
 
 KNOWN_STATUSES = {"queued", "generating", "completed", "error"}
+ERROR_KEYS = {"message", "path", "requestId", "statusCode", "timestamp"}
 
 
 def script(*rules: tuple[str, str], **settings) -> dict:
@@ -29,6 +32,58 @@ def test_rejected_submissions_are_not_charged(api, tiny_uri, kind, status) -> No
     assert api.handle.ledger() == [] and api.handle.logs() == []
     assert api.submit(tiny_uri).status_code == 200  # the scripted rule is used up
     assert len(api.handle.ledger()) == 1
+
+
+@pytest.mark.parametrize("log_refused", [False, True], ids=["refusals-unlisted", "refusals-listed"])
+def test_provider_500_after_acceptance_is_charged_and_listed(api, tiny_uri, log_refused) -> None:
+    """The provider's own JSON 500 does not prove the POST was refused: the log finds the generation."""
+    api.handle.set_faults(script(("submit", "accept_then_500"), log_refused_requests=log_refused))
+    response = api.submit(tiny_uri, headers={"X-Client-Request-Id": "job-8.attempt-1"})
+    assert response.status_code == 500 and response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body.keys() == ERROR_KEYS and body["statusCode"] == 500 and body["message"] == "Internal server error"
+    assert body["requestId"] == response.headers["x-request-id"] and body["path"] == "/v2/video/generations"
+    assert "id" not in body and "x-inference-id" not in response.headers  # nothing in the answer names it
+    (entry,) = api.handle.ledger()
+    (row,) = api.handle.logs(client_request_id="job-8.attempt-1")  # one row, never also a refused one
+    assert (row["client_request_id"], row["generation_id"]) == ("job-8.attempt-1", entry.generation_id)
+    assert api.wait(entry.generation_id)["status"] == "completed"
+    (entry,) = api.handle.ledger()
+    assert entry.status == "completed" and entry.credits > 0
+    (row,) = api.handle.logs()
+    assert (row["generation_id"], row["status"], row["credits"]) == (entry.generation_id, "succeeded", entry.credits)
+    assert api.handle.refused() == []
+
+
+@pytest.mark.parametrize("log_refused", [False, True], ids=["refusals-unlisted", "refusals-listed"])
+def test_gateway_503_before_the_provider_is_not_charged(api, tiny_uri, log_refused) -> None:
+    """A gateway's HTML 503 comes before acceptance: no ledger entry, at most a refused row at zero cost."""
+    api.handle.set_faults(script(("submit", "gateway_503"), log_refused_requests=log_refused))
+    response = api.submit(tiny_uri, headers={"X-Client-Request-Id": "job-9.attempt-1"})
+    assert response.status_code == 503 and response.headers["content-type"].startswith("text/html")
+    assert response.text == GATEWAY_503_PAGE and "statusCode" not in response.text  # not the provider's shape
+    assert "x-inference-id" not in response.headers
+    assert api.handle.ledger() == []
+    rows = api.handle.logs()
+    if log_refused:
+        (row,) = rows
+        assert row["client_request_id"] == "job-9.attempt-1" and row["status_code"] == 503
+        assert (row["status"], row["credits"], row["cost"]) == ("failed", 0, 0)
+        assert not {"generation_id", "inference_id"} & row.keys()  # refused: there is no generation
+        assert api.handle.logs(status="failed") == rows and api.handle.logs(status="succeeded") == []
+    else:
+        assert rows == []
+    assert api.submit(tiny_uri).status_code == 200  # the scripted rule is used up
+    assert len(api.handle.ledger()) == 1
+
+
+def test_the_newer_submit_kinds_come_last_and_fit_no_other_route() -> None:
+    assert ALL_KINDS[-2:] == ("accept_then_500", "gateway_503")  # appended: older kinds keep their positions
+    for kind in ALL_KINDS[-2:]:
+        FaultRule(route="submit", kind=kind)
+        for route in ("poll", "download", "logs"):
+            with pytest.raises(ValidationError, match="does not apply"):
+                FaultRule(route=route, kind=kind)
 
 
 def test_rejections_on_poll_logs_and_download(api, tiny_uri) -> None:
