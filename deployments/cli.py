@@ -184,6 +184,8 @@ def _collect_parser(sub: Any) -> None:
     who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
     collect.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
     collect.add_argument("--timeout", type=float, default=None, help="seconds to wait if it is still running")
+    collect.add_argument("--submissions", default=None,
+                         help="the record store its run used (default AIMLAPI_SUBMISSIONS_DIR): a charge is reported once")
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -193,7 +195,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     try:
         if not args.generation_id.strip():
             raise InvalidInputError("the generation id is empty.")
-        validate_settings(output=args.output, output_storage=args.output_storage,
+        validate_settings(output=args.output, output_storage=args.output_storage, submissions=args.submissions,
                           **({} if args.timeout is None else {"timeout_seconds": args.timeout}))
     except InvalidInputError as exc:
         return fail(str(exc), 2)
@@ -203,7 +205,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return _report(
         collect_generation(
             generation_id=args.generation_id, credentials=_credentials(args), output=args.output,
-            output_storage=args.output_storage, aws_credentials=args.aws_credentials,
+            output_storage=args.output_storage, aws_credentials=args.aws_credentials, submissions=args.submissions,
             **({} if args.timeout is None else {"timeout_seconds": args.timeout}),
         ),
         interrupted="interrupted; run the same command again to collect it.",
@@ -231,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A temporary Prefect server (no PREFECT_API_URL) would otherwise try to phone home, and log an
     # error on machines without internet. An explicit setting wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A first temporary server migrates a fresh database (~25 s on a small machine): more than the
+    # 20 s Prefect waits for it by default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if argv and argv[0] == "sandbox":
         from prefect_aimlapi_video.sandbox import main as sandbox_main
 

@@ -18,6 +18,9 @@ os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect-home")
 os.environ["AIMLAPI_SUBMISSIONS_DIR"] = str(_SESSION_HOME / "submissions")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
+# A temporary server on a fresh database runs its migrations first: ~25 s on this 2-core machine,
+# past Prefect's default 20 s wait for it.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PREFECT_API_KEY", None)
 
