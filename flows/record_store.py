@@ -13,6 +13,13 @@ A version is an opaque string: a revision number locally (the file's first line,
 every write), the ETag on S3 (records carry their own `updated_at`, so no two writes of one record
 have the same content).
 
+A store that only pretends to compare and swap (several S3-compatible stores and proxies ignore
+`If-None-Match` or `If-Match` and simply write) would let two hosts both POST, and a spend cap
+lose updates. So `check()` proves it before first use, on a sentinel record (`cas-check`): a
+second create of it must be refused, a replace at a wrong version must be refused, and a replace
+at the current version must succeed. A store that fails any of the three is refused by name
+before anything is paid. A proof holds for the life of the process (`_PROVEN`).
+
 The local store is atomic between processes of one host (flock on a local filesystem); it is not
 a shared store for several hosts, even on NFS. For workers on several hosts (ECS, Kubernetes,
 several process workers), use `s3://`: S3's conditional writes are atomic for every client.
@@ -23,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -39,6 +48,9 @@ SUBMISSIONS_ENV = "AIMLAPI_SUBMISSIONS_DIR"
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409", "NoSuchKey", "404"}
 
 Versioned = tuple[bytes, str]  # (content, version)
+CAS_SENTINEL = "cas-check"
+_WRONG_VERSIONS = {"local": "0", "s3": '"00000000000000000000000000000000"'}  # never a real version
+_PROVEN: set[str] = set()  # locations whose compare-and-swap this process has proven
 
 
 def default_location() -> str:
@@ -55,6 +67,7 @@ class RecordStore(ABC):
     """Records by key, each written only by compare-and-swap."""
 
     location: str
+    kind: str  # "local" or "s3"
 
     @property
     def shared(self) -> bool:
@@ -73,12 +86,54 @@ class RecordStore(ABC):
         """Store `data` if the record is still at `version`; None if it changed (or vanished) since."""
 
     @abstractmethod
+    async def _reachable(self) -> None:
+        """Raise `InvalidInputError` if the store cannot be used at all (no directory, no bucket)."""
+
     async def check(self) -> None:
-        """Raise `InvalidInputError` before anything is spent if records cannot be kept here."""
+        """Raise `InvalidInputError` before anything is spent if records cannot be kept here safely:
+        the store is unreachable, or it does not really compare and swap (see the module's docstring)."""
+        if self.proof_key in _PROVEN:
+            return
+        await self._reachable()
+        try:
+            await self._prove_compare_and_swap()
+        except (TransientApiError, OSError) as exc:
+            raise InvalidInputError(f"submissions: cannot use {self.location} for submission records: {exc}") from None
+        _PROVEN.add(self.proof_key)
+
+    @property
+    def proof_key(self) -> str:
+        """What a proof of compare-and-swap holds for: this location, reached this way."""
+        return self.location
+
+    async def _prove_compare_and_swap(self) -> None:
+        def body() -> bytes:
+            return json.dumps({"check": uuid.uuid4().hex, "at": time.time()}).encode()
+
+        if await self.read(CAS_SENTINEL) is None:
+            await self.create(CAS_SENTINEL, body())  # None: another checker created it a moment ago
+        if await self.create(CAS_SENTINEL, body()) is not None:
+            self._refuse("a second create of an existing record was accepted (it ignores `If-None-Match: *`)")
+        if await self.replace(CAS_SENTINEL, body(), _WRONG_VERSIONS[self.kind]) is not None:
+            self._refuse("a replace at a version the record does not have was accepted (it ignores `If-Match`)")
+        for _ in range(5):  # other checkers may replace it between our read and our write
+            found = await self.read(CAS_SENTINEL)
+            if found is not None and await self.replace(CAS_SENTINEL, body(), found[1]) is not None:
+                return
+        self._refuse("a replace at the record's current version was refused five times")
+
+    def _refuse(self, what: str) -> None:
+        raise InvalidInputError(
+            f"submissions: {self.location} does not compare and swap: {what}. Two hosts could then both pay for "
+            "one generation, and a spend cap could lose updates. Use a store that honours conditional writes "
+            "(AWS S3, or a local directory for one host), or remove what strips the headers in between."
+        )
 
 
 class LocalRecordStore(RecordStore):
     """JSON files in a directory; compare-and-swap under an exclusive lock of the directory."""
+
+    kind = "local"
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory).expanduser()
@@ -139,6 +194,7 @@ class LocalRecordStore(RecordStore):
                 os.replace(temporary, self._path(key))
         finally:
             temporary.unlink(missing_ok=True)
+        self._sync_directory()  # the rename itself survives a crash of the host
         return str(revision)
 
     def _sync_directory(self) -> None:
@@ -154,7 +210,7 @@ class LocalRecordStore(RecordStore):
     async def replace(self, key: str, data: bytes, version: str) -> str | None:
         return await asyncio.to_thread(self._replace, key, data, version)
 
-    async def check(self) -> None:
+    async def _reachable(self) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             with self._locked():
@@ -169,6 +225,8 @@ class LocalRecordStore(RecordStore):
 class S3RecordStore(RecordStore):
     """JSON objects under `s3://bucket/prefix/`; create with `If-None-Match: *`, update with `If-Match`."""
 
+    kind = "s3"
+
     def __init__(self, bucket: str, prefix: str, client: Any) -> None:
         self.bucket, self.prefix, self.client = bucket, prefix.strip("/"), client
         self.location = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -176,6 +234,10 @@ class S3RecordStore(RecordStore):
     @property
     def shared(self) -> bool:
         return True
+
+    @property
+    def proof_key(self) -> str:
+        return f"{self.location} via {getattr(self.client.meta, 'endpoint_url', '')}"
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}.json" if self.prefix else f"{key}.json"
@@ -211,7 +273,7 @@ class S3RecordStore(RecordStore):
                                   IfMatch=version, ContentType="application/json")
         return None if answer is None else answer["ETag"]
 
-    async def check(self) -> None:
+    async def _reachable(self) -> None:
         try:
             await asyncio.to_thread(self.client.head_bucket, Bucket=self.bucket)
         except (ClientError, BotoCoreError) as exc:
@@ -219,6 +281,26 @@ class S3RecordStore(RecordStore):
                 f"submissions: cannot use {self.location} for submission records ({exc}); check the bucket and "
                 "the AWS credentials (the AwsCredentials block in `aws_credentials`, or the default chain)."
             ) from None
+
+
+async def read_list(store: RecordStore, key: str) -> list[Any]:
+    """A JSON list kept beside the records (what the flows learn), empty when there is none yet."""
+    found = await store.read(key)
+    value = json.loads(found[0]) if found is not None else []
+    return value if isinstance(value, list) else []
+
+
+async def append_capped(store: RecordStore, key: str, item: Any, keep: int, attempts: int = 5) -> bool:
+    """Append `item` to the JSON list at `key`, keeping the newest `keep` (compare-and-swap; gives up
+    after a few lost races and says so: what is kept this way is a hint, never a guarantee)."""
+    for _ in range(attempts):
+        found = await store.read(key)
+        items = json.loads(found[0]) if found is not None else []
+        data = json.dumps([*(items if isinstance(items, list) else []), item][-keep:]).encode()
+        written = await (store.create(key, data) if found is None else store.replace(key, data, found[1]))
+        if written is not None:
+            return True
+    return False
 
 
 async def open_store(location: str | None = None, aws_credentials: str | None = None) -> RecordStore:

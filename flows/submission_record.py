@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from prefect_aimlapi_video.flows.budget import BudgetRef
-from prefect_aimlapi_video.flows.record_store import RecordStore, open_store
+from prefect_aimlapi_video.flows.record_store import RecordStore, append_capped, open_store, read_list
 
 State = Literal["pending", "accepted", "rejected", "failed"]
 Outcome = Literal["in_flight", "unknown", "provider_error"]
@@ -30,6 +30,7 @@ class SubmissionRecord(BaseModel):
     state: State = "pending"
     outcome: Outcome | None = None  # for `pending`: what is known of the last POST
     owner: str | None = None  # the attempt that holds a `pending` record
+    lease_seconds: float | None = None  # how long its holder may leave it unrefreshed (`flows.lease`)
     generation_id: str | None = None
     request_id: str | None = None
     initial_status: str | None = None
@@ -128,18 +129,21 @@ DURATIONS_KEY = "durations"
 KEEP_DURATIONS = 200
 
 
+def charge_key(generation_id: str) -> str:
+    return "charged-" + hashlib.sha256(generation_id.encode()).hexdigest()[:32]
+
+
+async def claim_charge(store: RecordStore, generation_id: str) -> bool:
+    """Whether this run is the first to see this generation's charge, so that its events carry the
+    credits and every later run's (a resume, an adoption, a collect) carry 0: summed over all events,
+    the charged credits equal what was paid. A create-if-absent in the store every run shares."""
+    return await store.create(charge_key(generation_id), json.dumps({"at": time.time()}).encode()) is not None
+
+
 async def read_durations(store: RecordStore) -> list[float]:
-    found = await store.read(DURATIONS_KEY)
-    return [] if found is None else [float(d) for d in json.loads(found[0])]
+    return [float(d) for d in await read_list(store, DURATIONS_KEY)]
 
 
-async def add_duration(store: RecordStore, seconds: float, attempts: int = 5) -> None:
-    """Append one duration (compare-and-swap; gives up quietly after a few lost races: it is a hint)."""
-    for _ in range(attempts):
-        found = await store.read(DURATIONS_KEY)
-        durations = [] if found is None else json.loads(found[0])
-        data = json.dumps([*durations, round(seconds, 3)][-KEEP_DURATIONS:]).encode()
-        written = await (store.create(DURATIONS_KEY, data) if found is None else store.replace(DURATIONS_KEY, data,
-                                                                                                  found[1]))
-        if written is not None:
-            return
+async def add_duration(store: RecordStore, seconds: float) -> None:
+    """Append one duration (a hint: gives up quietly after a few lost races)."""
+    await append_capped(store, DURATIONS_KEY, round(seconds, 3), KEEP_DURATIONS)

@@ -65,3 +65,55 @@ async def test_an_unwritable_directory_is_refused_before_anything_is_spent(tmp_p
     blocker.write_text("not a directory")
     with pytest.raises(InvalidInputError, match="cannot keep records"):
         await LocalRecordStore(Path(blocker) / "records").check()
+
+
+class _IgnoresIfNoneMatch(LocalRecordStore):
+    """A store that writes a create whatever is there (as some S3-compatible stores do)."""
+
+    async def create(self, key, data):
+        found = await self.read(key)
+        return await super().create(key, data) if found is None else await super().replace(key, data, found[1])
+
+
+class _IgnoresIfMatch(LocalRecordStore):
+    """A store that honours create-if-absent but replaces whatever the version."""
+
+    async def replace(self, key, data, version):
+        found = await self.read(key)
+        return None if found is None else await super().replace(key, data, found[1])
+
+
+@pytest.mark.parametrize("store_class, what", [(_IgnoresIfNoneMatch, "If-None-Match"), (_IgnoresIfMatch, "If-Match")])
+async def test_a_store_that_only_pretends_to_compare_and_swap_is_refused_by_name(tmp_path, store_class, what):
+    store = store_class(tmp_path / "records")
+    with pytest.raises(InvalidInputError) as refused:
+        await store.check()
+    assert "does not compare and swap" in str(refused.value) and what in str(refused.value)
+    assert str(store.directory) in str(refused.value)
+
+
+async def test_an_honest_store_proves_itself_once_per_process(tmp_path, monkeypatch):
+    from prefect_aimlapi_video.flows import record_store
+
+    monkeypatch.setattr(record_store, "_PROVEN", set())
+    store = LocalRecordStore(tmp_path / "records")
+    await store.check()
+    assert (await store.read(record_store.CAS_SENTINEL)) is not None
+    writes = []
+    monkeypatch.setattr(store, "replace", lambda *args: writes.append(args))
+    await LocalRecordStore(tmp_path / "records").check()  # proven: nothing written again
+    assert writes == []
+
+
+async def test_a_replace_survives_a_crash_of_the_host(tmp_path, monkeypatch):
+    """After the rename, the directory itself is synced: the new name is on disk, not only in cache."""
+    import os
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.path.isdir(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    store = LocalRecordStore(tmp_path / "records")
+    version = await store.create("k", b"{}")
+    synced.clear()
+    await store.replace("k", b'{"v": 2}', version)
+    assert synced == [False, True]  # the staged file, then the directory
