@@ -9,18 +9,28 @@ the largest quote (a POST's `credits_used`) this budget has seen, or the provide
 315,000 credits (a 5 s clip) before any. A reservation becomes the POST's quote once answered, the
 charge when the generation completes, and is released if it fails (failed generations are not
 charged) or was never sent. An unclear outcome keeps its reservation: it may be charged.
+
+One budget is shared by a whole batch or work pool, so its record is contended: a lost
+compare-and-swap backs off with jitter and tries again until `CONTENTION_DEADLINE_SECONDS`.
+Contention never fails a paid generation: after the POST, the callers log a budget update that
+could not be made and carry on (the reservation then stays, so the cap errs on the safe side).
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
+
 from pydantic import BaseModel, Field
 
-from prefect_aimlapi_video.flows.errors import AimlApiError
+from prefect_aimlapi_video.flows.errors import AimlApiError, TransientApiError
 from prefect_aimlapi_video.flows.models import CREDITS_PER_USD
 from prefect_aimlapi_video.flows.record_store import RecordStore
 
 DEFAULT_ESTIMATE_CREDITS = 315_000  # the provider's sample quote (~$0.16 for a 5 s clip)
-_ATTEMPTS = 50
+CONTENTION_DEADLINE_SECONDS = 120.0
+_FIRST_PAUSE_SECONDS, _MAX_PAUSE_SECONDS = 0.02, 2.0
 
 
 class BudgetExceeded(AimlApiError):
@@ -74,7 +84,9 @@ class Budget:
         return BudgetState() if found is None else BudgetState.model_validate_json(found[0])
 
     async def _change(self, change) -> BudgetState:  # change(state) -> new state (may raise)
-        for _ in range(_ATTEMPTS):
+        deadline = time.monotonic() + CONTENTION_DEADLINE_SECONDS
+        pause = _FIRST_PAUSE_SECONDS
+        while True:
             found = await self.store.read(self.key)
             current = BudgetState() if found is None else BudgetState.model_validate_json(found[0])
             wanted = change(current.model_copy(deep=True))
@@ -83,7 +95,12 @@ class Budget:
                              else self.store.replace(self.key, data, found[1]))
             if written is not None:
                 return wanted
-        raise AimlApiError(f"Budget {self.name!r}: too many concurrent updates; try again.")
+            if time.monotonic() + pause > deadline:
+                raise TransientApiError(
+                    f"Budget {self.name!r}: still contended after {CONTENTION_DEADLINE_SECONDS:.0f} s of retries."
+                )
+            await asyncio.sleep(random.uniform(0, pause))  # full jitter: contenders spread out
+            pause = min(pause * 2, _MAX_PAUSE_SECONDS)
 
     async def reserve(self, record_key: str) -> float:
         """Reserve this generation's estimated cost, or raise `BudgetExceeded` (then nothing may be sent)."""

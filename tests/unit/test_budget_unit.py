@@ -68,3 +68,50 @@ async def test_racing_reservations_never_pass_the_cap(tmp_path):
     assert sorted(outcomes) == ["refused"] * 7 + ["reserved"] * 3
     state = await Budget(LocalRecordStore(tmp_path), "shared", cap).state()
     assert len(state.reserved) == 3 and state.committed <= cap
+
+
+def test_twenty_generations_reserving_and_settling_one_budget_at_once_all_succeed(tmp_path):
+    """Twenty workers (threads, each with its own event loop and store instance) reserve, take the
+    quote and settle one budget at the same moment: contention backs off and retries, so none fails,
+    and the budget ends with every charge counted once and nothing left in flight."""
+    start, outcomes = threading.Barrier(20), []
+
+    def generation(index: int) -> None:
+        async def run() -> str:
+            budget = Budget(LocalRecordStore(tmp_path), "shared", 25 * DEFAULT_ESTIMATE_CREDITS)
+            start.wait()
+            await budget.reserve(f"g{index}")
+            await budget.quoted(f"g{index}", 300_000)
+            await budget.settle(f"g{index}", 1000 + index)
+            return "settled"
+        try:
+            outcomes.append(asyncio.run(run()))
+        except Exception as exc:  # surfaced below
+            outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=generation, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert outcomes == ["settled"] * 20
+    state = asyncio.run(Budget(LocalRecordStore(tmp_path), "shared", None).state())
+    assert state.spent == sum(1000 + i for i in range(20)) and state.reserved == {}
+
+
+async def test_contention_past_the_deadline_is_a_retryable_error_not_a_crash(tmp_path, monkeypatch):
+    from prefect_aimlapi_video.flows import budget as budget_module
+    from prefect_aimlapi_video.flows.errors import TransientApiError
+
+    monkeypatch.setattr(budget_module, "CONTENTION_DEADLINE_SECONDS", 0.3)
+    store = LocalRecordStore(tmp_path)
+    budget = Budget(store, "b", None)
+    await budget.reserve("g0")
+
+    async def always_loses(key, data, version):
+        return None
+
+    monkeypatch.setattr(store, "replace", always_loses)
+    with pytest.raises(TransientApiError, match="still contended") as caught:
+        await budget.reserve("g1")
+    assert caught.value.retryable
