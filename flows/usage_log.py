@@ -48,6 +48,9 @@ MAX_PAGES = 50
 # How far back to look for a logical generation with no record of when it was first tried.
 DEFAULT_LOOKBACK_SECONDS = 24 * 3600
 CLOCK_SLACK_SECONDS = 600  # our clock against the provider's row times
+# A time without a zone may be in any of them (UTC-12 to UTC+14): read as UTC, it may be up to 12 h
+# early, so only a row older than that by its latest reading proves the scan has passed our request.
+NAIVE_TIME_SLACK_SECONDS = 12 * 3600
 _ATTEMPT = re.compile(r"-a(\d+)$")
 
 
@@ -71,7 +74,9 @@ class LogRow(BaseModel):
 
     @property
     def at(self) -> float | None:
-        """The row's time as unix seconds, when a field we know holds one we can read."""
+        """The latest the row can have been written, as unix seconds, when a field we know holds a
+        time we can read: a time without a zone counts as its latest reading (see
+        `NAIVE_TIME_SLACK_SECONDS`), so it never ends a scan before our row."""
         extra = self.model_extra or {}
         for name in TIME_FIELDS:
             value = extra.get(name)
@@ -82,7 +87,9 @@ class LogRow(BaseModel):
                     parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
                 except ValueError:
                     continue
-                return parsed.replace(tzinfo=parsed.tzinfo or dt.timezone.utc).timestamp()
+                if parsed.tzinfo is None:
+                    return parsed.replace(tzinfo=dt.timezone.utc).timestamp() + NAIVE_TIME_SLACK_SECONDS
+                return parsed.timestamp()
         return None
 
 
@@ -106,6 +113,12 @@ class Finding:
     def unidentified(self) -> LogRow | None:
         """A row for our request with no generation id we can recognise, that is not a refusal."""
         return next((r for r in self.rows if not r.generation_id and not r.failed), None)
+
+    def refused(self, client_request_id: str) -> bool:
+        """The log lists this very request as failed: not accepted, or failed at the provider, and
+        either way not charged (failed requests cost nothing), so sending it again cannot pay twice."""
+        mine = [r for r in self.rows if r.client_request_id == client_request_id]
+        return bool(mine) and all(r.failed for r in mine)
 
     @property
     def highest_attempt(self) -> int:

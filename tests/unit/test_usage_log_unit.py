@@ -121,3 +121,36 @@ async def test_one_reader_per_account_and_loop():
     async with AimlApiClient("key-1", "https://api.test") as a, AimlApiClient("key-1", "https://api.test") as b, \
             AimlApiClient("key-2", "https://api.test") as c:
         assert UsageLog.of(a) is UsageLog.of(b) and UsageLog.of(a) is not UsageLog.of(c)
+
+
+def test_a_time_without_a_zone_counts_as_its_latest_reading():
+    """A naive time may be in any zone from UTC-12 to UTC+14: read as UTC it may be 12 h early, so it
+    is taken as 12 h later than its UTC reading (a scan never stops before our row because of it)."""
+    naive = LogRow.model_validate({"time": "2026-11-29T10:00:00"}).at
+    assert naive == 1795946400.0 + usage_log.NAIVE_TIME_SLACK_SECONDS
+
+
+async def test_rows_with_naive_times_never_end_the_scan_before_our_row(monkeypatch):
+    """The provider writes local times without a zone, 5 h behind UTC: read as UTC they look 5 h older
+    than they are. Our row (sent 10 minutes ago) lies on the third page; the scan must get there."""
+    import datetime as dt
+
+    monkeypatch.setattr(usage_log, "PAGE_SIZE", 10)
+    local = dt.timezone(dt.timedelta(hours=-5))
+    rows = [{"client_request_id": f"v2v-other-a{i}", "generation_id": f"g{i}",
+             "time": dt.datetime.fromtimestamp(NOW - 20 * i, local).replace(tzinfo=None).isoformat()}
+            for i in range(40)]
+    rows[25]["client_request_id"] = "v2v-ours-a1"
+    log = Log(rows)
+    async with AimlApiClient("k", "https://api.test", transport=httpx.MockTransport(log)) as client:
+        finding = await UsageLog().find(client, "v2v-ours-a", since=NOW - 600)
+    assert finding.live is not None and finding.live.generation_id == "g25"
+
+
+def test_a_request_is_refused_only_if_every_row_of_it_failed():
+    failed = LogRow.model_validate({"client_request_id": "v2v-k-a1", "status": "failed", "cost": 0})
+    live = LogRow.model_validate({"client_request_id": "v2v-k-a1", "status": "pending", "generation_id": "g"})
+    other = LogRow.model_validate({"client_request_id": "v2v-k-a2", "status": "failed"})
+    assert Finding([failed]).refused("v2v-k-a1")
+    assert not Finding([failed, live]).refused("v2v-k-a1")
+    assert not Finding([other]).refused("v2v-k-a1") and not Finding().refused("v2v-k-a1")
