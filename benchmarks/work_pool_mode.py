@@ -116,6 +116,7 @@ async def run_ours(deployment: str, block: str, clip: Path, count: int, out: Pat
     rows = await video_to_video_batch(
         items=items, prompt="woodcut", credentials=block, concurrency_limit=None, max_concurrency=count,
         output=str(out / "{seed}.mp4"), tolerate_failures=True, deployment=deployment,
+        workers_share_disk=True,  # both workers run on this machine and share its records directory
     )
     return {"wall_s": time.perf_counter() - started, "rows": rows}
 

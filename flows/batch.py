@@ -33,7 +33,7 @@ from prefect_aimlapi_video.flows.batch_items import (
 )
 from prefect_aimlapi_video.flows.budget import BudgetExceeded
 from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
-from prefect_aimlapi_video.flows.fanout import run_on_work_pool
+from prefect_aimlapi_video.flows.fanout import check_children, children_env, run_on_work_pool
 from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.record_store import open_store
 from prefect_aimlapi_video.flows.redact import redact
@@ -104,6 +104,7 @@ async def run_items(
     max_concurrency: int,
     deployment: str | None = None,
     scope_owned: bool = False,
+    workers_share_disk: bool = False,
 ) -> list[BatchItemResult]:
     """Run each item as a child flow run, concurrently within the caps, never cancelling siblings.
 
@@ -118,6 +119,8 @@ async def run_items(
     defaults = {**defaults, **settings.model_dump(include=set(given))}
     await (await AimlApiCredentials.resolve(defaults["credentials"])).check_access()  # once, before any child
     await (await open_store(settings.submissions, settings.aws_credentials)).check()
+    heartbeats = deployment is not None and check_children(await children_env(deployment), settings.submissions,
+                                                           workers_share_disk)
     total = len(items)
     counts = {"done": 0, "failed": 0}
 
@@ -131,7 +134,7 @@ async def run_items(
         progress.update(0, f"0/{total} generations done")
         if deployment:
             rows = await run_on_work_pool(items, defaults, scope=scope, deployment=deployment,
-                                          max_concurrency=max_concurrency, on_done=on_done)
+                                          max_concurrency=max_concurrency, on_done=on_done, heartbeats=heartbeats)
         else:
             rows = await _run_here(items, defaults, scope=scope, scope_owned=scope_owned,
                                    limit=await _check_limit(concurrency_limit, max_concurrency),
@@ -169,7 +172,8 @@ async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: s
         if not state.is_completed():
             error = await state.aresult(raise_on_failure=False)
             status = SKIPPED_BUDGET if isinstance(error, BudgetExceeded) else state.name.lower()
-            return row.model_copy(update={"status": status, "error": redact(state.message or state.name)[:300]})
+            return row.model_copy(update={"status": status, "error": redact(state.message or state.name)[:300],
+                                          "collect_command": getattr(error, "collect_command", None)})
         result = await state.aresult()
         return row.model_copy(update={
             "status": result.status, "generation_id": result.generation_id, "output": result.output,
@@ -208,8 +212,8 @@ def _no_child_heartbeats() -> contextlib.AbstractContextManager[Any]:
 
 
 # What a person scans first (how it went, why not, where the result is, what it cost), then the rest.
-TABLE_COLUMNS = ("status", "error", "output", "credits", "video", "total_s", "queued_s", "generating_s", "download_s",
-                 "generation_id", "flow_run_url", "index")
+TABLE_COLUMNS = ("status", "error", "collect_command", "output", "credits", "video", "total_s", "queued_s",
+                 "generating_s", "download_s", "generation_id", "flow_run_url", "index")
 
 
 def table_row(row: BatchItemResult) -> dict[str, object]:
@@ -288,6 +292,7 @@ async def video_to_video_batch(
     max_usd: float | None = None,
     max_credits: float | None = None,
     budget: str | None = None,
+    workers_share_disk: bool = False,
 ) -> list[BatchItemResult]:
     """Restyle many videos: one child `video_to_video` flow run per item.
 
@@ -307,6 +312,8 @@ async def video_to_video_batch(
         max_usd, max_credits: a spend cap for the whole batch; items that could pass it are not sent
             (`skipped (budget)` in the table). budget: its name, shared with any other run naming it
             (two batches under one cap); default: this batch alone.
+        workers_share_disk: with `deployment` and a local `submissions` directory, say that every worker
+            of the pool sees that same directory; otherwise such a fan-out is refused (use s3://).
     """
     from prefect.runtime import flow_run
 
@@ -331,6 +338,6 @@ async def video_to_video_batch(
     )
     rows = await run_items(
         batch, defaults, scope=f"batch:{flow_run.id}", scope_owned=True, concurrency_limit=concurrency_limit,
-        max_concurrency=max_concurrency, deployment=deployment,
+        max_concurrency=max_concurrency, deployment=deployment, workers_share_disk=workers_share_disk,
     )
     return await report(rows, tolerate_failures=tolerate_failures, budget=await budget_line(defaults))

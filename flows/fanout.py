@@ -9,7 +9,17 @@ a poll or a thread per child) and learns how each went from the events its gener
 (`aimlapi.generation.*`, related to the child run: status, id, output, credits, durations).
 
 A child that crashed, or that stopped sending heartbeats while Running (its worker was killed), is
-marked Crashed and scheduled again, up to `retries` times, to be picked up by any worker.
+marked Crashed and scheduled again, up to `retries` times, to be picked up by any worker. Silence
+means death only where heartbeats are on: the deployment's (or its pool's) job variables set
+`PREFECT_FLOWS_HEARTBEAT_FREQUENCY`, or the child has been seen sending them. A child that sends
+none is never revived for its age alone: it may simply be a long generation, still alive.
+
+Before any child runs, `check_children` refuses a fan-out whose children would keep their
+exactly-once records on each worker's own disk (no `s3://` store in `submissions` or in the
+deployment's `AIMLAPI_SUBMISSIONS_DIR`): a child run again on another host would then find no
+record, and only a usage log that lists requests at acceptance would keep it from paying again.
+`workers_share_disk=True` says that every worker sees the same directory (one host, or a shared
+volume with working locks).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from prefect.states import Crashed, Scheduled
 
 from prefect_aimlapi_video.flows.batch_items import BatchItemResult, ItemBase, shown_video
 from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.record_store import SUBMISSIONS_ENV
 from prefect_aimlapi_video.flows.redact import redact
 
 TICK_SECONDS = 2.0
@@ -46,6 +57,35 @@ TICK_SECONDS = 2.0
 STALE_SECONDS = 90.0
 RETRIES = 2
 _CHUNK = 200
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+
+
+async def children_env(deployment: str) -> dict[str, str]:
+    """The environment the deployment's flow runs get: its pool's default `env`, then its own."""
+    async with get_client() as client:
+        found = await client.read_deployment_by_name(deployment)
+        pool = await client.read_work_pool(found.work_pool_name) if found.work_pool_name else None
+    template = (pool.base_job_template if pool else None) or {}
+    defaults = template.get("variables", {}).get("properties", {}).get("env", {}).get("default") or {}
+    env = {**defaults, **((found.job_variables or {}).get("env") or {})}
+    if (found.parameters or {}).get("submissions"):
+        env.setdefault("_submissions_parameter", str(found.parameters["submissions"]))
+    return {str(k): str(v) for k, v in env.items() if v is not None}
+
+
+def check_children(env: dict[str, str], submissions: str | None, workers_share_disk: bool) -> bool:
+    """Refuse children that would keep their records on each worker's own disk (see the module's
+    docstring); True when their heartbeats are on, so that silence tells a dead child."""
+    location = submissions or env.get("_submissions_parameter") or env.get(SUBMISSIONS_ENV)
+    if not (location or "").startswith("s3://") and not workers_share_disk:
+        where = f"the directory {location!r}" if location else "each worker's $PREFECT_HOME (the default)"
+        raise InvalidInputError(
+            f"With `deployment=`, the children may run on several hosts, but their exactly-once records would live "
+            f"in {where}: a child run again on another host could pay a second time. Set `submissions` (or "
+            f"{SUBMISSIONS_ENV} in the deployment's job variables) to s3://bucket/prefix, or pass "
+            "workers_share_disk=True if every worker sees the same directory."
+        )
+    return bool(env.get(HEARTBEAT_ENV, "").strip() not in ("", "0", "None", "none"))
 
 
 def _json_ready(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -65,15 +105,18 @@ class _Child:
     def __init__(self, index: int, item: ItemBase, run: FlowRun) -> None:
         self.index, self.item, self.run = index, item, run
         self.retries = 0
+        self.heartbeat_seen = False
         self.finished_at: float | None = None
         self.row: BatchItemResult | None = None
 
 
 async def run_on_work_pool(
     items: list[ItemBase], defaults: dict[str, Any], *, scope: str, deployment: str, max_concurrency: int,
-    on_done: Callable[[BatchItemResult], None], retries: int | None = None, stale_seconds: float | None = None,
+    on_done: Callable[[BatchItemResult], None], heartbeats: bool, retries: int | None = None,
+    stale_seconds: float | None = None,
 ) -> list[BatchItemResult]:
-    """Run each item as a flow run of `deployment`; rows in item order."""
+    """Run each item as a flow run of `deployment`; rows in item order. `heartbeats`: the deployment
+    turns flow-run heartbeats on (`check_children`)."""
     from prefect.runtime import flow_run
 
     retries = RETRIES if retries is None else retries
@@ -98,7 +141,7 @@ async def run_on_work_pool(
             for chunk in _chunks(list(running), _CHUNK):
                 for run in await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk))):
                     running[run.id].run = run
-            await _revive(client, running, retries, stale_seconds, logger)
+            await _revive(client, running, retries, stale_seconds, heartbeats, logger)
             done = [child for child in running.values() if child.run.state and child.run.state.is_final()]
             await _read_outcomes(client, done, started)
         for child in done:
@@ -113,10 +156,11 @@ async def run_on_work_pool(
     return [child.row for child in sorted(finished, key=lambda c: c.index) if child.row is not None]
 
 
-async def _revive(client: Any, running: dict[UUID, _Child], retries: int, stale_seconds: float, logger: Any) -> None:
+async def _revive(client: Any, running: dict[UUID, _Child], retries: int, stale_seconds: float, heartbeats: bool,
+                  logger: Any) -> None:
     """Crashed children, and Running ones whose heartbeats stopped, run again (by any worker)."""
     stale = await _stale(client, [c for c in running.values() if c.run.state and c.run.state.is_running()],
-                         stale_seconds)
+                         stale_seconds, heartbeats)
     for child in running.values():
         state = child.run.state
         if child.run.id in stale:
@@ -133,8 +177,9 @@ async def _revive(client: Any, running: dict[UUID, _Child], retries: int, stale_
             child.run.state = Scheduled()
 
 
-async def _stale(client: Any, candidates: list[_Child], stale_seconds: float) -> set[UUID]:
-    """Running children with no heartbeat (nor start) in the last `stale_seconds`."""
+async def _stale(client: Any, candidates: list[_Child], stale_seconds: float, heartbeats: bool) -> set[UUID]:
+    """Running children with no heartbeat (nor start) in the last `stale_seconds`, among those whose
+    staleness is known: heartbeats are on for the deployment, or this child was seen sending them."""
     if not candidates:
         return set()
     now = datetime.now(timezone.utc)
@@ -154,7 +199,9 @@ async def _stale(client: Any, candidates: list[_Child], stale_seconds: float) ->
         events += page.events
     for event in events:
         alive.add(event.resource.id)
-    return {c.run.id for c in old if f"prefect.flow-run.{c.run.id}" not in alive}
+    for child in old:
+        child.heartbeat_seen = child.heartbeat_seen or f"prefect.flow-run.{child.run.id}" in alive
+    return {c.run.id for c in old if f"prefect.flow-run.{c.run.id}" not in alive and (heartbeats or c.heartbeat_seen)}
 
 
 async def _read_outcomes(client: Any, done: list[_Child], since: datetime) -> None:
@@ -193,6 +240,7 @@ async def _read_outcomes(client: Any, done: list[_Child], since: datetime) -> No
             generation_id=None if generation.startswith("unsubmitted.") else generation,
             output=payload.get("output"), credits=payload.get("credits"),
             error=payload.get("error_message") if kind != "completed" else None,
+            collect_command=payload.get("collect_command") if kind != "completed" else None,
             **{k: v for k, v in (payload.get("durations") or {}).items() if k in BatchItemResult.model_fields},
         )
 

@@ -131,6 +131,7 @@ async def video_to_video_folder(
     max_usd: float | None = None,
     max_credits: float | None = None,
     budget: str | None = None,
+    workers_share_disk: bool = False,
 ) -> list[BatchItemResult]:
     """Restyle each video under `source` whose output under `output_prefix` does not exist yet.
 
@@ -143,8 +144,8 @@ async def video_to_video_folder(
             run, and the upload trigger when its `output` is `output_prefix` + `output_name`, find it.
         reconcile_grace_seconds, submissions: as for `video_to_video` (use a shared s3:// store when
             the upload trigger's runs may run on other hosts).
-        deployment, max_usd, max_credits, budget: as for `video_to_video_batch` (a spend cap per sweep,
-            or per named budget).
+        deployment, max_usd, max_credits, budget, workers_share_disk: as for `video_to_video_batch` (a
+            spend cap per sweep, or per named budget).
 
     Each S3 object runs as the upload trigger would run it: its metadata overrides
     (x-amz-meta-aimlapi-prompt, ...), its object+etag idempotency key, the same output name. So an
@@ -176,6 +177,7 @@ async def video_to_video_folder(
     )
     if todo:
         rows += await run_items(todo, arguments, scope="folder", concurrency_limit=concurrency_limit,
-                                max_concurrency=max_concurrency, deployment=deployment)
+                                max_concurrency=max_concurrency, deployment=deployment,
+                                workers_share_disk=workers_share_disk)
     rows = [row.model_copy(update={"index": i}) for i, row in enumerate(rows)]
     return await report(rows, tolerate_failures=tolerate_failures, budget=await budget_line(arguments))

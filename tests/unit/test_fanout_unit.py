@@ -1,4 +1,5 @@
-"""How the work-pool fan-out reads each child's outcome from its generation events."""
+"""The work-pool fan-out: how it reads each child's outcome from its generation events, refuses children
+that would keep their records on their own disks, and tells a dead child from a long one."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from uuid import uuid4
 
+import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.events.schemas.events import Event
 from prefect.states import Completed, Crashed, Failed
 
 from prefect_aimlapi_video.flows.batch_items import ItemBase
-from prefect_aimlapi_video.flows.fanout import _Child, _read_outcomes
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.fanout import _Child, _read_outcomes, _stale, check_children
 
 T0 = datetime(2026, 11, 30, 3, 0, tzinfo=timezone.utc)
 
@@ -70,3 +73,55 @@ def test_a_child_with_no_agreeing_event_keeps_no_row_and_events_of_other_runs_do
               _event(other.run.id, "submitted", "gen-4", 2)]
     asyncio.run(_read_outcomes(_Events(events), [crashed, other], T0))
     assert crashed.row is None and other.row is None
+
+
+# -- before any child runs: where their records live, whether silence tells a dead one ---------------
+
+
+@pytest.mark.parametrize("env, submissions", [
+    ({}, None),  # each worker's $PREFECT_HOME
+    ({"AIMLAPI_SUBMISSIONS_DIR": "/srv/records"}, None),
+    ({"AIMLAPI_SUBMISSIONS_DIR": "s3://b/p"}, "/local/records"),  # the flow's own parameter wins
+    ({"_submissions_parameter": "/deployment/default"}, None),
+])
+def test_a_fan_out_whose_children_keep_records_on_their_own_disk_is_refused(env, submissions):
+    with pytest.raises(InvalidInputError, match="workers_share_disk=True") as refused:
+        check_children(env, submissions, workers_share_disk=False)
+    assert "s3://bucket/prefix" in str(refused.value)
+    check_children(env, submissions, workers_share_disk=True)  # the user says they share one disk
+
+
+def test_a_shared_s3_store_is_accepted_and_heartbeats_are_read_from_the_env():
+    assert check_children({"AIMLAPI_SUBMISSIONS_DIR": "s3://b/p", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"},
+                          None, workers_share_disk=False) is True
+    assert check_children({}, "s3://b/p", workers_share_disk=False) is False
+
+
+class _Heartbeats:
+    """A client whose `read_events` answers the heartbeats of the given runs."""
+
+    def __init__(self, alive: list) -> None:
+        self.alive = alive
+
+    async def read_events(self, filter, limit):  # noqa: A002 - Prefect's keyword
+        events = [SimpleNamespace(resource=SimpleNamespace(id=f"prefect.flow-run.{run_id}")) for run_id in self.alive]
+        return SimpleNamespace(events=events, next_page=None)
+
+
+def _running_since(index: int, seconds: float) -> _Child:
+    child = _child(index, None)
+    child.run.start_time = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    return child
+
+
+def test_a_child_is_taken_for_dead_only_where_its_heartbeats_are_known():
+    old = _running_since(0, 300)
+    assert asyncio.run(_stale(_Heartbeats([]), [old], 90, heartbeats=False)) == set()  # age alone proves nothing
+    assert asyncio.run(_stale(_Heartbeats([]), [old], 90, heartbeats=True)) == {old.run.id}
+
+    seen_then_silent = _running_since(1, 300)
+    assert asyncio.run(_stale(_Heartbeats([seen_then_silent.run.id]), [seen_then_silent], 90, heartbeats=False)) == set()
+    assert seen_then_silent.heartbeat_seen
+    assert asyncio.run(_stale(_Heartbeats([]), [seen_then_silent], 90, heartbeats=False)) == {seen_then_silent.run.id}
+    young = _running_since(2, 10)
+    assert asyncio.run(_stale(_Heartbeats([]), [young], 90, heartbeats=True)) == set()
