@@ -72,6 +72,10 @@ class AimlApiClient:
             raise AuthenticationError("No API key: set api_key on the AimlApiCredentials block.")
         install_log_redaction()
         self.base_url = check_base_url(base_url)
+        # The longest a POST can take, whatever the server does: connect, then write and read at
+        # most `timeout_seconds` each (a drip-fed answer resets httpx's read timeout, this does not).
+        # A claim on a record outlives it by a wide margin (see `flows.lease`).
+        self.post_deadline_seconds = connect_timeout_seconds + 2 * timeout_seconds
         # Tells accounts apart (shared usage-log readers, access checks) without holding the key.
         self.key_fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
         self.downloads = ResultDownloader(
@@ -111,23 +115,23 @@ class AimlApiClient:
 
         * connection refused / connect timeout: not sent -> `TransientApiError` (resend at once);
         * 400/401/403/404/422, 429: the provider refused it -> the matching error (429 retryable);
-        * 500/503 in the provider's own JSON error shape -> `ProviderSubmitError` (resend only after
-          the usage log, read after a short pause, shows no row);
-        * anything else (a reset or timeout after sending, 502/504, an HTML or other non-provider
-          error page, an unreadable 2xx body) -> `SubmissionOutcomeUnknown` (reconcile, never resend
-          blindly).
+        * anything else -> `SubmissionOutcomeUnknown` (reconcile, never resend blindly): a reset or
+          timeout after sending, 502/504, an HTML or other non-provider error page, an unreadable
+          2xx body, and the provider's own 500/503 JSON answer (`ProviderSubmitError`: a provider
+          may accept a request and still fail to answer it).
         """
         action = "Submitting the generation"
         try:
-            response = await self._api.post(
-                GENERATIONS_PATH, json=payload, headers={"X-Client-Request-Id": client_request_id}
-            )
+            async with asyncio.timeout(self.post_deadline_seconds):
+                response = await self._api.post(
+                    GENERATIONS_PATH, json=payload, headers={"X-Client-Request-Id": client_request_id}
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise TransientApiError(
                 f"{action}: could not connect to {self.base_url} ({type(exc).__name__}); the request "
                 "was not sent, so it is safe to retry."
             ) from None
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, TimeoutError) as exc:
             raise SubmissionOutcomeUnknown(
                 f"{action}: the request was sent but no answer came back ({type(exc).__name__}). The "
                 f"provider may have accepted it; reconcile with client request id {client_request_id} "
@@ -140,8 +144,8 @@ class AimlApiClient:
             raise_for_answer(response, action)
         if status in (500, 503) and provider_error_shape(response):
             raise ProviderSubmitError(
-                f"{action}: the provider answered {status} ({error_text(response)}); it will be sent again "
-                f"only if the usage log shows no request {client_request_id} after a short pause.",
+                f"{action}: the provider answered {status} ({error_text(response)}); it may still have accepted "
+                f"it. Reconcile with client request id {client_request_id} before sending it again.",
                 client_request_id=client_request_id, status_code=status, request_id=request_id,
             )
         if not response.is_success:

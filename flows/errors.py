@@ -28,6 +28,23 @@ class AimlApiError(Exception):
         suffix = f" (x-request-id: {request_id})" if request_id else ""
         super().__init__(redact(message) + suffix)
 
+    collect_command: str | None = None
+
+    def name_collect_command(self, command: str) -> None:
+        """A paid generation is left behind: end the message with the command that collects it at no
+        new cost (replacing a less exact one named before), so whoever reads only this one line (a
+        terminal, a failed state) knows what to do."""
+        if command in str(self):
+            return
+        message = str(self)
+        if self.collect_command is not None:
+            message = message.removesuffix(f"{_COLLECT} {self.collect_command}").rstrip()
+        self.collect_command = command
+        self.args = (f"{message} {_COLLECT} {command}".strip(),)
+
+
+_COLLECT = "Collect it without a new charge:"
+
 
 class InvalidInputError(AimlApiError, ValueError):
     """Our own validation refused the input before any network call: nothing was spent."""
@@ -81,18 +98,32 @@ class SubmissionOutcomeUnknown(AimlApiError):
         self.client_request_id = client_request_id
 
 
-class ProviderSubmitError(AimlApiError):
+class ProviderSubmitError(SubmissionOutcomeUnknown):
     """The provider itself answered the POST with 500 or 503 in its documented JSON error shape.
 
-    Most likely not accepted, but not proven: it may be resent only once the usage log, read after
-    a short pause, shows no row for `client_request_id`.
+    An unknown outcome like any other: a provider may accept a request and still fail to answer it,
+    and a usage log that lists requests only when they complete cannot show it seconds later. It is
+    sent again at once only if the log lists this request as failed, else after the same wait.
     """
 
-    retryable = True
 
-    def __init__(self, message: str, *, client_request_id: str, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
+class GenerationNotRecorded(AimlApiError):
+    """The provider accepted the POST, but its record could not be written before the deadline.
+
+    Not retryable: the generation exists and is paid for (or will be when it completes); a retry
+    could not prove that and might send it again. The message names the generation and the
+    client request id; collect it by id.
+    """
+
+    def __init__(self, generation_id: str, client_request_id: str, store: str, cause: str) -> None:
+        self.generation_id = generation_id
         self.client_request_id = client_request_id
+        super().__init__(
+            f"Generation {generation_id} was accepted (client request id {client_request_id}) but its record could "
+            f"not be written to {store} ({cause}). It is paid for, or will be when it completes: do not run it "
+            "again."
+        )
+        self.name_collect_command(f"aimlapi-video collect {generation_id}")
 
 
 class UnidentifiedGenerationError(AimlApiError):

@@ -7,19 +7,25 @@ Every accepted POST is charged and the API has no idempotency key, so the guaran
   `idempotency_key` (a duplicate trigger for the same S3 object version shares it), or the request
   itself (the CLI: the same command twice is one generation). Each of its POSTs carries a
   deterministic client request id, `v2v-<key>-a<attempt>`, one attempt number per POST.
-* The record lives in a `RecordStore` (a local directory, or S3 for many hosts) and every
-  transition is a compare-and-swap, so of two attempts that read the same record, one acts and
-  the other sees what it did. A `pending` record is written before the POST and kept fresh while
-  the POST is in flight (a heartbeat); afterwards it holds the generation id (`accepted`), a
-  definite refusal (`rejected`), or what is known of an unclear outcome.
+* The record lives in a `RecordStore` (a local directory, or S3 for many hosts) that has proven it
+  compares and swaps, and every transition is a compare-and-swap, so of two attempts that read
+  the same record, one acts and the other sees what it did. A `pending` record is a claim: a
+  lease (`flows.lease`) its holder keeps fresh and renews right before the POST; a lost or
+  unwritable lease sends nothing. Afterwards the record holds the generation id (`accepted`), a
+  definite refusal (`rejected`), or an unknown outcome.
+* Once a POST answers 2xx, its generation id is logged before anything else can fail, and no
+  bookkeeping error throws it away: the record write is retried until `RECORD_DEADLINE_SECONDS`,
+  the budget is told later (and a budget that cannot be told never fails the generation), and if
+  the record still cannot be written the run fails with `GenerationNotRecorded`, which names the
+  generation and the command that collects it.
 * The usage log is read before every POST that is not provably the first of its logical
   generation (a record exists, a task or flow retry, an explicit or request scope another run may
   share): a live row is adopted, a row whose generation id cannot be identified fails closed.
-* An unclear outcome (a lost answer, a gateway's 502/504 or HTML page, a crash mid-POST) is sent
-  again only when the log still shows nothing after `reconcile_seconds` of silence: by default
-  long enough for a provider that lists a request only when its generation completes. The
-  provider's own 500/503 JSON answer needs only a short pause before that log read. A definite
-  refusal (connection refused, 400/401/403/422, 429) allows a new POST at once.
+* An unknown outcome (a lost answer, a gateway's or the provider's own 5xx, a crash mid-POST) is
+  sent again at once if the log lists that very request as failed (failed requests cost nothing),
+  and otherwise only when the log still shows nothing after the wait `flows.log_visibility` learns
+  for this account (the long default without history). A definite refusal (connection refused,
+  400/401/403/422, 429) allows a new POST at once.
 * A generation that ended in `error` is not charged; its record becomes `failed` and the next
   attempt posts anew.
 
@@ -30,7 +36,6 @@ Without a shared store, an attempt on another host finds the first only through 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -40,11 +45,13 @@ from prefect_aimlapi_video.flows.budget import Budget
 from prefect_aimlapi_video.flows.client import AimlApiClient
 from prefect_aimlapi_video.flows.errors import (
     AimlApiError,
-    ProviderSubmitError,
+    GenerationNotRecorded,
     ReconciliationUnavailable,
     SubmissionOutcomeUnknown,
     UnidentifiedGenerationError,
 )
+from prefect_aimlapi_video.flows.lease import LEASE_FLOOR_SECONDS, Lease, LeaseLost, Silence, lease_for
+from prefect_aimlapi_video.flows.log_visibility import Wait, read_sightings, reconcile_wait
 from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS
 from prefect_aimlapi_video.flows.record_store import RecordStore
 from prefect_aimlapi_video.flows.requests import VideoRequest
@@ -57,6 +64,7 @@ from prefect_aimlapi_video.flows.submission_record import (
     dump_record,
     load_record,
     mark_failed,
+    read_durations,
     record_key,
 )
 from prefect_aimlapi_video.flows.usage_log import Finding, UsageLog, attempt_of
@@ -64,9 +72,7 @@ from prefect_aimlapi_video.flows.usage_log import Finding, UsageLog, attempt_of
 __all__ = ["StoreRef", "SubmissionRecord", "SubmittedGeneration", "mark_failed",
            "record_key", "submit_once"]
 
-# After the provider's own 500/503 JSON answer: the pause before the one log read that decides.
-PROVIDER_ERROR_PAUSE_SECONDS = 5.0
-HEARTBEAT_SECONDS = 5.0
+RECORD_DEADLINE_SECONDS = 120.0  # how long the record of an accepted POST is retried before giving up
 _LOG_RECHECK_MAX_SECONDS = 15.0
 
 class _Restart(Exception):
@@ -99,8 +105,10 @@ class Submission:
         self.may_repeat = may_repeat
         self.logger = logger
         self.owner = uuid.uuid4().hex
+        self.lease_seconds = lease_for(client.post_deadline_seconds)
         self.log = UsageLog.of(client, params.MODEL)
         self._announced = False
+        self._wait: Wait | None = None
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -173,38 +181,69 @@ class Submission:
                                  "request sent.", adopted.generation_id, finding.live.client_request_id)
                 return as_submitted(adopted, resumed=True, reconciled=True)
             attempt = finding.highest_attempt + 1
-        fresh = fresh.model_copy(update=dict(attempt=attempt, outcome="in_flight", owner=self.owner))
+        fresh = fresh.model_copy(update=dict(attempt=attempt, outcome="in_flight", owner=self.owner,
+                                             lease_seconds=self.lease_seconds))
         version = await self.store.create(self.key, dump_record(fresh))
         if version is None:
             raise _Restart  # created by another attempt a moment ago
         return await self._post(fresh, version)
 
     async def _reconcile(self, record: SubmissionRecord, version: str) -> SubmittedGeneration:
-        """A `pending` record: a POST in flight elsewhere, or one whose outcome is unclear."""
+        """A `pending` record: a claim held elsewhere (`in_flight`), or a POST whose outcome is unknown."""
         if not self._announced:
             self._announced = True
             self.logger.warning(
                 "A previous attempt may have submitted this generation (client request id %s, %s); checking the "
                 "provider's usage log before sending anything.", record.client_request_id, record.outcome or "pending",
             )
-        pause = 2.0
+        silence = Silence(version)
+        pause = 0.5  # doubling: a live holder usually answers within a second
         while True:
-            read_at = time.time()
             finding = await self._find(record)
             if finding.live is not None:
                 return await self._adopt(record, version, finding)
-            needed = PROVIDER_ERROR_PAUSE_SECONDS if record.outcome == "provider_error" else self.reconcile_seconds
-            silent = read_at - record.updated_at
-            if silent >= needed:
-                self.logger.info("The usage log shows no request %s* after %.0f s without a sign of it; submitting "
-                                 "again.", record.logical_prefix, silent)
+            silent = silence.seconds(record)
+            if record.outcome == "in_flight":  # a live holder refreshes it; one that stopped lost its lease
+                needed = max(record.lease_seconds or LEASE_FLOOR_SECONDS, LEASE_FLOOR_SECONDS)
+                if silent >= needed:
+                    await self._expire(record, version, silent)
+            elif finding.refused(record.client_request_id):
+                self.logger.info("The usage log lists request %s as failed (not charged); sending it again.",
+                                 record.client_request_id)
                 return await self._claim_and_post(record, version, finding)
+            else:
+                needed = (await self._unknown_wait()).seconds
+                if silent >= needed:
+                    self.logger.info("The usage log shows no request %s* after %.0f s without a sign of it; "
+                                     "submitting again.", record.logical_prefix, silent)
+                    return await self._claim_and_post(record, version, finding)
             await asyncio.sleep(max(0.05, min(pause, needed - silent)))
             pause = min(pause * 2, _LOG_RECHECK_MAX_SECONDS)
             current = await self._read()
             if current is None or current[0].state != "pending":
                 raise _Restart
             record, version = current
+            silence.seen(version)
+
+    async def _expire(self, record: SubmissionRecord, version: str, silent: float) -> None:
+        """Take over a claim whose holder stopped refreshing it: from now on its outcome is unknown (it
+        may have sent its POST), and the holder, if it wakes, fails to renew and sends nothing."""
+        expired = record.model_copy(update=dict(outcome="unknown", owner=None, updated_at=time.time()))
+        if await self.store.replace(self.key, dump_record(expired), version) is not None:
+            self.logger.warning("Record %s was not refreshed by its holder for %.0f s: taking it over; its POST, if "
+                                "sent, is reconciled through the usage log.", self.key[:12], silent)
+        raise _Restart
+
+    async def _unknown_wait(self) -> Wait:
+        """How long this account's usage log needs to show a request (learned; the default without)."""
+        if self._wait is None:
+            try:
+                sightings, durations = await read_sightings(self.store), await read_durations(self.store)
+            except Exception:  # a hint only: without it, the long default
+                sightings, durations = [], []
+            self._wait = reconcile_wait(sightings, durations, self.reconcile_seconds)
+            self.logger.info("Before sending it again: %s.", self._wait.reason)
+        return self._wait
 
     async def _adopt(self, record: SubmissionRecord, version: str, finding: Finding) -> SubmittedGeneration:
         assert finding.live is not None and finding.live.generation_id
@@ -218,8 +257,9 @@ class Submission:
 
     async def _claim_and_post(self, record: SubmissionRecord, version: str, finding: Finding) -> SubmittedGeneration:
         claim = record.model_copy(update=dict(
-            state="pending", outcome="in_flight", owner=self.owner, generation_id=None, request_id=None,
-            attempt=max(record.attempt, finding.highest_attempt) + 1, updated_at=time.time(),
+            state="pending", outcome="in_flight", owner=self.owner, lease_seconds=self.lease_seconds,
+            generation_id=None, request_id=None, attempt=max(record.attempt, finding.highest_attempt) + 1,
+            updated_at=time.time(),
         ))
         claimed = await self.store.replace(self.key, dump_record(claim), version)
         if claimed is None:
@@ -229,43 +269,46 @@ class Submission:
     # -- the POST ------------------------------------------------------------------------------------
 
     async def _post(self, record: SubmissionRecord, version: str) -> SubmittedGeneration:
-        """Send the POST under our `pending` record, kept fresh until answered; record what it proved."""
-        held = _Held(record, version)
-        heartbeat = asyncio.create_task(self._heartbeat(held))
-        try:
-            if self.budget is not None:  # before anything is sent: the cap holds or nothing goes out
-                await self.budget.reserve(self.key)
-            url = await self.video_url()
-        except Exception:
-            await _stop(heartbeat)
-            await self._settle(held, state="rejected", outcome=None)  # nothing was sent
-            if self.budget is not None:
-                await self.budget.release(self.key)
-            raise
-        try:
-            answer = await self.client.submit(self.params.payload(url), client_request_id=record.client_request_id)
-        except AimlApiError as exc:
-            await _stop(heartbeat)
-            if isinstance(exc, SubmissionOutcomeUnknown):
-                await self._settle(held, state="pending", outcome="unknown")
-            elif isinstance(exc, ProviderSubmitError):
-                await self._settle(held, state="pending", outcome="provider_error")
-            else:  # refused by the provider, or never sent
-                await self._settle(held, state="rejected", outcome=None)
-                if self.budget is not None:
-                    await self.budget.release(self.key)
-            raise
-        finally:
-            await _stop(heartbeat)
+        """Send the POST under our lease, renewed right before it; record what the answer proved."""
+        async with Lease(self.store, record, version, self.logger) as lease:
+            try:
+                if self.budget is not None:  # before anything is sent: the cap holds or nothing goes out
+                    await self.budget.reserve(self.key)
+                url = await self.video_url()
+                await lease.renew()
+            except LeaseLost:
+                await self._release_budget()
+                raise _Restart from None  # nothing was sent; the record is another attempt's now
+            except Exception:
+                await lease.settle_quietly(state="rejected", outcome=None)  # nothing was sent
+                await self._release_budget()
+                raise
+            try:
+                answer = await self.client.submit(self.params.payload(url), client_request_id=record.client_request_id)
+            except AimlApiError as exc:
+                await lease.stop()
+                if isinstance(exc, SubmissionOutcomeUnknown):
+                    await lease.settle_quietly(state="pending", outcome="unknown")
+                else:  # refused by the provider, or never sent
+                    await lease.settle_quietly(state="rejected", outcome=None)
+                    await self._release_budget()
+                raise
         generation = answer.generation
-        if self.budget is not None:
-            await self.budget.quoted(self.key, generation.credits)
-        accepted = await self._settle(held, **self._acceptance(generation.id, answer.request_id, generation.status,
-                                                                generation.credits))
-        self.logger.info(
-            "Submitted generation %s (status %s, client request id %s, x-request-id %s).",
-            generation.id, generation.status, record.client_request_id, answer.request_id,
+        self.logger.info(  # first of all: whatever fails next, the run's log names what was paid for
+            "Accepted: generation %s (client request id %s, x-request-id %s, status %s).",
+            generation.id, record.client_request_id, answer.request_id, generation.status,
         )
+        try:
+            accepted = await lease.record_acceptance(self._acceptance(
+                generation.id, answer.request_id, generation.status, generation.credits), RECORD_DEADLINE_SECONDS)
+        except Exception as exc:
+            raise GenerationNotRecorded(generation.id, record.client_request_id, self.store.location,
+                                        str(exc) or type(exc).__name__) from None
+        if self.budget is not None:
+            try:
+                await self.budget.quoted(self.key, generation.credits)
+            except Exception as exc:  # the reservation stands (the cap errs on the safe side)
+                self.logger.warning("Budget %r not told this generation's quote (%s).", self.budget.name, exc)
         return as_submitted(accepted, resumed=False, reconciled=False)
 
     @staticmethod
@@ -275,54 +318,13 @@ class Submission:
         return dict(state="accepted", outcome=None, owner=None, generation_id=generation_id, request_id=request_id,
                     initial_status=status, credits=credits, accepted_at=now, updated_at=now)
 
-    async def _heartbeat(self, held: _Held) -> None:
-        interval = max(0.25, min(HEARTBEAT_SECONDS, self.reconcile_seconds / 4))
-        while True:
-            await asyncio.sleep(interval)
-            fresh = held.record.model_copy(update={"updated_at": time.time()})
-            version = await self.store.replace(self.key, dump_record(fresh), held.version)
-            if version is None:
-                self.logger.warning("Record %s was taken over while our POST was in flight.", self.key[:12])
-                return
-            held.record, held.version = fresh, version
-
-    async def _settle(self, held: _Held, **changes: object) -> SubmissionRecord:
-        """Write what the POST proved. If the record moved on meanwhile, an acceptance is still written
-        (the generation exists and is paid for); anything else yields to the newer state."""
-        update = {"updated_at": time.time(), **changes}
-        if changes.get("state") != "accepted":
-            update.setdefault("owner", None)
-        wanted = held.record.model_copy(update=update)
-        while True:
-            if await self.store.replace(self.key, dump_record(wanted), held.version) is not None:
-                return wanted
-            current = await self._read()
-            if current is None:
-                return wanted
-            record, version = current
-            if changes.get("state") != "accepted" and record.owner != self.owner:
-                return record
-            if record.state == "accepted" and record.generation_id != wanted.generation_id:
-                self.logger.error(
-                    "Generation %s was accepted for this request while another attempt's generation %s was recorded: "
-                    "both may be charged. Keeping %s.", wanted.generation_id, record.generation_id,
-                    record.generation_id)
-                return wanted
-            held.record, held.version = record, version
-            wanted = record.model_copy(update=update)
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-class _Held:
-    """The record our POST holds, with its latest version (the heartbeat moves both)."""
-
-    def __init__(self, record: SubmissionRecord, version: str) -> None:
-        self.record, self.version = record, version
+    async def _release_budget(self) -> None:
+        if self.budget is not None:
+            try:
+                await self.budget.release(self.key)
+            except Exception as exc:  # a reservation left behind only makes the cap stricter
+                self.logger.warning("Budget %r: could not release this generation's reservation (%s).",
+                                    self.budget.name, exc)
 
 
 async def submit_once(

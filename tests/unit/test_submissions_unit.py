@@ -17,6 +17,7 @@ import uuid
 import httpx
 import pytest
 
+from prefect_aimlapi_video.flows import lease as lease_module
 from prefect_aimlapi_video.flows import submissions as submissions_module
 from prefect_aimlapi_video.flows.client import AimlApiClient
 from prefect_aimlapi_video.flows.errors import (
@@ -46,7 +47,9 @@ class FakeApi:
     post_mode: "ok"; "lost_after_accept" (accepted, then the answer is lost); "lost_before_accept"
     (never arrived); "gateway_502_after_accept" (accepted, then a gateway's HTML 502);
     "provider_503" (the provider's own JSON error: not accepted); "html_503" (a 503 page from
-    something in between: not accepted, but it does not say so); "429"; "400"; "refused_connect".
+    something in between: not accepted, but it does not say so); "provider_500_after_accept" (accepted,
+    then the provider's own JSON 500); "429"; "400"; "refused_connect". `on_accept`, if set, is called
+    with each accepted generation id (a test's hook into the moment of acceptance).
     log_mode: "ok" or "fail". log_visibility: "at_acceptance", or "at_completion" (rows appear only
     for generations in `self.completed`). row_shape: "standard", "inference_id_only", "row_id_only",
     "unidentifiable".
@@ -59,6 +62,7 @@ class FakeApi:
         self.row_shape = "standard"
         self.list_refused = True
         self.post_delay = 0.0
+        self.on_accept = None
         self.post_attempts: list[dict] = []  # every POST that reached us, with its time
         self.accepted: list[dict] = []  # generations we accepted (each one would be charged)
         self.refused: list[dict] = []
@@ -120,8 +124,12 @@ class FakeApi:
         if mode == "lost_before_accept":
             raise httpx.ReadTimeout("no answer", request=request)
         generation_id = self.accept(crid)
+        if self.on_accept is not None:
+            self.on_accept(generation_id)
         if self.post_delay:
             await asyncio.sleep(self.post_delay)
+        if mode == "provider_500_after_accept":
+            return httpx.Response(500, json={**PROVIDER_503, "statusCode": 500, "message": "Internal server error"})
         if mode == "lost_after_accept":
             raise httpx.ReadTimeout("no answer", request=request)
         if mode == "gateway_502_after_accept":
@@ -164,8 +172,9 @@ def store(tmp_path) -> LocalRecordStore:
 
 
 @pytest.fixture(autouse=True)
-def short_provider_pause(monkeypatch):
-    monkeypatch.setattr(submissions_module, "PROVIDER_ERROR_PAUSE_SECONDS", 0.3)
+def quick_heartbeat(monkeypatch):
+    """The lease's heartbeat every 0.1 s (5 s in production), so a POST of 0.3 s spans a few."""
+    monkeypatch.setattr(lease_module, "HEARTBEAT_SECONDS", 0.1)
 
 
 PARAMS = GenerationParams(prompt="watercolor painting", strength=0.6, seed=11)
@@ -305,28 +314,49 @@ async def test_lost_request_absent_from_log_is_resent_after_the_wait_as_a_new_at
     assert (await load(store)).attempt == 2
 
 
-async def test_provider_json_503_waits_a_short_pause_then_the_log_decides(client, store, fake):
-    fake.post_mode = "provider_503"
-    with pytest.raises(ProviderSubmitError):
-        await submit(client, store)
-    assert (await load(store)).outcome == "provider_error"
-    fake.post_mode = "ok"
-    started = time.monotonic()
-    result = await submit(client, store, wait=600)  # not the long wait: the provider answered itself
-    assert time.monotonic() - started < 5
-    assert result.client_request_id.endswith("-a2") and len(fake.accepted) == 1
-    assert fake.log_reads >= 1
-
-
-async def test_a_503_page_not_in_the_providers_shape_is_unknown(client, store, fake):
-    fake.post_mode = "html_503"
+@pytest.mark.parametrize("mode", ["provider_503", "html_503"])
+async def test_a_503_the_log_lists_as_failed_is_sent_again_at_once(client, store, fake, mode):
+    """Failed requests cost nothing: a row for this very request with status failed proves it was not
+    accepted, whoever answered the POST (the provider's own JSON, or a gateway's page)."""
+    fake.post_mode = mode
     with pytest.raises(SubmissionOutcomeUnknown):
         await submit(client, store)
     record = await load(store)
     assert (record.state, record.outcome) == ("pending", "unknown")
     fake.post_mode = "ok"
-    with pytest.raises(asyncio.TimeoutError):  # silence must last the whole wait: no resend in 1 s
-        await asyncio.wait_for(submit(client, store, wait=600), 1.0)
+    started = time.monotonic()
+    result = await submit(client, store, wait=600)
+    assert time.monotonic() - started < 5
+    assert result.client_request_id.endswith("-a2") and len(fake.accepted) == 1 and len(fake.post_attempts) == 2
+
+
+@pytest.mark.parametrize("mode", ["provider_503", "html_503"])
+async def test_a_503_the_log_does_not_list_waits_the_whole_wait(client, store, fake, mode):
+    """The provider's own 500/503 is an unknown outcome like a gateway's: without a failed row, silence
+    must last the whole wait (a log that lists requests at completion cannot show it seconds later)."""
+    fake.post_mode, fake.list_refused = mode, False
+    with pytest.raises(SubmissionOutcomeUnknown):
+        await submit(client, store)
+    fake.post_mode = "ok"
+    with pytest.raises(asyncio.TimeoutError):  # no resend in 1.5 s
+        await asyncio.wait_for(submit(client, store, wait=600), 1.5)
+    assert len(fake.post_attempts) == 1
+
+
+async def test_a_provider_500_after_acceptance_is_adopted_when_listed_at_completion_never_resent(client, store, fake):
+    fake.post_mode, fake.log_visibility, fake.list_refused = "provider_500_after_accept", "at_completion", False
+    with pytest.raises(ProviderSubmitError):
+        await submit(client, store)
+    fake.post_mode = "ok"
+
+    async def complete_later() -> None:
+        await asyncio.sleep(1.5)
+        fake.completed.add(fake.accepted[0]["id"])
+
+    completer = asyncio.ensure_future(complete_later())
+    result = await submit(client, store, wait=10.0)
+    await completer
+    assert result.reconciled and result.generation_id == fake.accepted[0]["id"]
     assert len(fake.post_attempts) == 1
 
 
@@ -486,3 +516,161 @@ async def test_a_generation_that_could_pass_the_spend_cap_is_never_sent(client, 
     await budget.settle(key_for("run-1"), 100_000)  # the first one completed, cheaper than quoted
     again = await submit_once(client, store, PARAMS, IDENTITY, "run-2", VideoUrl(), budget=budget)
     assert again.generation_id != first.generation_id and len(fake.accepted) == 2
+
+
+# -- bookkeeping that fails after the POST: the accepted answer is never thrown away ------------------
+
+
+class FlakyStore(LocalRecordStore):
+    """A local store whose writes fail (like S3 answering 503 after boto3's retries) while `failing`."""
+
+    def __init__(self, directory) -> None:
+        super().__init__(directory)
+        self.failing = False
+        self.failed_writes = 0
+
+    def _fail_if_failing(self) -> None:
+        if self.failing:
+            self.failed_writes += 1
+            raise TransientApiError("Submission record store: updating a record failed (ServiceUnavailable).")
+
+    async def replace(self, key, data, version):
+        self._fail_if_failing()
+        return await super().replace(key, data, version)
+
+    async def create(self, key, data):
+        self._fail_if_failing()
+        return await super().create(key, data)
+
+
+def fail_store_for(store: FlakyStore, seconds: float):
+    """A `FakeApi.on_accept` hook: the store fails from the moment of acceptance for `seconds`."""
+    def on_accept(_generation_id: str) -> None:
+        store.failing = True
+        asyncio.get_running_loop().call_later(seconds, setattr, store, "failing", False)
+    return on_accept
+
+
+async def test_a_heartbeat_that_fails_during_the_post_never_throws_the_answer_away(client, tmp_path, fake):
+    """The store fails while the POST is in flight (the heartbeat's writes) and just after it: the
+    accepted generation is still recorded, and nothing is sent twice."""
+    store = FlakyStore(tmp_path / "records")
+    fake.post_delay, fake.on_accept = 0.5, fail_store_for(store, 1.5)
+    result = await submit(client, store)
+    assert store.failed_writes >= 3  # heartbeats during the POST, then the first tries of the record write
+    assert result.generation_id == fake.accepted[0]["id"] and len(fake.post_attempts) == 1
+    record = await load(store)
+    assert (record.state, record.generation_id) == ("accepted", result.generation_id)
+    again = await submit(client, store)  # and a retry resumes it
+    assert again.resumed and len(fake.post_attempts) == 1
+
+
+async def test_a_record_that_cannot_be_written_fails_naming_the_generation_and_how_to_collect_it(
+    client, tmp_path, fake, monkeypatch
+):
+    from prefect_aimlapi_video.flows.errors import GenerationNotRecorded
+
+    monkeypatch.setattr(submissions_module, "RECORD_DEADLINE_SECONDS", 1.0)
+    store = FlakyStore(tmp_path / "records")
+    fake.on_accept = fail_store_for(store, 60)
+    with pytest.raises(GenerationNotRecorded) as caught:
+        await submit(client, store)
+    generation_id = fake.accepted[0]["id"]
+    text = str(caught.value)
+    assert generation_id in text and f"aimlapi-video collect {generation_id}" in text
+    assert fake.post_attempts[0]["crid"] in text and caught.value.retryable is False
+    assert len(fake.post_attempts) == 1
+
+
+async def test_a_budget_that_cannot_be_told_the_quote_never_fails_a_paid_generation(client, store, fake, monkeypatch):
+    from prefect_aimlapi_video.flows.budget import Budget
+
+    budget = Budget(store, "cap", cap_credits=10_000_000)
+
+    async def contended(*_args):
+        raise TransientApiError("Budget 'cap': still contended")
+
+    monkeypatch.setattr(budget, "quoted", contended)
+    result = await submit_once(client, store, PARAMS, IDENTITY, "run-1", VideoUrl(), budget=budget)
+    assert result.generation_id == fake.accepted[0]["id"]
+    assert key_for("run-1") in (await budget.state()).reserved  # the estimate's reservation stands
+
+
+# -- the lease: a POST goes out only under a live claim ---------------------------------------------
+
+
+async def test_a_claim_taken_over_before_the_post_sends_nothing(client, store, fake):
+    """While this attempt stages its input, another takes the record over (and gets its generation
+    accepted): the renewal right before the POST fails, nothing is sent, and the other's is resumed."""
+    class TakenOver(VideoUrl):
+        async def __call__(self) -> str:
+            found = await store.read(key_for("run-1"))
+            record = SubmissionRecord.model_validate_json(found[0])
+            theirs = record.model_copy(update={"state": "accepted", "owner": None, "generation_id": "theirs:g",
+                                               "accepted_at": time.time(), "updated_at": time.time()})
+            assert await store.replace(record.key, theirs.model_dump_json().encode(), found[1])
+            return await super().__call__()
+
+    result = await submit(client, store, TakenOver())
+    assert fake.post_attempts == [] and result.generation_id == "theirs:g" and result.resumed
+
+
+async def test_a_store_that_cannot_renew_the_claim_sends_nothing(client, tmp_path, fake):
+    store = FlakyStore(tmp_path / "records")
+
+    class StoreFailsWhileStaging(VideoUrl):
+        async def __call__(self) -> str:
+            store.failing = True
+            return await super().__call__()
+
+    with pytest.raises(TransientApiError, match="cannot renew the claim"):
+        await submit(client, store, StoreFailsWhileStaging())
+    assert fake.post_attempts == []
+
+
+async def test_a_claim_is_taken_over_only_after_its_lease_on_the_readers_own_clock(client, store, fake, monkeypatch):
+    """A claim refreshed 50 s ago by the writer's clock (hosts' clocks may differ by up to a minute)
+    with a lease of 1 s: the reader waits the lease on its own clock, then treats the POST as unknown."""
+    monkeypatch.setattr(submissions_module, "LEASE_FLOOR_SECONDS", 1.0)
+    now = time.time()
+    claim = SubmissionRecord(key=key_for("run-1"), fingerprint=PARAMS.fingerprint(IDENTITY), scope="run-1",
+                             state="pending", outcome="in_flight", owner="another-host", lease_seconds=1.0,
+                             created_at=now - 50, updated_at=now - 50)
+    assert await store.create(claim.key, claim.model_dump_json().encode())
+    started = time.monotonic()
+    result = await submit(client, store, wait=0.5)
+    assert time.monotonic() - started >= 1.5  # its lease (own clock), then the wait for an unknown outcome
+    assert len(fake.post_attempts) == 1 and result.client_request_id.endswith("-a2")
+
+
+async def test_a_claim_refreshed_by_its_holder_is_never_taken_over(client, store, fake, monkeypatch):
+    """The holder keeps refreshing its claim (its POST is slow): another attempt waits, however long
+    past the lease that is, and resumes what the holder recorded."""
+    monkeypatch.setattr(submissions_module, "LEASE_FLOOR_SECONDS", 0.5)
+    fake.post_delay = 2.0
+    first = asyncio.ensure_future(submit(client, store, wait=0.2))
+    await asyncio.sleep(0.3)
+    second = await submit(client, store, wait=0.2)
+    assert (await first).generation_id == second.generation_id and len(fake.post_attempts) == 1
+
+
+# -- how long an unknown outcome waits: learned from this account ------------------------------------
+
+
+async def test_an_unknown_outcome_waits_what_the_account_showed_not_the_default(client, store, fake, monkeypatch):
+    """Three past requests were listed at acceptance within 0.2 s: a lost request (never accepted)
+    is sent again after twice that plus the margin, not after the 600 s default."""
+    from prefect_aimlapi_video.flows import log_visibility
+    from prefect_aimlapi_video.flows.log_visibility import Sighting, add_sighting
+
+    monkeypatch.setattr(log_visibility, "ACCEPTANCE_MARGIN_SECONDS", 0.5)
+    for _ in range(3):
+        await add_sighting(store, Sighting(seen_s=0.2, phase="acceptance", at=time.time()))
+    fake.post_mode = "lost_before_accept"
+    with pytest.raises(SubmissionOutcomeUnknown):
+        await submit(client, store)
+    fake.post_mode = "ok"
+    started = time.monotonic()
+    result = await submit(client, store, wait=600)
+    assert 0.9 <= time.monotonic() - started < 5
+    assert len(fake.accepted) == 1 and result.client_request_id.endswith("-a2")
