@@ -57,6 +57,7 @@ class BatchItemResult(BaseModel):
     generation_id: str | None = None
     output: str | None = None
     credits: float | None = None
+    collect_command: str | None = None  # a paid generation left behind: how to collect it at no new cost
     queued_s: float | None = None
     generating_s: float | None = None
     download_s: float | None = None

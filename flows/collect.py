@@ -26,7 +26,8 @@ from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, REQUEST_MODELS
 from prefect_aimlapi_video.flows.settings import validate_settings
 from prefect_aimlapi_video.flows.strip import MEDIA_TYPE as STRIP_MEDIA_TYPE
 from prefect_aimlapi_video.flows.strip import SUFFIX as STRIP_SUFFIX
-from prefect_aimlapi_video.flows.submission_record import SubmittedGeneration
+from prefect_aimlapi_video.flows.record_store import default_location
+from prefect_aimlapi_video.flows.submission_record import StoreRef, SubmittedGeneration
 from prefect_aimlapi_video.flows.tasks import download_video, wait_for_generation
 from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, tag_run
 
@@ -48,6 +49,7 @@ async def collect_generation(
     aws_credentials: str | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     poll_policy: PollPolicy | None = None,
+    submissions: str | None = None,
 ) -> VideoToVideoResult:
     """Wait for generation `generation_id` if it is still running, then download it; no new charge.
 
@@ -55,6 +57,8 @@ async def collect_generation(
         generation_id: the id a summary, a log line or the dashboard names.
         output, output_storage, aws_credentials, timeout_seconds, poll_policy: as for `video_to_video`
             (`{stem}` is "collected"; `{generation}` is the id's first part).
+        submissions: the record store the generation's run used (default as for `video_to_video`): it
+            tells whether another run's events already reported this generation's charge.
     """
     from prefect.runtime import flow_run
 
@@ -64,14 +68,17 @@ async def collect_generation(
     started = time.time()
     run_id = str(flow_run.id) if flow_run.id else None
     settings = validate_settings(output=output, output_storage=output_storage, aws_credentials=aws_credentials,
-                                 timeout_seconds=timeout_seconds, poll_policy=poll_policy)
+                                 timeout_seconds=timeout_seconds, poll_policy=poll_policy, submissions=submissions)
     creds = await AimlApiCredentials.resolve(credentials)
     await creds.check_access()
     target = await resolve_output(settings.output, settings.output_storage, settings.aws_credentials)
     result = VideoToVideoResult(status="collecting", model=_model_of(generation_id), input=f"generation {generation_id}",
                                 generation_id=generation_id, flow_run_id=run_id, resumed=True)
-    submitted = SubmittedGeneration(generation_id=generation_id, client_request_id="", accepted_at=time.time(),
-                                    resumed=True, record_key="", model=result.model)
+    submitted = SubmittedGeneration(
+        generation_id=generation_id, client_request_id="", accepted_at=time.time(), resumed=True, record_key="",
+        model=result.model, store=StoreRef(location=settings.submissions or default_location(),
+                                           aws_credentials=settings.aws_credentials),
+    )
     policy = settings.poll_policy or LearnedPollPolicy.from_durations([])
     await tag_run()
     outcome = await wait_for_generation(submitted, creds, settings.timeout_seconds, policy)
@@ -82,6 +89,7 @@ async def collect_generation(
     stored = await download_video(generation_id, creds, target, path)
     result.status, result.credits, result.timeline, result.polls = outcome.status, outcome.credits, outcome.timeline, \
         outcome.polls
+    result.charged_credits = outcome.charged_credits
     result.request_ids = outcome.request_ids
     result.output, result.output_info = stored.location, stored.info
     result.sha256, result.size_bytes = stored.sha256, stored.size_bytes

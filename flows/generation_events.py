@@ -4,7 +4,10 @@
 one from being sent) concern the generation itself: the resource is `aimlapi.generation.<id>` (or
 the flow run, when nothing was submitted), and Prefect's events worker relates each to the flow
 run, its flow and its deployment. The payload says what it cost (credits, USD), how long it took
-and where the result is: never a signed URL, never the key.
+and where the result is: never a signed URL, never the key. `credits` is what the generation cost;
+`charged_credits` is what this run adds to the bill (0 on `submitted`, and on a resumed, adopted
+or collected generation whose charge another run's event already carried), so an automation that
+sums `charged_credits` over events counts every charge once.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def event_payload(result: VideoToVideoResult) -> dict[str, Any]:
         "sidecar": result.sidecar,
         "credits": result.credits,
         "usd": result.usd,
+        "charged_credits": result.charged_credits,
         "resumed": result.resumed,
         "durations": result.timing.model_dump(),
         "error_name": result.error_name,

@@ -162,6 +162,9 @@ class VideoToVideoResult(BaseModel):
     timing: Timing = Timing()
     polls: int | None = None
     credits: float | None = None
+    # What this run adds to the bill: the credits of a generation it is the first to see charged, 0
+    # for one another run already reported (a resume, an adoption, a collect), or not charged.
+    charged_credits: float | None = 0.0
     output: str | None = None
     sidecar: str | None = None
     strip: str | None = None  # where the before/after preview image was stored
@@ -182,6 +185,8 @@ class VideoToVideoResult(BaseModel):
     def one_line(self) -> str:
         """`completed: <output> (bytes, sha256, credits, seconds, generation id)`, as the CLI prints it."""
         credits = f"{self.credits:,.0f} credits" if self.credits is not None else "usage unknown"
+        if self.resumed and not self.charged_credits:
+            credits = f"resumed: no new charge, {credits} when first paid"
         total = f"{self.timing.total_s:.1f} s" if self.timing.total_s is not None else "?"
         return (
             f"{self.status}: {self.output} ({self.size_bytes or 0:,} bytes, sha256 {(self.sha256 or '?')[:16]}..., "

@@ -33,6 +33,7 @@ class GenerationOutcome(BaseModel):
     status: str
     timeline: list[StatusChange]
     credits: float | None = None
+    charged_credits: float | None = 0.0  # this run's share of the charge: 0 if another run reported it
     video_duration: float | None = None
     request_ids: list[str] = []
     polls: int = 0

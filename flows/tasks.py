@@ -33,13 +33,22 @@ from prefect_aimlapi_video.flows.budget import BudgetRef
 from prefect_aimlapi_video.flows.destinations import Destination, resolve_output
 from prefect_aimlapi_video.flows.errors import AimlApiError, GenerationFailedError, RateLimitedError
 from prefect_aimlapi_video.flows.learned_polling import LearnedPollPolicy
-from prefect_aimlapi_video.flows.models import Phase
+from prefect_aimlapi_video.flows.log_visibility import (
+    Sighting,
+    add_sighting,
+    read_sightings,
+    sighting_of,
+    wants_sightings,
+    watch_listing,
+)
+from prefect_aimlapi_video.flows.models import Generation, Phase
 from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.record_store import default_location
 from prefect_aimlapi_video.flows.requests import VideoRequest, request_model
 from prefect_aimlapi_video.flows.results import GenerationOutcome, StoredVideo, remember_result_url, store_result
 from prefect_aimlapi_video.flows.sources import VideoSource, inspect_video
-from prefect_aimlapi_video.flows.submission_record import add_duration, read_durations
+from prefect_aimlapi_video.flows.record_store import RecordStore
+from prefect_aimlapi_video.flows.submission_record import add_duration, claim_charge, read_durations
 from prefect_aimlapi_video.flows.submissions import StoreRef, SubmittedGeneration, mark_failed, submit_once
 from prefect_aimlapi_video.flows.waiting import Tracker, observe
 
@@ -99,6 +108,7 @@ async def submit_generation(
     ref = StoreRef(location=(submissions or default_location()), aws_credentials=aws_credentials)
     may_repeat = shared_scope or task_run.run_count > 1 or flow_run.run_count > 1
     store = await ref.open()
+    await store.check()  # once per process and store: it exists and really compares and swaps
     async with creds.get_client() as client:
         try:
             submitted = await submit_once(
@@ -140,47 +150,108 @@ async def wait_for_generation(
     if poll_policy is None:
         poll_policy = LearnedPollPolicy.from_durations(await read_durations(store) if store else [])
     async with creds.get_client() as client, ProgressArtifact(min_interval=10.0, enabled=not in_batch()) as progress:
+        watcher = await _watch_listing(client, store, submitted)
         schedule = poll_policy.schedule()
-        async for seen in observe(client, generation_id, schedule, timeout_seconds=timeout_seconds):
-            if seen.kind == "limited":
-                logger.warning("Polling is rate limited; waiting %.1f s.", seen.retry_after)
-                continue
-            if seen.kind == "failed":
-                logger.warning("Poll %d failed (%s); polling again.", tracker.polls + 1, seen.error)
-                continue
-            generation = seen.generation
-            assert generation is not None
-            if tracker.add(seen):
-                if generation.phase is Phase.UNKNOWN:
-                    logger.warning("Unknown status %r; treating it as not finished yet.", generation.status)
-                else:
-                    logger.info("Generation %s is %s.", generation_id, generation.status)
-            if generation.phase is Phase.FAILED:
-                if store is not None:
-                    await mark_failed(store, submitted.record_key, generation_id)
-                    if submitted.budget:  # failed generations are not charged
-                        await submitted.budget.open(store).release(submitted.record_key)
-                progress.update(100, f"{generation_id}: failed")
-                name, detail = generation.error_summary()
-                raise GenerationFailedError(generation_id, name, detail, raw=generation.error)
-            if generation.phase is Phase.COMPLETED:
-                progress.update(100, f"{generation_id}: completed")
-                remember_result_url(generation)
-                if store is not None and not submitted.resumed:  # resumed: we did not see it accepted
-                    await add_duration(store, seen.at - submitted.accepted_at)
-                if store is not None and submitted.budget:
-                    await submitted.budget.open(store).settle(submitted.record_key, generation.credits)
-                return GenerationOutcome(
-                    generation_id=generation.id, status=generation.status, timeline=tracker.timeline,
-                    credits=generation.credits if generation.credits is not None else submitted.credits,
-                    video_duration=generation.video_duration, request_ids=tracker.request_ids, polls=tracker.polls,
-                    **tracker.durations(seen.at, submitted.accepted_at),
-                )
-            progress.update(tracker.progress(expected), f"{generation_id}: {generation.status} ({seen.elapsed:.0f} s)")
-            if time.monotonic() - last_note >= STILL_WAITING_EVERY_SECONDS:
-                logger.info("Still waiting for %s: %s after %.0f s.", generation_id, generation.status, seen.elapsed)
-                last_note = time.monotonic()
+        try:
+            async for seen in observe(client, generation_id, schedule, timeout_seconds=timeout_seconds):
+                if seen.kind == "limited":
+                    logger.warning("Polling is rate limited; waiting %.1f s.", seen.retry_after)
+                    continue
+                if seen.kind == "failed":
+                    logger.warning("Poll %d failed (%s); polling again.", tracker.polls + 1, seen.error)
+                    continue
+                generation = seen.generation
+                assert generation is not None
+                if tracker.add(seen):
+                    if generation.phase is Phase.UNKNOWN:
+                        logger.warning("Unknown status %r; treating it as not finished yet.", generation.status)
+                    else:
+                        logger.info("Generation %s is %s.", generation_id, generation.status)
+                if generation.phase is Phase.FAILED:
+                    progress.update(100, f"{generation_id}: failed")
+                    await _after_failure(store, submitted)
+                    name, detail = generation.error_summary()
+                    raise GenerationFailedError(generation_id, name, detail, raw=generation.error)
+                if generation.phase is Phase.COMPLETED:
+                    progress.update(100, f"{generation_id}: completed")
+                    remember_result_url(generation)
+                    charged = await _after_completion(store, submitted, generation, seen.at - submitted.accepted_at,
+                                                      await sighting_of(watcher, finished=True))
+                    return GenerationOutcome(
+                        generation_id=generation.id, status=generation.status, timeline=tracker.timeline,
+                        credits=generation.credits if generation.credits is not None else submitted.credits,
+                        charged_credits=charged, video_duration=generation.video_duration,
+                        request_ids=tracker.request_ids, polls=tracker.polls,
+                        **tracker.durations(seen.at, submitted.accepted_at),
+                    )
+                progress.update(tracker.progress(expected),
+                                f"{generation_id}: {generation.status} ({seen.elapsed:.0f} s)")
+                if time.monotonic() - last_note >= STILL_WAITING_EVERY_SECONDS:
+                    logger.info("Still waiting for %s: %s after %.0f s.", generation_id, generation.status,
+                                seen.elapsed)
+                    last_note = time.monotonic()
+        finally:
+            await sighting_of(watcher, finished=False)  # no-op once it has been read
     raise AssertionError("observe() ends with a final status or raises")
+
+
+async def _watch_listing(client: Any, store: RecordStore | None, submitted: SubmittedGeneration) -> Any:
+    """Watch when the usage log lists this fresh acceptance, while the store still wants to learn it
+    (see `flows.log_visibility`); None when there is nothing to learn here."""
+    if store is None or submitted.resumed or not submitted.client_request_id:
+        return None
+    try:
+        if not wants_sightings(await read_sightings(store)):
+            return None
+    except Exception:  # a hint: a store that cannot say simply teaches nothing now
+        return None
+
+    async def running() -> bool:
+        try:
+            return (await client.get_generation(submitted.generation_id)).generation.phase not in (
+                Phase.COMPLETED, Phase.FAILED)
+        except AimlApiError:
+            return False  # not provably running: the sighting counts as one at completion
+
+    return asyncio.ensure_future(watch_listing(client, submitted.model, submitted.client_request_id,
+                                               submitted.accepted_at, running))
+
+
+async def _after_failure(store: RecordStore | None, submitted: SubmittedGeneration) -> None:
+    """A failed generation is not charged: its record lets the next attempt post anew, and its budget
+    reservation goes back. Neither may hide the failure itself."""
+    if store is None or not submitted.record_key:
+        return
+    try:
+        await mark_failed(store, submitted.record_key, submitted.generation_id)
+        if submitted.budget:
+            await submitted.budget.open(store).release(submitted.record_key)
+    except Exception as exc:
+        get_run_logger().warning("Could not record that generation %s failed (%s).", submitted.generation_id, exc)
+
+
+async def _after_completion(store: RecordStore | None, submitted: SubmittedGeneration, generation: Generation,
+                            took: float, sighting: Sighting | None) -> float | None:
+    """What the store learns from a completed generation, and this run's share of its charge (0 when
+    another run has reported it). Bookkeeping only: none of it may fail a paid generation."""
+    logger = get_run_logger()
+    credits = generation.credits if generation.credits is not None else submitted.credits
+    if store is None:
+        return 0.0 if submitted.resumed else credits
+    try:
+        if submitted.budget and submitted.record_key:
+            await submitted.budget.open(store).settle(submitted.record_key, generation.credits)
+        if sighting is not None:
+            await add_sighting(store, sighting)
+        if not submitted.resumed:  # resumed: we did not see it accepted
+            await add_duration(store, took)
+    except Exception as exc:
+        logger.warning("Could not update what the record store learns about %s (%s).", generation.id, exc)
+    try:
+        return credits if await claim_charge(store, generation.id) else 0.0
+    except Exception as exc:
+        logger.warning("Could not note that %s's charge was reported (%s).", generation.id, exc)
+        return 0.0 if submitted.resumed else credits
 
 
 @task(

@@ -22,7 +22,7 @@ from prefect_aimlapi_video.flows.artifacts import publish_result, publish_summar
 from prefect_aimlapi_video.flows.batch_context import defer, owns_key
 from prefect_aimlapi_video.flows.budget import BudgetExceeded, BudgetRef, budget_summary, credits_cap
 from prefect_aimlapi_video.flows.destinations import Destination, resolve_output, template_fields
-from prefect_aimlapi_video.flows.errors import GenerationFailedError, InvalidInputError
+from prefect_aimlapi_video.flows.errors import AimlApiError, GenerationFailedError, InvalidInputError
 from prefect_aimlapi_video.flows.generation_events import emit_generation_event
 from prefect_aimlapi_video.flows.models import Timing, VideoToVideoResult
 from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
@@ -198,12 +198,16 @@ async def video_to_video(
         outcome = await wait_for_generation(submitted, creds, settings.timeout_seconds, settings.poll_policy)
         result.timeline, result.polls = outcome.timeline, outcome.polls
         result.request_ids += [r for r in outcome.request_ids if r not in result.request_ids]
-        result.credits = outcome.credits
+        result.credits, result.charged_credits = outcome.credits, outcome.charged_credits
         path = _output_path(target, source, params, outcome.generation_id, run_id)
         with source.local_copy() as before:
             stored = await download_video(outcome.generation_id, creds, target, path, str(before) if before else None)
     except BaseException as exc:  # a failure, or a cancellation: say what became of any paid generation
-        await _report_failure(result, exc, started, _collect_command(result, credentials, settings))
+        result.generation_id = result.generation_id or getattr(exc, "generation_id", None)
+        collect = _collect_command(result, credentials, settings)
+        await _report_failure(result, exc, started, collect)
+        if collect and isinstance(exc, AimlApiError) and not isinstance(exc, GenerationFailedError):
+            exc.name_collect_command(collect)
         raise
     result.status = outcome.status
     result.output, result.output_info = stored.location, stored.info
@@ -276,6 +280,10 @@ def _collect_command(result: VideoToVideoResult, credentials: Any, settings: Run
     parts = ["aimlapi-video", "collect", result.generation_id]
     if settings.output:
         parts += ["--output", settings.output]
+    if settings.submissions:
+        parts += ["--submissions", settings.submissions]
+    if settings.aws_credentials:
+        parts += ["--aws-credentials", settings.aws_credentials]
     if isinstance(credentials, str) and credentials != DEFAULT_CREDENTIALS_BLOCK:
         parts += ["--credentials", credentials]
     return " ".join(shlex.quote(part) for part in parts)

@@ -103,3 +103,14 @@ def test_an_event_prefect_refuses_does_not_fail_the_run_that_emits_it(monkeypatc
     monkeypatch.setattr(generation_events, "emit_event", refuse)
     emit_generation_event("failed", completed_result(status="failed"))
     assert "aimlapi.generation.failed not emitted: EventTooLarge" in caplog.text
+
+
+def test_events_tell_a_paid_generation_from_a_resumed_one():
+    """Summed over events, `charged_credits` counts each charge once: the run that first saw the charge
+    carries it, a resumed (or adopted, or collected) one carries 0 but still says what it cost."""
+    paid = completed_result().model_copy(update={"charged_credits": 1_000_000})
+    resumed = completed_result().model_copy(update={"charged_credits": 0.0, "resumed": True})
+    assert event_payload(paid)["charged_credits"] == 1_000_000
+    assert (event_payload(resumed)["charged_credits"], event_payload(resumed)["credits"]) == (0.0, 1_000_000)
+    assert "resumed: no new charge, 1,000,000 credits when first paid" in resumed.one_line()
+    assert "resumed" not in paid.one_line() and "1,000,000 credits" in paid.one_line()
