@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -10,8 +11,10 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.flows import log_visibility
 from prefect_aimlapi_video.flows.batch import BatchFailedError, video_to_video_batch
 from prefect_aimlapi_video.flows.errors import AuthenticationError, InvalidInputError
+from prefect_aimlapi_video.flows.record_store import LocalRecordStore
 from tests.support import prefect_api
 
 pytestmark = pytest.mark.integration
@@ -35,10 +38,14 @@ async def _latest_batch_run() -> object:
 async def test_batch_of_ten_with_two_failures(prefect_server, sandbox, clips, tmp_path):
     sandbox.set_faults({"script": [{"route": "submit", "kind": "generation_error", "times": 2}]})
     items = [{"video": str(clips["small"]), "seed": i, "output": str(tmp_path / f"out-{i}.mp4")} for i in range(10)]
+    records = tmp_path / "records"
+    for _ in range(log_visibility.WANTED_SIGHTINGS):  # the account's log is learned: no reads to watch it
+        await log_visibility.add_sighting(LocalRecordStore(records),
+                                          log_visibility.Sighting(seen_s=0.1, phase="acceptance", at=time.time()))
 
     with pytest.raises(BatchFailedError, match="2 of 10 generations failed"):
         await video_to_video_batch(items=items, prompt="charcoal drawing", credentials=credentials(sandbox),
-                                   concurrency_limit=None, max_concurrency=10)
+                                   concurrency_limit=None, max_concurrency=10, submissions=str(records))
 
     ledger = sandbox.ledger()
     assert len(ledger) == 10

@@ -61,6 +61,7 @@ def test_interrupted_command_run_again_resumes_and_new_pays_again(prefect_server
         third = run()
         assert third.returncode == 0 and len(sandbox.ledger()) == 1
         assert _summary(third.stdout) == (delivered, entry.generation_id)
+        assert "resumed: no new charge" in third.stdout and "resumed: no new charge" not in second.stdout
         assert sha256_file(delivered) == sandbox.ledger()[0].output_sha256
 
         fresh = run("--new")

@@ -20,11 +20,13 @@ import textwrap
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from prefect_aimlapi_video.flows.client import AimlApiClient
+from prefect_aimlapi_video.flows.collect import collect_generation
 from prefect_aimlapi_video.flows.errors import UnidentifiedGenerationError
 from prefect_aimlapi_video.flows.record_store import open_store
 from prefect_aimlapi_video.flows.requests import GenerationParams
@@ -37,6 +39,7 @@ from tests.support.reliability import (
     assert_no_double_charge,
     fast_credentials,
     fast_polls,
+    read_all_events,
     sha256_file,
     subprocess_env,
     wait_until,
@@ -263,3 +266,32 @@ async def test_log_reads_of_a_batch_are_shared_and_stay_under_the_rate_limit(pre
     reads = sandbox.log_reads()
     assert reads["rate_limited"] == 0
     assert 1 <= reads["reads"] < 24  # shared: fewer scans than items
+
+
+async def test_charged_credits_summed_over_a_resumed_generations_events_equal_the_ledger(
+    prefect_server, slow_sandbox, record_bucket, clips, tmp_path
+):
+    """Host A posts and is killed while waiting; host B resumes the generation; then it is collected
+    once more by id. Each run emits its events; summed over all of them, `charged_credits` is what the
+    ledger charged: the charge is reported by the first run to see it, every other run reports 0."""
+    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    key = f"charged-{uuid.uuid4().hex[:8]}"
+    first, second = Host(tmp_path, "host-a", record_bucket), Host(tmp_path, "host-b", record_bucket)
+    entry = _first_host_killed_while_waiting(slow_sandbox, first, clips["small"], key)
+    resumed = finish(second.start(slow_sandbox, video=str(clips["small"]), prompt="charcoal sketch", seed=17,
+                                  idempotency_key=key, output=str(second.dir / "out.mp4")))
+    collected = await collect_generation(entry.generation_id, credentials=fast_credentials(slow_sandbox),
+                                         output=str(tmp_path / "again.mp4"), submissions=record_bucket,
+                                         poll_policy=fast_polls())
+    (charged,) = slow_sandbox.ledger()
+    assert resumed["resumed"] and collected.charged_credits == 0 and "resumed: no new charge" in collected.one_line()
+
+    def ours(events):
+        return [e for e in events if e.resource.id == f"aimlapi.generation.{entry.generation_id}"]
+
+    events = await prefect_api.eventually(
+        lambda: read_all_events(since, datetime.now(timezone.utc) + timedelta(seconds=5)),
+        lambda found: len([e for e in ours(found) if e.event.endswith(".completed")]) == 2, timeout=30)
+    mine = ours(events)
+    assert sorted(e.event.rsplit(".", 1)[1] for e in mine) == ["completed", "completed", "submitted", "submitted"]
+    assert sum(e.payload.get("charged_credits") or 0 for e in mine) == charged.credits > 0

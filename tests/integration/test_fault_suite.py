@@ -11,6 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
+import textwrap
+import uuid
 from collections import Counter
 from pathlib import Path
 from uuid import UUID
@@ -29,6 +33,7 @@ from tests.support.reliability import (
     fast_credentials,
     fast_polls,
     sha256_file,
+    subprocess_env,
     temp_leftovers,
 )
 
@@ -186,3 +191,71 @@ async def test_truncated_and_dropped_downloads_never_leave_a_file(
     assert list(tmp_path.iterdir()) == []
     (entry,) = sandbox.ledger()
     assert entry.status == "completed"  # charged: re-running this flow run resumes it without a new charge
+
+
+HOST_BATCH = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from prefect_aimlapi_video import AimlApiCredentials, PollPolicy, video_to_video_batch
+
+    config = json.loads(sys.argv[1])
+    credentials = AimlApiCredentials(api_key=config["api_key"], base_url=config["base_url"], timeout_seconds=2,
+                                     connect_timeout_seconds=2, download_timeout_seconds=2)
+    rows = asyncio.run(video_to_video_batch(
+        items=config["items"], prompt="stained glass", credentials=credentials, concurrency_limit=None,
+        max_concurrency=20, tolerate_failures=True, timeout_seconds=180, submissions=config["store"],
+        poll_policy=PollPolicy(initial_seconds=0.25, fast_phase_seconds=30), reconcile_grace_seconds=5))
+    print("ROWS " + json.dumps([row.model_dump(mode="json") for row in rows]), flush=True)
+    """
+)
+
+
+async def test_hundred_generations_on_two_hosts_sharing_an_s3_store_under_twenty_percent_faults(
+    prefect_server, sandbox, clips, tmp_path, s3
+):
+    """Two hosts (processes with their own PREFECT_HOME and folder) run the same 100 items at once, with
+    the same per-item keys, sharing an s3:// record store; 20 % of all requests are faulted. Every paid
+    generation is delivered by a host or named by a collect command, and none is paid twice."""
+    s3.create_bucket(Bucket="fault-suite-records")
+    store = f"s3://fault-suite-records/{uuid.uuid4().hex[:6]}"
+    sandbox.set_faults({
+        "seed": 20261203, "rate": FAULT_RATE, "kinds": list(ALL_KINDS), "slow_seconds": 3, "retry_after_seconds": 1,
+        "unknown_status_seconds": 1, **LOG_BEHAVIOURS["rows-at-completion"],
+        "script": [{"route": "submit", "kind": "accept_then_502", "times": 2}],
+    })
+    hosts = {}
+    for name in ("host-a", "host-b"):
+        home = tmp_path / name
+        home.mkdir()
+        (home / "host.py").write_text(HOST_BATCH)
+        items = [{"video": str(clips["small"]), "seed": 1000 + i, "idempotency_key": f"{store}#item-{i}",
+                  "output": str(home / "out" / f"gen-{i:03d}.mp4")} for i in range(GENERATIONS)]
+        config = {"api_key": sandbox.api_key, "base_url": sandbox.base_url, "store": store, "items": items}
+        hosts[name] = subprocess.Popen(
+            [sys.executable, str(home / "host.py"), json.dumps(config)], cwd=home, text=True,
+            env=subprocess_env(PREFECT_HOME=str(home / "prefect-home")), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
+    rows = []
+    for name, process in hosts.items():
+        output, _ = process.communicate(timeout=900)
+        assert process.returncode == 0, output[-4000:]
+        rows += [{**row, "host": name} for row in json.loads(next(
+            line for line in output.splitlines() if line.startswith("ROWS "))[5:])]
+    injected = sandbox.faults_injected()
+    sandbox.set_faults({})
+    ledger = sandbox.ledger()
+
+    assert_no_double_charge(ledger)
+    served = {e.generation_id: e.output_sha256 for e in ledger}
+    delivered = {r["generation_id"] for r in rows
+                 if r["status"] == "completed" and sha256_file(r["output"]) == served[r["generation_id"]]}
+    named = {r["generation_id"] for r in rows if r["status"] != "completed" and r["generation_id"]
+             and f"aimlapi-video collect {r['generation_id']}" in (r.get("collect_command") or "")}
+    paid = [e for e in ledger if e.status == "completed"]
+    lost = [e.generation_id for e in paid if e.generation_id not in delivered | named]
+    by_host = {name: sum(r["status"] == "completed" for r in rows if r["host"] == name) for name in hosts}
+    print(f"\ntwo-host fault suite: {len(ledger)} ledger rows, {len(paid)} charged, "
+          f"{sum(e.generation_id in delivered for e in paid)} delivered, {sum(e.generation_id in named for e in paid)} "
+          f"named for collect only, completed per host {by_host}; faults injected {dict(sorted(injected.items()))}")
+    assert lost == [], f"paid generations neither delivered nor named by a collect command: {lost}"
+    assert len(delivered) >= GENERATIONS * 0.85

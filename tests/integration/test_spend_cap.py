@@ -46,7 +46,7 @@ async def test_a_cap_that_admits_five_of_ten(prefect_server, slow_sandbox, clips
     data = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert table.key == "aimlapi-video-to-video-batch-table"
     assert sorted(row["status"] for row in data) == ["completed"] * 5 + ["skipped (budget)"] * 5
-    assert list(data[0])[:4] == ["status", "error", "output", "credits"]  # what a person scans first
+    assert list(data[0])[:5] == ["status", "error", "collect_command", "output", "credits"]  # what a person scans first
     assert "5 skipped (budget)" in table.description and "cap 1,575,000 credits ($0.79)" in table.description
     skipped = [row for row in data if row["status"] == "skipped (budget)"]
     assert all("could pass its cap" in row["error"] for row in skipped)
