@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -32,7 +32,7 @@ from .faults import (
     add_extra_fields,
 )
 from .ledger import LOG_STATUS, log_row, refused_row
-from .responses import AbortedResponse, RequestIds, linger
+from .responses import AbortedResponse, RequestIds, drip, linger
 
 REJECTION_MESSAGES = {
     429: "Too many requests: rate limit exceeded",
@@ -75,6 +75,8 @@ class SandboxApp:
         if scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), self.config.api_key.encode()):
             return None
         message = "Invalid API key" if scheme else "Missing Authorization header: send 'Authorization: Bearer <key>'"
+        if scheme and self.faults.config.echo_key_in_errors:
+            message = f"Invalid API key {key.strip()}: no such key"
         return self.error(request, 401, message, headers={"www-authenticate": "Bearer"})
 
     def rejection(self, request: Request, kind: FaultKind) -> JSONResponse:
@@ -251,6 +253,9 @@ class SandboxApp:
             size = path.stat().st_size
             with path.open("rb") as file:
                 return AbortedResponse(file.read(size // 2), size, "video/mp4")
+        if fault == "drip_download":  # a CDN that never stalls long enough for a read timeout
+            return StreamingResponse(drip(path.read_bytes(), self.faults.config.drip_bytes_per_second),
+                                     media_type="video/mp4", headers={"content-length": str(path.stat().st_size)})
         return FileResponse(path, media_type="video/mp4")
 
     # -- sandbox control -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ FaultKind = Literal[
     "extra_fields",
     "accept_then_500",
     "gateway_503",
+    "drip_download",
 ]
 ALL_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 # Answered instead of the real response; on submit this happens before acceptance (no charge).
@@ -50,6 +51,7 @@ ROUTE_KINDS: dict[Route, frozenset[FaultKind]] = {
             "drop_connection",
             "slow_response",
             "truncated_download",
+            "drip_download",
         )
     ),
     "logs": frozenset((*_HTTP_FAULTS, "extra_fields")),
@@ -104,6 +106,8 @@ class FaultConfig(BaseModel):
     log_row_shape: LogRowShape = "standard"
     log_refused_requests: bool = Field(False, description="list refused POSTs too (status failed, cost 0, no id)")
     log_reads_per_minute: int | None = Field(None, ge=1, description="answer 429 above this many reads per 60 s")
+    drip_bytes_per_second: float = Field(1.0, gt=0, description="how fast a drip_download sends its bytes")
+    echo_key_in_errors: bool = Field(False, description="a 401 quotes the key it refused, bare (a careless provider)")
 
 
 class FaultInjector:

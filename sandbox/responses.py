@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import uuid
+from collections.abc import AsyncIterator
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
@@ -65,3 +66,10 @@ async def linger(request: Request, seconds: float) -> None:
 
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(hang_up(), seconds)
+
+
+async def drip(content: bytes, bytes_per_second: float) -> AsyncIterator[bytes]:
+    """The body one byte at a time, `bytes_per_second`: each byte resets a client's read timeout."""
+    for index in range(len(content)):
+        yield content[index:index + 1]
+        await asyncio.sleep(1 / bytes_per_second)

@@ -78,8 +78,8 @@ def test_gateway_503_before_the_provider_is_not_charged(api, tiny_uri, log_refus
 
 
 def test_the_newer_submit_kinds_come_last_and_fit_no_other_route() -> None:
-    assert ALL_KINDS[-2:] == ("accept_then_500", "gateway_503")  # appended: older kinds keep their positions
-    for kind in ALL_KINDS[-2:]:
+    assert ALL_KINDS[-3:] == ("accept_then_500", "gateway_503", "drip_download")  # appended: older kinds keep places
+    for kind in ALL_KINDS[-3:-1]:
         FaultRule(route="submit", kind=kind)
         for route in ("poll", "download", "logs"):
             with pytest.raises(ValidationError, match="does not apply"):
@@ -151,6 +151,18 @@ def test_interrupted_download_delivers_less_than_announced(api, tiny_uri, kind) 
                 received += len(chunk)
     assert 0 < received < declared == len(content)
     assert httpx.get(final["video"]["url"]).content == content
+
+
+def test_a_drip_fed_download_sends_every_byte_at_its_pace(api, tiny_uri) -> None:
+    """One byte at a time, never pausing long enough for a read timeout: only a deadline stops it."""
+    final, content = api.generate(tiny_uri)
+    api.handle.set_faults(script(("download", "drip_download"), drip_bytes_per_second=20))
+    started = time.monotonic()
+    with httpx.stream("GET", final["video"]["url"], timeout=1.0) as response:
+        assert int(response.headers["content-length"]) == len(content)
+        chunks = response.iter_raw()
+        first = [next(chunks) for _ in range(10)]
+    assert [len(chunk) for chunk in first] == [1] * 10 and 0.4 < time.monotonic() - started < 3
 
 
 def test_injected_generation_errors_use_both_shapes(api, tiny_uri, get_schema) -> None:
