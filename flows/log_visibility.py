@@ -8,8 +8,8 @@ once a row *would* have appeared. Without history that is `reconcile_grace_secon
 longer than a generation takes). With history of this account it can be much less:
 
 * after accepted POSTs, a few generations at a time are watched (`watch_listing`): the log is read
-  (through the shared, throttled `UsageLog`) until the request appears, and the generation is then
-  asked for once: still running means the row came at acceptance (`Sighting.phase`);
+  (through the shared, throttled `UsageLog`) until the request appears, and the wait's next poll
+  tells whether the generation was still running: then the row came at acceptance (`Sighting.phase`);
 * `reconcile_wait` turns the sightings, kept beside the records so every worker sharing the store
   learns from them, and the learned durations into the wait:
   - every sighting at acceptance: twice the slowest sighting plus `ACCEPTANCE_MARGIN_SECONDS`;
@@ -97,8 +97,8 @@ async def watch_listing(
     client: AimlApiClient, model: str | None, client_request_id: str, accepted_at: float,
     running: Callable[[], Awaitable[bool]],
 ) -> Sighting | None:
-    """Read the log until it lists `client_request_id`, then ask `running()` (a free GET of the
-    generation) whether it is still running. None when `MAX_WATCHERS` generations are already
+    """Read the log until it lists `client_request_id`, then ask `running()` whether the generation was
+    still running then (the wait's next poll says). None when `MAX_WATCHERS` generations are already
     watched in this process. The caller cancels it when it stops caring (`sighting_of`)."""
     global _watching
     if _watching >= MAX_WATCHERS:

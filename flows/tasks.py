@@ -91,6 +91,7 @@ async def submit_generation(
     aws_credentials: str | None = None,
     shared_scope: bool = True,
     budget: BudgetRef | None = None,
+    estimate_credits: float | None = None,
 ) -> SubmittedGeneration:
     """POST one generation at most once for `idempotency_key` (see `flows.submissions`).
 
@@ -98,13 +99,15 @@ async def submit_generation(
     where the records live (a directory or s3://bucket/prefix; default `AIMLAPI_SUBMISSIONS_DIR`
     or `$PREFECT_HOME/aimlapi/submissions`). `shared_scope`: False only for a scope no other run
     can share (this flow run's own): then the first attempt of its first run needs no log read.
-    `budget`: a spend cap to reserve this generation's cost against before the POST (kept in the
-    same store); `BudgetExceeded` when it could pass the cap, and then nothing is sent.
+    `budget`: a spend cap to reserve this generation's cost (`estimate_credits`, else its largest
+    quote) against before the POST (kept in the same store); `BudgetExceeded` when it could pass the
+    cap, and then nothing is sent.
     """
     from prefect.runtime import flow_run, task_run
 
-    source = video if isinstance(video, VideoSource) else await inspect_video(video, aws_credentials=aws_credentials)
     creds = await AimlApiCredentials.resolve(credentials)
+    source = video if isinstance(video, VideoSource) else await inspect_video(
+        video, aws_credentials=aws_credentials, allow_local=creds.on_loopback)
     ref = StoreRef(location=(submissions or default_location()), aws_credentials=aws_credentials)
     may_repeat = shared_scope or task_run.run_count > 1 or flow_run.run_count > 1
     store = await ref.open()
@@ -114,7 +117,7 @@ async def submit_generation(
             submitted = await submit_once(
                 client, store, params, source.identity, idempotency_key, source.video_url,
                 reconcile_seconds=reconcile_grace_seconds, may_repeat=may_repeat, logger=get_run_logger(),
-                budget=budget.open(store) if budget else None,
+                budget=budget.open(store) if budget else None, estimate_credits=estimate_credits,
             )
         except AimlApiError as exc:
             await _respect_retry_after(exc)
@@ -150,7 +153,8 @@ async def wait_for_generation(
     if poll_policy is None:
         poll_policy = LearnedPollPolicy.from_durations(await read_durations(store) if store else [])
     async with creds.get_client() as client, ProgressArtifact(min_interval=10.0, enabled=not in_batch()) as progress:
-        watcher = await _watch_listing(client, store, submitted)
+        last_seen = _LastSeen()
+        watcher = await _watch_listing(store, submitted, client, last_seen)
         schedule = poll_policy.schedule()
         try:
             async for seen in observe(client, generation_id, schedule, timeout_seconds=timeout_seconds):
@@ -162,6 +166,7 @@ async def wait_for_generation(
                     continue
                 generation = seen.generation
                 assert generation is not None
+                last_seen.saw(seen.at, seen.final)
                 if tracker.add(seen):
                     if generation.phase is Phase.UNKNOWN:
                         logger.warning("Unknown status %r; treating it as not finished yet.", generation.status)
@@ -195,7 +200,27 @@ async def wait_for_generation(
     raise AssertionError("observe() ends with a final status or raises")
 
 
-async def _watch_listing(client: Any, store: RecordStore | None, submitted: SubmittedGeneration) -> Any:
+class _LastSeen:
+    """What the wait's polls last saw, for the log watcher: whether the generation was still running
+    when its row appeared is told by the first poll after the sighting, with no request of its own."""
+
+    def __init__(self) -> None:
+        self.at, self.final = 0.0, False
+        self._next = asyncio.Event()
+
+    def saw(self, at: float, final: bool) -> None:
+        self.at, self.final = at, final
+        self._next.set()
+        self._next = asyncio.Event()
+
+    async def running_after(self, moment: float) -> bool:
+        while self.at < moment and not self.final:
+            await self._next.wait()
+        return not self.final
+
+
+async def _watch_listing(store: RecordStore | None, submitted: SubmittedGeneration, client: Any,
+                         last_seen: _LastSeen) -> Any:
     """Watch when the usage log lists this fresh acceptance, while the store still wants to learn it
     (see `flows.log_visibility`); None when there is nothing to learn here."""
     if store is None or submitted.resumed or not submitted.client_request_id:
@@ -207,11 +232,7 @@ async def _watch_listing(client: Any, store: RecordStore | None, submitted: Subm
         return None
 
     async def running() -> bool:
-        try:
-            return (await client.get_generation(submitted.generation_id)).generation.phase not in (
-                Phase.COMPLETED, Phase.FAILED)
-        except AimlApiError:
-            return False  # not provably running: the sighting counts as one at completion
+        return await last_seen.running_after(time.time())
 
     return asyncio.ensure_future(watch_listing(client, submitted.model, submitted.client_request_id,
                                                submitted.accepted_at, running))
