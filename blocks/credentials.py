@@ -11,13 +11,14 @@ import asyncio
 import hashlib
 import time
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
 
 from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.connection import DEFAULT_BASE_URL, check_base_url
-from prefect_aimlapi_video.flows.download import DEFAULT_MAX_DOWNLOAD_BYTES
+from prefect_aimlapi_video.flows.connection import DEFAULT_BASE_URL, check_base_url, is_loopback
+from prefect_aimlapi_video.flows.download import DEFAULT_DOWNLOAD_DEADLINE_SECONDS, DEFAULT_MAX_DOWNLOAD_BYTES
 from prefect_aimlapi_video.flows.errors import InvalidInputError, TransientApiError
 
 ACCESS_CHECK_TTL_SECONDS = 60.0
@@ -55,11 +56,21 @@ class AimlApiCredentials(CredentialsBlock):
     max_download_bytes: int = Field(
         default=DEFAULT_MAX_DOWNLOAD_BYTES, gt=0, description="Refuse result files larger than this."
     )
+    download_deadline_seconds: float = Field(
+        default=DEFAULT_DOWNLOAD_DEADLINE_SECONDS, gt=0,
+        description="The longest a result download may take in all, however slowly the bytes come.",
+    )
 
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
         return check_base_url(value)
+
+    @property
+    def on_loopback(self) -> bool:
+        """The API is on this machine (the local sandbox): only then may fetches of user and result
+        URLs use plain http or reach loopback and private addresses (`flows.fetch_guard`)."""
+        return is_loopback(urlsplit(self.base_url).hostname)
 
     def get_client(self) -> AimlApiClient:
         """A new async client; use it as `async with credentials.get_client() as client:`."""
@@ -70,6 +81,7 @@ class AimlApiCredentials(CredentialsBlock):
             connect_timeout_seconds=self.connect_timeout_seconds,
             download_timeout_seconds=self.download_timeout_seconds,
             max_download_bytes=self.max_download_bytes,
+            download_deadline_seconds=self.download_deadline_seconds,
         )
 
     @classmethod

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, SecretStr
@@ -22,8 +23,14 @@ from prefect_aimlapi_video.flows.answers import (
     provider_error_shape,
     raise_for_answer,
 )
-from prefect_aimlapi_video.flows.connection import DEFAULT_BASE_URL, check_base_url, shared_ssl_context
-from prefect_aimlapi_video.flows.download import DEFAULT_MAX_DOWNLOAD_BYTES, DownloadedFile, ResultDownloader
+from prefect_aimlapi_video.flows.connection import DEFAULT_BASE_URL, check_base_url, is_loopback, shared_ssl_context
+from prefect_aimlapi_video.flows.download import (
+    DEFAULT_DOWNLOAD_DEADLINE_SECONDS,
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DownloadedFile,
+    ResultDownloader,
+)
+from prefect_aimlapi_video.flows.fetch_guard import FetchPolicy
 from prefect_aimlapi_video.flows.errors import (
     AimlApiError,
     AuthenticationError,
@@ -34,7 +41,7 @@ from prefect_aimlapi_video.flows.errors import (
     TransientApiError,
 )
 from prefect_aimlapi_video.flows.models import Generation
-from prefect_aimlapi_video.flows.redact import install_log_redaction
+from prefect_aimlapi_video.flows.redact import install_log_redaction, register_secret
 
 GENERATIONS_PATH = "/v2/video/generations"
 LOGS_PATH = "/v2/logs"
@@ -65,22 +72,28 @@ class AimlApiClient:
         connect_timeout_seconds: float = 10.0,
         download_timeout_seconds: float = 120.0,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        download_deadline_seconds: float = DEFAULT_DOWNLOAD_DEADLINE_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         if not key:
             raise AuthenticationError("No API key: set api_key on the AimlApiCredentials block.")
         install_log_redaction()
+        register_secret(key)  # scrubbed even where the provider echoes it bare (an error body)
         self.base_url = check_base_url(base_url)
         # The longest a POST can take, whatever the server does: connect, then write and read at
         # most `timeout_seconds` each (a drip-fed answer resets httpx's read timeout, this does not).
         # A claim on a record outlives it by a wide margin (see `flows.lease`).
         self.post_deadline_seconds = connect_timeout_seconds + 2 * timeout_seconds
+        # What our fetches of users' and results' URLs may reach: public https only, unless the API
+        # itself is on loopback (the local sandbox serves its files there).
+        self.fetch_policy = FetchPolicy(allow_local=is_loopback(urlsplit(self.base_url).hostname))
         # Tells accounts apart (shared usage-log readers, access checks) without holding the key.
         self.key_fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
         self.downloads = ResultDownloader(
             timeout=httpx.Timeout(download_timeout_seconds, connect=connect_timeout_seconds),
-            max_bytes=max_download_bytes, transport=transport,
+            max_bytes=max_download_bytes, deadline_seconds=download_deadline_seconds,
+            policy=self.fetch_policy, transport=transport,
         )
         self._api = httpx.AsyncClient(
             base_url=self.base_url,

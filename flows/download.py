@@ -1,29 +1,32 @@
 """Streaming a result video to disk, verified, without holding it in memory. No Prefect here.
 
-Result URLs are signed CDN links, fetched with a client that carries no API key. The bytes are
-hashed and written in a worker thread while the event loop keeps reading; a download is
-verified (declared length, size cap, MP4 signature) and becomes visible only by an atomic
-rename, so a failed attempt never leaves a partial file.
+Result URLs are signed CDN links, fetched with a client that carries no API key, through the
+fetch guard (`flows.fetch_guard`: every redirect hop https and public), within an overall deadline
+(`deadline_seconds`: a CDN that drips one byte a second never resets it, unlike a read timeout).
+The bytes are hashed and written in a worker thread while the event loop keeps reading; a download
+is verified (declared length, size cap, MP4 signature) and becomes visible only by an atomic
+rename, so a failed attempt never leaves a partial file. A 4xx answer is final: not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
 
 import httpx
 from pydantic import BaseModel
 
 from prefect_aimlapi_video.flows.connection import shared_ssl_context
 from prefect_aimlapi_video.flows.errors import DownloadError
+from prefect_aimlapi_video.flows.fetch_guard import FetchPolicy, FetchRefused, GuardedTransport, open_stream
 from prefect_aimlapi_video.flows.redact import redact, safe_url
 
 DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
-MAX_REDIRECTS = 5
+DEFAULT_DOWNLOAD_DEADLINE_SECONDS = 900.0
 _FLUSH_BYTES = 8 * 1024 * 1024
 
 
@@ -87,11 +90,13 @@ class _HashingWriter:
 
 
 class ResultDownloader:
-    """The key-less HTTP client for result files, made only when a download happens."""
+    """The key-less, guarded HTTP client for result files, made only when a download happens."""
 
     def __init__(self, *, timeout: httpx.Timeout, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+                 deadline_seconds: float = DEFAULT_DOWNLOAD_DEADLINE_SECONDS, policy: FetchPolicy | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.max_bytes = max_bytes
+        self.max_bytes, self.deadline_seconds = max_bytes, deadline_seconds
+        self.policy = policy or FetchPolicy()
         self._timeout = timeout
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -99,8 +104,8 @@ class ResultDownloader:
     @property
     def _cdn(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout, verify=shared_ssl_context(),
-                                             transport=self._transport)
+            inner = self._transport or httpx.AsyncHTTPTransport(verify=shared_ssl_context())
+            self._client = httpx.AsyncClient(timeout=self._timeout, transport=GuardedTransport(self.policy, inner))
         return self._client
 
     async def aclose(self) -> None:
@@ -113,34 +118,33 @@ class ResultDownloader:
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial = destination.parent / f".{destination.name}.{uuid.uuid4().hex}.part"
         try:
-            result = await self._stream_to(url, partial, limit)
+            try:
+                async with asyncio.timeout(self.deadline_seconds):
+                    result = await self._stream_to(url, partial, limit)
+            except TimeoutError:
+                raise DownloadError(f"Downloading {safe_url(url)} did not finish within its {self.deadline_seconds:g} s "
+                                    "deadline (download_deadline_seconds).") from None
             os.replace(partial, destination)
             return result.model_copy(update={"path": destination})
         finally:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # never hide the download's own error behind a clean-up's
+                partial.unlink(missing_ok=True)
 
     async def _stream_to(self, url: str, partial: Path, limit: int) -> DownloadedFile:
         shown = safe_url(url)
-        for _ in range(MAX_REDIRECTS + 1):
-            if urlsplit(url).scheme not in ("http", "https"):
-                raise DownloadError(f"Refusing to download from a non-http(s) URL ({shown}).", permanent=True)
-            try:
-                async with self._cdn.stream("GET", url) as response:
-                    if response.is_redirect:
-                        url = urljoin(url, response.headers.get("location", ""))
-                        shown = safe_url(url)
-                        continue
-                    if not response.is_success:
-                        raise DownloadError(
-                            f"Downloading {shown} answered {response.status_code}.",
-                            status_code=response.status_code,
-                        )
-                    return await self._write_body(response, partial, limit, shown)
-            except httpx.TransportError as exc:
-                raise DownloadError(
-                    f"Downloading {shown} failed ({type(exc).__name__}: {redact(str(exc))[:200]})."
-                ) from None
-        raise DownloadError(f"Downloading {shown}: more than {MAX_REDIRECTS} redirects.", permanent=True)
+        try:
+            async with open_stream(self._cdn, url) as response:
+                if not response.is_success:
+                    raise DownloadError(f"Downloading {shown} answered {response.status_code}.",
+                                        status_code=response.status_code, permanent=400 <= response.status_code < 500
+                                        and response.status_code not in (408, 429))
+                return await self._write_body(response, partial, limit, shown)
+        except FetchRefused as exc:
+            raise DownloadError(f"Downloading the result: {exc}", permanent=True) from None
+        except httpx.TransportError as exc:
+            raise DownloadError(
+                f"Downloading {shown} failed ({type(exc).__name__}: {redact(str(exc))[:200]})."
+            ) from None
 
     async def _write_body(self, response: httpx.Response, partial: Path, limit: int, shown: str) -> DownloadedFile:
         declared = response.headers.get("content-length")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 
 from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.fetch_guard import FetchRefused
 from prefect_aimlapi_video.flows.models import VideoInfo
 from prefect_aimlapi_video.flows.redact import redact
 
-REMOTE_TIMEOUT_SECONDS = 15.0
 
 
 def _describe(container: Any, size: int | None, *, label: str, count_frames: bool) -> VideoInfo:
@@ -54,15 +54,19 @@ def probe_video(source: Path | bytes, *, label: str) -> VideoInfo:
         raise InvalidInputError(f"{label} is not a readable video ({type(exc).__name__}: {exc}).") from None
 
 
-def probe_url(url: str, *, label: str, size: int | None = None) -> VideoInfo | None:
-    """Best effort, for the summary: the shape of a remote video from its header, or None.
+def probe_remote(file: BinaryIO, *, label: str, size: int | None = None) -> VideoInfo | None:
+    """Best effort, for the limits and the summary: the shape of a remote video from its header, or None.
 
-    FFmpeg reads only what it needs (the MP4 `moov` box, with range requests). A failure is not
-    an input error: the URL was checked already, and the provider fetches it its own way.
+    `file` reads the remote video (range requests through the fetch guard, or S3's own client):
+    FFmpeg is never handed a URL, so it never follows a redirect nobody checked. PyAV reads only what
+    it needs (the MP4 `moov` box, wherever it is). A failure is not an input error here: the caller
+    decides what an unknown shape means.
     """
     try:
-        with av.open(url, mode="r", timeout=REMOTE_TIMEOUT_SECONDS) as container:
+        with av.open(file, mode="r") as container:
             return _describe(container, size, label=label, count_frames=False)
-    except (InvalidInputError, av.FFmpegError, OSError, ValueError) as exc:
+    except FetchRefused:
+        raise  # a hop we refused is the caller's answer, not an unknown shape
+    except Exception as exc:  # best effort: FFmpeg's, the network's or S3's error all mean "unknown"
         logging.getLogger(__name__).warning("Could not read the shape of %s: %s", label, redact(str(exc))[:200])
         return None

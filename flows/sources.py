@@ -1,7 +1,10 @@
 """Where a video comes from: one small class per kind of source, each checked before any POST.
 
 `inspect_video` turns the user's `video` argument into a `VideoSource` (an https URL, a data URI, a
-local file, an S3 object), failing fast with a specific message. A source knows how to show itself
+local file, an S3 object), failing fast with a specific message. A URL is fetched (its first
+bytes, then its header for the probe) only through the fetch guard (`flows.fetch_guard`: each
+redirect hop https and public, unless the API is a sandbox on loopback) and within
+`SourceOptions.fetch_deadline_seconds`; an S3 object is probed with S3's own client. A source knows how to show itself
 safely (`display`), what identifies its content in a request fingerprint (`identity`), and how to
 produce the value actually sent as `video_url` (`video_url()`: a data URI, the URL, or a presigned
 S3 URL). Call `video_url()` only where the value can stay secret (inside the submit step).
@@ -14,6 +17,7 @@ import contextlib
 import hashlib
 import mimetypes
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +30,16 @@ from prefect_aimlapi_video.flows import video_checks
 from prefect_aimlapi_video.flows.block_refs import load_block
 from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.models import VideoInfo
-from prefect_aimlapi_video.flows.probe import probe_url, probe_video
+from prefect_aimlapi_video.flows.fetch_guard import (
+    FetchPolicy,
+    FetchRefused,
+    GuardedSyncTransport,
+    GuardedTransport,
+    RangeFile,
+    http_range_fetch,
+    open_stream,
+)
+from prefect_aimlapi_video.flows.probe import probe_remote, probe_video
 from prefect_aimlapi_video.flows.redact import safe_url
 from prefect_aimlapi_video.flows.s3 import (
     call,
@@ -69,6 +82,12 @@ class SourceOptions(BaseModel):
     max_data_uri_bytes: int | None = None  # None: video_checks.MAX_DATA_URI_BYTES (read when used)
     max_inline_file_bytes: int | None = None  # None: video_checks.MAX_INLINE_FILE_BYTES
     check_url: bool = True
+    allow_local: bool = False  # plain http and loopback/private hosts: only for a sandbox on loopback
+    fetch_deadline_seconds: float = 60.0  # all of checking a remote input, however slowly it answers
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(allow_local=self.allow_local)
 
 
 class VideoSource(BaseModel):
@@ -125,8 +144,17 @@ class UrlSource(VideoSource):
         check_url(video)
         info = None
         if options.check_url:
-            await _check_remote(video)
-            info = await asyncio.to_thread(probe_url, video, label=f"video URL {safe_url(video)}")
+            shown = safe_url(video)
+            deadline = time.monotonic() + options.fetch_deadline_seconds
+            try:
+                async with asyncio.timeout(options.fetch_deadline_seconds):
+                    await _check_remote(video, options.fetch_policy)
+                info = await asyncio.to_thread(_probe_url, video, options.fetch_policy, deadline)
+            except FetchRefused as exc:
+                raise InvalidInputError(f"video URL: {exc}") from None
+            except TimeoutError:
+                raise InvalidInputError(f"video URL {shown} did not answer within the {options.fetch_deadline_seconds:g} s "
+                                        "input fetch deadline.") from None
         return cls(display=safe_url(video), identity=f"{safe_url(video)}#{hashlib.sha256(video.encode()).hexdigest()[:16]}",
                    stem=file_stem(parts.path), info=info, url=video)
 
@@ -197,8 +225,9 @@ class S3Source(VideoSource):
                     f"video {shown} is not a video (content type {content_type or 'unset'}, no MP4/WebM signature)."
                 )
         version_id, etag = object_version(head)
-        peek = await presign_get(shown, aws_credentials=options.aws_credentials, expires_in=300, version_id=version_id)
-        info = await asyncio.to_thread(probe_url, peek, label=f"video {shown}", size=size)
+        deadline = time.monotonic() + options.fetch_deadline_seconds
+        info = await asyncio.to_thread(probe_remote, RangeFile(_s3_range(client, bucket, key, version_id), deadline),
+                                       label=f"video {shown}", size=size)
         return cls(display=shown, identity=s3_identity(shown, version_id, etag), stem=file_stem(key), size_bytes=size,
                    info=info, aws_credentials=options.aws_credentials, version_id=version_id, etag=etag,
                    presign_seconds=options.presign_seconds)
@@ -223,15 +252,33 @@ async def inspect_video(video: str, options: SourceOptions | None = None, **sett
     return await source.inspect(video, options)
 
 
-async def _check_remote(url: str) -> None:
+async def _check_remote(url: str, policy: FetchPolicy) -> None:
     """Cheap reachability check: the first bytes of the URL, so a dead link fails before a POST."""
     shown = safe_url(url)
     try:
-        async with httpx.AsyncClient(timeout=15.0, follow_redirects=True) as http:
-            async with http.stream("GET", url, headers={"Range": "bytes=0-1023"}) as response:
+        async with httpx.AsyncClient(timeout=15.0, transport=GuardedTransport(policy)) as http:
+            async with open_stream(http, url, headers={"Range": "bytes=0-1023"}) as response:
                 if response.status_code >= 400:
                     raise InvalidInputError(f"video URL {shown} answered {response.status_code}; is it public?")
                 if response.headers.get("content-type", "").startswith("text/html"):
                     raise InvalidInputError(f"video URL {shown} serves a web page, not a video file.")
     except httpx.HTTPError as exc:
         raise InvalidInputError(f"video URL {shown} cannot be reached ({type(exc).__name__}).") from None
+
+
+def _probe_url(url: str, policy: FetchPolicy, deadline: float) -> VideoInfo | None:
+    """The shape of a remote video, read with range requests through the fetch guard (in a thread)."""
+    with httpx.Client(timeout=15.0, transport=GuardedSyncTransport(policy)) as http:
+        return probe_remote(RangeFile(http_range_fetch(http, url), deadline), label=f"video URL {safe_url(url)}")
+
+
+def _s3_range(client: Any, bucket: str, key: str, version_id: str | None) -> Any:
+    """`RangeFile`'s fetch from S3 with the user's own client (no URL for anything else to follow)."""
+    extra = {"VersionId": version_id} if version_id else {}
+
+    def fetch(start: int, end: int) -> tuple[bytes, int]:
+        answer = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}", **extra)
+        total = str(answer.get("ContentRange", "")).rpartition("/")[2]
+        data = answer["Body"].read()
+        return data, int(total) if total.isdigit() else start + len(data)
+    return fetch

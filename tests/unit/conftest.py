@@ -60,3 +60,29 @@ def unthrottled_usage_log(monkeypatch):
 
     monkeypatch.setattr(usage_log, "LOG_READS_PER_MINUTE", 1e9)
     monkeypatch.setattr(usage_log.UsageLog, "_shared", usage_log.UsageLog._shared.__class__())
+
+
+# A public documentation address (RFC 5737 is not public, so one of example.com's): the fetch guard
+# checks it and lets the request through to the test's MockTransport, which never opens a socket.
+STUB_PUBLIC_ADDRESS = "93.184.215.14"
+
+
+@pytest.fixture(autouse=True)
+def resolver_stub(monkeypatch):
+    """Names resolve to a public address without DNS (no lookup leaves this machine); literal
+    addresses stay themselves, so the guard's refusals of private ones are what they would be."""
+    from prefect_aimlapi_video.flows import fetch_guard
+
+    resolved: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        resolved.append(host)
+        return fetch_guard._literal(host) or [STUB_PUBLIC_ADDRESS]
+
+    def resolve_sync(host: str, port: int) -> list[str]:
+        resolved.append(host)
+        return fetch_guard._literal(host) or [STUB_PUBLIC_ADDRESS]
+
+    monkeypatch.setattr(fetch_guard, "system_resolve", resolve)
+    monkeypatch.setattr(fetch_guard, "system_resolve_sync", resolve_sync)
+    return resolved

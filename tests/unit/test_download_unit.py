@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from pathlib import Path
 
 import httpx
@@ -25,7 +27,7 @@ class Cdn:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
-        key = f"{request.url.scheme}://{request.url.host}{request.url.path}"
+        key = f"{request.url.scheme}://{request.headers['host']}{request.url.path}"  # the guard pins the address
         return self.routes[key](request)
 
 
@@ -140,26 +142,66 @@ async def test_failed_download_keeps_existing_destination(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.mp4"]
 
 
-async def test_download_follows_http_redirect(tmp_path, clip_bytes):
+async def test_download_follows_https_redirects_each_hop_checked(tmp_path, clip_bytes, resolver_stub):
     cdn = Cdn({
         "https://cdn.test/results/out.mp4": lambda r: httpx.Response(
-            302, headers={"location": "http://edge.cdn2.test/cache/out.mp4?token=EDGETOKEN"}),
-        "http://edge.cdn2.test/cache/out.mp4": lambda r: httpx.Response(301, headers={"location": "/final.mp4"}),
-        "http://edge.cdn2.test/final.mp4": lambda r: streamed(200, clip_bytes),
+            302, headers={"location": "https://edge.cdn2.test/cache/out.mp4?token=EDGETOKEN"}),
+        "https://edge.cdn2.test/cache/out.mp4": lambda r: httpx.Response(301, headers={"location": "/final.mp4"}),
+        "https://edge.cdn2.test/final.mp4": lambda r: streamed(200, clip_bytes),
     })
     async with client_for(cdn) as client:
         result = await client.download(SIGNED, tmp_path / "r.mp4")
     assert result.sha256 == hashlib.sha256(clip_bytes).hexdigest()
-    assert [str(r.url).split("?")[0] for r in cdn.requests] == [
-        "https://cdn.test/results/out.mp4", "http://edge.cdn2.test/cache/out.mp4", "http://edge.cdn2.test/final.mp4"]
+    assert [f"{r.url.scheme}://{r.headers['host']}{r.url.path}" for r in cdn.requests] == [
+        "https://cdn.test/results/out.mp4", "https://edge.cdn2.test/cache/out.mp4", "https://edge.cdn2.test/final.mp4"]
+    assert resolver_stub == ["cdn.test", "edge.cdn2.test", "edge.cdn2.test"]  # every hop resolved and checked
     assert all("authorization" not in r.headers for r in cdn.requests)
+
+
+@pytest.mark.parametrize("hop, why", [
+    ("http://169.254.169.254/latest/meta-data/", "only https"),
+    ("https://169.254.169.254/latest/meta-data/", "link-local"),
+    ("https://10.0.0.1/out.mp4", "private"),
+    ("https://127.0.0.1:9/out.mp4", "loopback"),
+    ("https://[::ffff:10.0.0.1]/out.mp4", "private"),
+    ("http://edge.cdn2.test/out.mp4", "only https"),
+])
+async def test_a_redirect_to_an_internal_or_plain_http_address_is_refused_before_any_connection(tmp_path, hop, why):
+    cdn = Cdn({"https://cdn.test/results/out.mp4": lambda r: httpx.Response(302, headers={"location": hop})})
+    async with client_for(cdn) as client:
+        with pytest.raises(DownloadError, match=why) as info:
+            await client.download(SIGNED, tmp_path / "r.mp4")
+    assert len(cdn.requests) == 1  # the refused hop never reached the transport
+    assert info.value.retryable is False and list(tmp_path.iterdir()) == []
+
+
+async def test_a_sandbox_on_loopback_may_serve_its_files_over_plain_http(tmp_path, clip_bytes):
+    cdn = Cdn({"http://127.0.0.1:8787/files/out.mp4": lambda r: streamed(200, clip_bytes)})
+    async with AimlApiClient(API_KEY, "http://127.0.0.1:8787", transport=httpx.MockTransport(cdn)) as client:
+        result = await client.download("http://127.0.0.1:8787/files/out.mp4", tmp_path / "r.mp4")
+    assert result.size_bytes == len(clip_bytes)
+
+
+async def test_a_drip_fed_download_stops_at_its_deadline(tmp_path):
+    async def drip():
+        yield b"\x00\x00\x00\x18ftyp"
+        while True:
+            await asyncio.sleep(0.2)
+            yield b"x"
+
+    cdn = Cdn({"https://cdn.test/results/out.mp4": lambda r: httpx.Response(200, content=drip())})
+    async with client_for(cdn, download_deadline_seconds=1.0) as client:
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match="did not finish within its 1 s deadline") as info:
+            await client.download(SIGNED, tmp_path / "r.mp4")
+    assert time.monotonic() - started < 3 and info.value.retryable and list(tmp_path.iterdir()) == []
 
 
 async def test_download_refuses_redirect_to_ftp(tmp_path):
     cdn = Cdn({"https://cdn.test/results/out.mp4": lambda r: httpx.Response(
         302, headers={"location": "ftp://files.test/out.mp4?sig=FTPSECRET"})})
     async with client_for(cdn) as client:
-        with pytest.raises(DownloadError, match="non-http") as info:
+        with pytest.raises(DownloadError, match="only https") as info:
             await client.download(SIGNED, tmp_path / "r.mp4")
     assert len(cdn.requests) == 1
     assert "FTPSECRET" not in str(info.value)
@@ -168,7 +210,7 @@ async def test_download_refuses_redirect_to_ftp(tmp_path):
 
 async def test_download_refuses_non_http_url_and_redirect_loops(tmp_path):
     async with client_for(Cdn({})) as client:
-        with pytest.raises(DownloadError, match="non-http"):
+        with pytest.raises(DownloadError, match="only https"):
             await client.download("file:///etc/passwd", tmp_path / "r.mp4")
     loop = Cdn({"https://cdn.test/results/out.mp4": lambda r: httpx.Response(302, headers={"location": SIGNED})})
     async with client_for(loop) as client:
@@ -184,7 +226,7 @@ async def test_download_error_status_does_not_leak_signature(tmp_path):
         with pytest.raises(DownloadError) as info:
             await client.download(SIGNED, tmp_path / "r.mp4")
     text = str(info.value)
-    assert info.value.status_code == 403 and "403" in text
+    assert info.value.status_code == 403 and "403" in text and info.value.retryable is False  # a 4xx is final
     assert "https://cdn.test/results/out.mp4" in text
     for secret in ("SIGSECRET", "KPIDSECRET", "1700000000"):
         assert secret not in text
