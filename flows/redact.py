@@ -3,6 +3,10 @@
 Presigned and signed CDN URLs carry their credential in the query string, data URIs can be
 megabytes of base64, and an `Authorization` header is the API key itself. Everything we show a
 human goes through `redact` first; `safe_url` is the form of a URL that may be displayed.
+
+A provider may echo the key itself back in an error body (a 401 that quotes what it refused), with
+no `Bearer` in front of it. So every key a client holds is registered (`register_secret`) and its
+literal text is scrubbed too, wherever it appears.
 """
 
 from __future__ import annotations
@@ -19,10 +23,21 @@ _SIGNATURE_PARAM = re.compile(
     r"[^&\s\"'<>,]+"
 )
 _SIGNATURE_LINE = re.compile(r"(?i)\b(signature):\s*[0-9a-f]{16,}")  # botocore.auth at DEBUG
+_MIN_SECRET_CHARS = 6  # shorter values would scrub ordinary words
+_SECRETS: set[str] = set()  # literal secrets this process holds (API keys), scrubbed wherever they appear
+
+
+def register_secret(value: str) -> None:
+    """Scrub this literal value (an API key) from everything `redact` cleans, from now on."""
+    if len(value) >= _MIN_SECRET_CHARS:
+        _SECRETS.add(value)
 
 
 def redact(text: str) -> str:
-    """Return `text` with URL query strings, data URI payloads and bearer tokens removed."""
+    """Return `text` with registered secrets, URL query strings, data URI payloads and bearer tokens removed."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "<redacted>")
     text = _DATA_URI.sub(lambda m: f"data:{m.group('mime') or ''};base64,<redacted>", text)
     text = _URL_QUERY.sub(lambda m: f"{m.group('base')}?<redacted>", text)
     text = _SIGNATURE_PARAM.sub(lambda m: f"{m.group(1)}=<redacted>", text)
