@@ -5,10 +5,16 @@ any Prefect writable filesystem block, or S3 (a URL or an `S3Bucket` block). A d
 location (`render`, `location`), a place to build a file before it is stored (`staging`), and the
 store itself, done so that a reader never sees a partial file (temp name + rename locally, a single
 verified upload on S3). A new scheme (say `gs://`) is one class and one line in `SCHEMES`.
+
+Whatever can make storing fail after the generation is paid is tried first (`verify`): a local
+directory is created and a probe file written to it and removed, the longest name the template can
+render (plus the strip's suffix) must fit the filesystem's limits, and a bucket or block takes a
+small probe write where the results will go.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
@@ -28,11 +34,16 @@ from pydantic import BaseModel
 
 from prefect_aimlapi_video.flows.block_refs import load_block
 from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.s3 import check_bucket, in_bucket_folder, s3_client, upload_verified
+from prefect_aimlapi_video.flows.s3 import call, check_bucket, in_bucket_folder, s3_client, upload_verified
 from prefect_aimlapi_video.flows.settings import check_template
 
 DEFAULT_TEMPLATE = "{stem}-{generation}.mp4"
 DEFAULT_DIRECTORY = "aimlapi-outputs"
+PROBE_NAME = ".aimlapi-write-check"
+LONGEST_SUFFIX = ".strip.jpg"  # of the files stored beside a video (`.json`, `.strip.jpg`)
+# The longest value each template field can take (`template_fields`): the widest name it can render.
+WIDEST_FIELDS = {"stem": "x" * 60, "seed": "4294967295", "strength": "0.123456", "generation": "x" * 36,
+                 "fingerprint": "x" * 12, "flow_run": "x" * 8, "date": "20261203"}
 
 
 def template_fields(
@@ -59,6 +70,9 @@ class Destination(BaseModel):
 
     def render(self, fields: dict[str, Any]) -> str:
         return self.template.format_map(fields)
+
+    async def verify(self) -> None:
+        """Try what storing will need, before anything is paid; `InvalidInputError` if it cannot work."""
 
     def location(self, path: str) -> str:
         """How to show a stored file (never a signed URL)."""
@@ -102,11 +116,15 @@ class LocalDestination(Destination):
         try:
             yield staged
         finally:
-            staged.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # never hide the store's own error behind a clean-up's
+                staged.unlink(missing_ok=True)
 
     async def store(self, local_file: Path, path: str, *, sha256: str, content_type: str = "video/mp4") -> str:
         move_atomically(local_file, Path(path))
         return path
+
+    async def verify(self) -> None:
+        check_local_path(Path(self.render(WIDEST_FIELDS)), f"output {self.template}")
 
 
 class BlockDestination(Destination):
@@ -130,6 +148,19 @@ class BlockDestination(Destination):
             await block.write_path(path, local_file.read_bytes())
         return self.location(path)
 
+    async def verify(self) -> None:
+        block = await load_block(self.block, what="output_storage")
+        sample = self.render(WIDEST_FIELDS)
+        if isinstance(block, LocalFileSystem):
+            check_local_path(Path(block.basepath or ".").expanduser().resolve() / sample, f"output_storage {self.block}")
+            return
+        probe = str(Path(sample).parent / PROBE_NAME)
+        try:
+            await block.write_path(probe, b"")
+        except Exception as exc:  # whatever the block raises: it could not store there
+            raise InvalidInputError(f"output_storage {self.block!r} cannot write {probe!r} ({type(exc).__name__}: "
+                                    f"{str(exc)[:200]}); nothing was sent.") from None
+
 
 class S3Destination(Destination):
     """`s3://bucket/key-template`, or an `S3Bucket` block: a verified managed upload (multipart)."""
@@ -149,6 +180,17 @@ class S3Destination(Destination):
             client = await s3_client(self.aws_credentials)
         await upload_verified(client, local_file, self.bucket, path, sha256=sha256, content_type=content_type)
         return self.location(path)
+
+    async def verify(self) -> None:
+        """A probe object where results will go, then removed (one fixed name: nothing piles up)."""
+        client = await (s3_client(bucket_block=await load_block(self.block, what="output_storage")) if self.block
+                        else s3_client(self.aws_credentials))
+        folder = self.render(WIDEST_FIELDS).rpartition("/")[0]
+        key = f"{folder}/{PROBE_NAME}" if folder else PROBE_NAME
+        await call(f"output s3://{self.bucket}/{key} (a probe write, before anything is paid)", client.put_object,
+                   Bucket=self.bucket, Key=key, Body=b"")
+        with contextlib.suppress(Exception):  # without s3:DeleteObject the probe stays: one small object
+            await asyncio.to_thread(client.delete_object, Bucket=self.bucket, Key=key)
 
     @classmethod
     async def resolve(cls, output: str, aws_credentials: str | None) -> S3Destination:
@@ -186,11 +228,42 @@ async def resolve_output(
         target = await SCHEMES[scheme](output, aws_credentials)
     else:
         template = output or f"{DEFAULT_DIRECTORY}/{DEFAULT_TEMPLATE}"
-        if output and (output.endswith(("/", os.sep)) or Path(output).expanduser().is_dir()):
+        if output and (output.endswith(("/", os.sep)) or _is_directory(Path(output).expanduser())):
             template = str(Path(output) / DEFAULT_TEMPLATE)
         target = LocalDestination(template=str(Path(template).expanduser().absolute()))
     check_template(target.template)
+    await target.verify()
     return target
+
+
+def _is_directory(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # e.g. a name too long to look up: not a directory; `verify` says why it cannot be used
+        return False
+
+
+def check_local_path(path: Path, what: str) -> None:
+    """`path`'s directory exists or can be made, takes a file, and `path` (with the longest suffix stored
+    beside it) fits the filesystem's name and path limits; else `InvalidInputError`, before any POST."""
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        name_max = os.pathconf(directory, "PC_NAME_MAX")
+        path_max = os.pathconf(directory, "PC_PATH_MAX")
+        longest = path.name + LONGEST_SUFFIX
+        if len(longest.encode()) > name_max:
+            raise InvalidInputError(f"{what}: a file name it makes can be {len(longest.encode())} bytes "
+                                    f"({longest[:40]}...), above this filesystem's {name_max}; nothing was sent.")
+        if len(str(path).encode()) + len(LONGEST_SUFFIX) >= path_max:
+            raise InvalidInputError(f"{what}: its paths can be longer than this filesystem's {path_max} bytes; "
+                                    "nothing was sent.")
+        probe = directory / f"{PROBE_NAME}-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InvalidInputError(f"{what}: cannot write to {directory} ({exc.strerror or exc}); nothing was sent."
+                                ) from None
 
 
 async def _resolve_block(slug_and_name: str, template: str) -> Destination:
@@ -217,4 +290,5 @@ def move_atomically(source: Path, final: Path) -> None:
         shutil.copyfile(source, temporary)
         os.replace(temporary, final)
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the copy's own error is the one to tell
+            temporary.unlink(missing_ok=True)
