@@ -18,6 +18,7 @@ import json
 import math
 import types
 import typing
+import unicodedata
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -139,6 +140,10 @@ class KreaWan14bVideoToVideo(VideoRequest):
         value = value.strip()
         if not value:
             raise ValueError("prompt is empty: describe the look you want, e.g. 'watercolor painting'")
+        control = sorted({f"U+{ord(c):04X}" for c in value if unicodedata.category(c) == "Cc" and c not in "\n\t"})
+        if control:
+            raise ValueError(f"prompt holds control characters ({', '.join(control[:5])}); only newlines and tabs "
+                             "are allowed")
         if len(value) > cls.MAX_PROMPT_CHARS:
             raise ValueError(f"prompt has {len(value)} characters; the maximum is {cls.MAX_PROMPT_CHARS}")
         return value

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import string
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.limits import InputLimits
 from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.video_checks import DEFAULT_PRESIGN_SECONDS
 
@@ -25,16 +27,25 @@ TEMPLATE_FIELDS = ("stem", "seed", "strength", "generation", "fingerprint", "flo
 
 
 def check_template(template: str) -> str:
-    """An output template may use only `TEMPLATE_FIELDS`; a typo is refused before anything is paid."""
+    """An output template may use only plain `{field}` names from `TEMPLATE_FIELDS`: no attribute or
+    index access (`{stem.__class__}`), no format spec (`{stem:>300}`), no conversion (`{stem!r}`); a typo
+    or a trick is refused before anything is paid."""
     try:
-        template.format_map({name: "x" for name in TEMPLATE_FIELDS})
-    except KeyError as exc:
-        raise InvalidInputError(
-            f"output template {template!r} uses unknown field {exc}; available: "
-            + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
-        ) from None
-    except (ValueError, IndexError) as exc:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
         raise InvalidInputError(f"output template {template!r} is malformed ({exc}).") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS:
+            plain = name.split(".")[0].split("[")[0]
+            what = f"unknown field {name!r}" if plain not in TEMPLATE_FIELDS or plain == name else \
+                f"{{{name}}}: only plain {{field}} names are allowed"
+            raise InvalidInputError(f"output template {template!r} uses {what}; available: "
+                                    + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS))
+        if spec or conversion:
+            raise InvalidInputError(f"output template {template!r}: {{{name}}} takes no format spec or conversion; "
+                                    f"write {{{name}}}.")
     return template
 
 
@@ -57,6 +68,12 @@ class RunSettings(BaseModel):
     max_usd: float | None = Field(default=None, gt=0)
     max_credits: float | None = Field(default=None, gt=0)
     budget: str | None = Field(default=None, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")
+    limits: InputLimits = Field(default_factory=InputLimits)
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limits(cls, value: Any) -> InputLimits:
+        return InputLimits.parse(value)
 
     @field_validator("output", "output_storage", "aws_credentials", "stage_to", "submissions", "idempotency_key",
                      "budget", mode="before")
