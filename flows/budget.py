@@ -102,13 +102,14 @@ class Budget:
             await asyncio.sleep(random.uniform(0, pause))  # full jitter: contenders spread out
             pause = min(pause * 2, _MAX_PAUSE_SECONDS)
 
-    async def reserve(self, record_key: str) -> float:
-        """Reserve this generation's estimated cost, or raise `BudgetExceeded` (then nothing may be sent)."""
+    async def reserve(self, record_key: str, expected: float | None = None) -> float:
+        """Reserve this generation's cost (`expected`: its own estimate, else the largest quote seen), or
+        raise `BudgetExceeded` (then nothing may be sent)."""
         estimate = 0.0
 
         def add(state: BudgetState) -> BudgetState:
             nonlocal estimate
-            estimate = state.estimate()
+            estimate = expected if expected is not None else state.estimate()
             state.reserved.pop(record_key, None)
             if self.cap is not None and state.committed + estimate > self.cap:
                 raise BudgetExceeded(

@@ -176,3 +176,13 @@ class DownloadError(AimlApiError):
     def __init__(self, message: str, *, permanent: bool = False, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retryable = not permanent
+
+
+class DeliveryFailed(AimlApiError):
+    """A paid generation could not be delivered where it was asked for (the output went away, the disk
+    filled, a store refused the write). It is paid for: collect it; running it again pays nothing."""
+
+    def __init__(self, generation_id: str, cause: BaseException) -> None:
+        self.generation_id = generation_id
+        super().__init__(f"Generation {generation_id} is paid for, but storing it failed: {type(cause).__name__}: "
+                         f"{cause}.")

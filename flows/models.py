@@ -162,6 +162,7 @@ class VideoToVideoResult(BaseModel):
     timing: Timing = Timing()
     polls: int | None = None
     credits: float | None = None
+    estimate_credits: float | None = None  # what it was expected to cost, before it was paid
     # What this run adds to the bill: the credits of a generation it is the first to see charged, 0
     # for one another run already reported (a resume, an adoption, a collect), or not charged.
     charged_credits: float | None = 0.0

@@ -95,9 +95,10 @@ class Submission:
         may_repeat: bool,
         logger: logging.Logger | logging.LoggerAdapter,
         budget: Budget | None = None,
+        estimate_credits: float | None = None,
     ) -> None:
         self.client, self.store, self.params, self.video_url = client, store, params, video_url
-        self.budget = budget
+        self.budget, self.estimate_credits = budget, estimate_credits
         self.fingerprint = params.fingerprint(video_identity)
         self.scope = scope
         self.key = record_key(self.fingerprint, scope)
@@ -273,7 +274,7 @@ class Submission:
         async with Lease(self.store, record, version, self.logger) as lease:
             try:
                 if self.budget is not None:  # before anything is sent: the cap holds or nothing goes out
-                    await self.budget.reserve(self.key)
+                    await self.budget.reserve(self.key, self.estimate_credits)
                 url = await self.video_url()
                 await lease.renew()
             except LeaseLost:
@@ -339,14 +340,17 @@ async def submit_once(
     may_repeat: bool = True,
     logger: logging.Logger | logging.LoggerAdapter = logging.getLogger(__name__),
     budget: Budget | None = None,
+    estimate_credits: float | None = None,
 ) -> SubmittedGeneration:
     """Make sure exactly one accepted POST exists for this logical generation, and return it.
 
     `may_repeat`: False only when this call is provably the first of its logical generation (a
     fresh flow-run scope on its first run); then a missing record needs no usage-log read.
+    `estimate_credits`: this input's expected charge, reserved against `budget` (else its largest quote).
     """
     submitted = await Submission(
         client, store, params, video_identity, scope, video_url,
         reconcile_seconds=reconcile_seconds, may_repeat=may_repeat, logger=logger, budget=budget,
+        estimate_credits=estimate_credits,
     ).run()
     return submitted.model_copy(update={"model": params.MODEL})

@@ -124,16 +124,17 @@ def check_local_file(path: Path, max_bytes: int, *, staged: bool) -> tuple[int, 
     return size, probe_video(path, label=f"video file {path}")
 
 
-def precheck(video: str, *, staged: bool = False) -> str:
-    """Everything knowable about `video` offline (scheme, data URI, local file); returns its scheme."""
+def precheck(video: str, *, staged: bool = False) -> VideoInfo | None:
+    """Everything knowable about `video` offline (scheme, data URI, local file); what the video holds,
+    when it is at hand (a data URI, a local file)."""
     scheme = scheme_of(video)
     video = video.strip()
     if scheme == "data":
-        probe_video(decode_data_uri(video, MAX_DATA_URI_BYTES), label="video data URI")
-    elif scheme in ("http", "https"):
+        return probe_video(decode_data_uri(video, MAX_DATA_URI_BYTES), label="video data URI")
+    if scheme in ("http", "https"):
         check_url(video)
     elif scheme == "s3":
         parse_s3_url(video)
     elif scheme == "":
-        check_local_file(Path(video).expanduser(), MAX_INLINE_FILE_BYTES, staged=staged)
-    return scheme
+        return check_local_file(Path(video).expanduser(), MAX_INLINE_FILE_BYTES, staged=staged)[1]
+    return None

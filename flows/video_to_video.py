@@ -22,11 +22,13 @@ from prefect_aimlapi_video.flows.artifacts import publish_result, publish_summar
 from prefect_aimlapi_video.flows.batch_context import defer, owns_key
 from prefect_aimlapi_video.flows.budget import BudgetExceeded, BudgetRef, budget_summary, credits_cap
 from prefect_aimlapi_video.flows.destinations import Destination, resolve_output, template_fields
-from prefect_aimlapi_video.flows.errors import AimlApiError, GenerationFailedError, InvalidInputError
+from prefect_aimlapi_video.flows.errors import AimlApiError, DeliveryFailed, GenerationFailedError, InvalidInputError
+from prefect_aimlapi_video.flows.estimate import check_ceiling, estimate, learn_rate
 from prefect_aimlapi_video.flows.generation_events import emit_generation_event
+from prefect_aimlapi_video.flows.limits import InputLimits
 from prefect_aimlapi_video.flows.models import Timing, VideoToVideoResult
 from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
-from prefect_aimlapi_video.flows.record_store import open_store
+from prefect_aimlapi_video.flows.record_store import RecordStore, open_store
 from prefect_aimlapi_video.flows.redact import redact
 from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, DEFAULTS, VideoRequest, request_model
 from prefect_aimlapi_video.flows.settings import RunSettings, Scope, validate_settings
@@ -115,6 +117,7 @@ async def video_to_video(
     max_usd: float | None = None,
     max_credits: float | None = None,
     budget: str | None = None,
+    limits: InputLimits | None = None,
 ) -> VideoToVideoResult:
     """Restyle `video` with `prompt` through `krea/krea-wan-14b/video-to-video` (or another registered `model`).
 
@@ -155,6 +158,9 @@ async def video_to_video(
             nothing is sent (the run ends Failed: skipped (budget)).
         budget: the name of the budget the cap applies to, shared by every run (and worker, with a
             shared `submissions` store) that names it; default: this flow run alone.
+        limits: what an input may be and what one generation may cost, checked before the POST
+            (`InputLimits`: duration, frame size, bytes, the per-generation ceiling in USD, the
+            input fetch deadline); default: its defaults.
     """
     from prefect.runtime import flow_run
 
@@ -171,25 +177,30 @@ async def video_to_video(
         presign_expiry_seconds=presign_expiry_seconds, idempotency_key=idempotency_key,
         idempotency_scope=idempotency_scope, submissions=submissions, timeout_seconds=timeout_seconds,
         reconcile_grace_seconds=reconcile_grace_seconds, poll_policy=poll_policy, max_usd=max_usd,
-        max_credits=max_credits, budget=budget,
+        max_credits=max_credits, budget=budget, limits=limits,
     )
     spend = budget_ref(settings, f"flow-run-{run_id}")
     creds = await AimlApiCredentials.resolve(credentials)
     await creds.check_access()
-    await (await open_store(settings.submissions, settings.aws_credentials)).check()
+    store = await open_store(settings.submissions, settings.aws_credentials)
+    await store.check()
     source = await inspect_video(video, aws_credentials=settings.aws_credentials, stage_to=settings.stage_to,
-                                 presign_seconds=settings.presign_expiry_seconds)
+                                 presign_seconds=settings.presign_expiry_seconds, allow_local=creds.on_loopback,
+                                 fetch_deadline_seconds=settings.limits.fetch_deadline_seconds)
+    cost = await estimate(store, settings.limits.check(source.info, source.size_bytes, source.display))
+    check_ceiling(cost, settings.limits)
     target = await resolve_output(settings.output, settings.output_storage, settings.aws_credentials)
     await tag_run()
     logger.info("Input %s (%s); output to %s.", source.display,
                 source.info.describe() if source.info else "not probed", target.kind)
+    logger.info("Estimate before paying: %s.", cost.describe())
 
     result = VideoToVideoResult(status="submitting", model=params.MODEL, input=source.display, input_info=source.info,
-                                flow_run_id=run_id, **params.model_dump())
+                                flow_run_id=run_id, estimate_credits=round(cost.credits), **params.model_dump())
     try:
-        scope, shared = _scope(settings, params, source, target, run_id)
+        scope, shared = _scope(settings, params, source, run_id)
         submitted = await submit_generation(params, source, creds, scope, settings.reconcile_grace_seconds,
-                                            settings.submissions, settings.aws_credentials, shared, spend)
+                                            settings.submissions, settings.aws_credentials, shared, spend, cost.credits)
         result.generation_id = submitted.generation_id
         result.client_request_id = submitted.client_request_id
         result.resumed = submitted.resumed
@@ -202,27 +213,33 @@ async def video_to_video(
         path = _output_path(target, source, params, outcome.generation_id, run_id)
         with source.local_copy() as before:
             stored = await download_video(outcome.generation_id, creds, target, path, str(before) if before else None)
+        result.status = outcome.status
+        result.output, result.output_info = stored.location, stored.info
+        result.sha256, result.size_bytes = stored.sha256, stored.size_bytes
+        result.timing = Timing(queued_s=outcome.queued_s, generating_s=outcome.generating_s,
+                               download_s=stored.download_s, total_s=time.time() - started)
+        result.sidecar = target.location(f"{path}.json")
+        if stored.strip is not None:
+            result.strip = await target.write_bytes(f"{path}{STRIP_SUFFIX}", stored.strip.image,
+                                                     content_type=STRIP_MEDIA_TYPE)
+        result.budget = await budget_text(spend, settings)
+        await _learn_rate(store, result)
+        await asyncio.gather(  # independent writes: don't pay their round trips one after another
+            target.write_sidecar(path, result.model_dump(mode="json")),
+            defer(publish_result(result, stored.strip, stored.location)),
+        )
     except BaseException as exc:  # a failure, or a cancellation: say what became of any paid generation
         result.generation_id = result.generation_id or getattr(exc, "generation_id", None)
         collect = _collect_command(result, credentials, settings)
-        await _report_failure(result, exc, started, collect)
-        if collect and isinstance(exc, AimlApiError) and not isinstance(exc, GenerationFailedError):
-            exc.name_collect_command(collect)
+        failure = exc
+        if result.generation_id and isinstance(exc, Exception) and not isinstance(exc, AimlApiError):
+            failure = DeliveryFailed(result.generation_id, exc)  # an OSError storing it: paid, not lost
+        await _report_failure(result, failure, started, collect)
+        if collect and isinstance(failure, AimlApiError) and not isinstance(failure, GenerationFailedError):
+            failure.name_collect_command(collect)
+        if failure is not exc:
+            raise failure from exc
         raise
-    result.status = outcome.status
-    result.output, result.output_info = stored.location, stored.info
-    result.sha256, result.size_bytes = stored.sha256, stored.size_bytes
-    result.timing = Timing(queued_s=outcome.queued_s, generating_s=outcome.generating_s,
-                           download_s=stored.download_s, total_s=time.time() - started)
-    result.sidecar = target.location(f"{path}.json")
-    if stored.strip is not None:
-        result.strip = await target.write_bytes(f"{path}{STRIP_SUFFIX}", stored.strip.image,
-                                                 content_type=STRIP_MEDIA_TYPE)
-    result.budget = await budget_text(spend, settings)
-    await asyncio.gather(  # independent writes: don't pay their round trips one after another
-        target.write_sidecar(path, result.model_dump(mode="json")),
-        defer(publish_result(result, stored.strip, stored.location)),
-    )
     emit_generation_event("completed", result)
     logger.info(
         "Done: %s -> %s (%s credits, %.1f s).", result.generation_id, result.output,
@@ -231,20 +248,17 @@ async def video_to_video(
     return result
 
 
-def _scope(
-    settings: RunSettings, params: VideoRequest, source: VideoSource, target: Destination, run_id: str | None
-) -> tuple[str, bool]:
+def _scope(settings: RunSettings, params: VideoRequest, source: VideoSource, run_id: str | None) -> tuple[str, bool]:
     """What counts as the same logical generation, and whether another run may share it.
 
     An explicit key is taken as is (a trigger's object+etag, a batch item). The request scope is
-    the request itself, where it goes included: the same command run twice is one generation.
+    the request itself, wherever its output goes: the same command run twice is one generation, and
+    run again with another `--output` it delivers the same paid generation there.
     """
     if settings.idempotency_key:  # shared, unless the batch running this child made it for it alone
         return settings.idempotency_key, not owns_key(settings.idempotency_key)
     if settings.idempotency_scope == "request":
-        where = target.model_dump_json(include={"kind", "template", "bucket", "block"})
-        digest = hashlib.sha256(f"{params.fingerprint(source.identity)}|{where}".encode()).hexdigest()
-        return f"request:{digest}", True
+        return f"request:{hashlib.sha256(params.fingerprint(source.identity).encode()).hexdigest()}", True
     return f"flow-run:{run_id}", False
 
 
@@ -255,6 +269,14 @@ def _output_path(
         stem=source.stem, seed=getattr(params, "seed", None), strength=getattr(params, "strength", 0.0),
         fingerprint=params.fingerprint(source.identity), generation_id=generation_id, flow_run_id=run_id,
     ))
+
+
+async def _learn_rate(store: RecordStore, result: VideoToVideoResult) -> None:
+    """What this generation was charged per second of output: the next estimates learn from it."""
+    try:
+        await learn_rate(store, result.credits, result.output_info.duration if result.output_info else None)
+    except Exception as exc:  # a hint for estimates: never fails a delivered generation
+        get_run_logger().warning("Could not keep the rate this generation was charged (%s).", exc)
 
 
 def budget_ref(settings: RunSettings, default_name: str) -> BudgetRef | None:

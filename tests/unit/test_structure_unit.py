@@ -19,14 +19,14 @@ MAX_LINES = 360  # "about 300": a module past this has more than one job
 # exactly-once protocol <- tasks <- flows <- deployments and CLI.
 LAYERS: dict[str, int] = {
     **dict.fromkeys(["flows.redact", "flows.errors", "flows.models", "flows.requests", "flows.connection",
-                     "flows.answers", "flows.download", "flows.client", "flows.usage_log", "flows.polling",
-                     "flows.learned_polling", "flows.waiting", "flows.probe", "flows.strip",
-                     "flows.strip_helper", "flows.video_checks"], 0),
+                     "flows.answers", "flows.download", "flows.client", "flows.fetch_guard", "flows.usage_log",
+                     "flows.polling", "flows.limits", "flows.learned_polling", "flows.waiting", "flows.probe", "flows.strip",
+                     "flows.strip_helper", "flows.video_checks", "flows.markdown"], 0),
     **dict.fromkeys(["blocks", "blocks.credentials"], 1),
     **dict.fromkeys(["flows.s3", "flows.record_store", "flows.block_refs"], 2),
     **dict.fromkeys(["flows.sources", "flows.destinations", "flows.s3_requests", "flows.settings",
                      "flows.submission_record", "flows.submissions", "flows.results", "flows.artifacts",
-                     "flows.batch_items", "flows.generation_events", "flows.budget", "flows.batch_context",
+                     "flows.batch_items", "flows.generation_events", "flows.budget", "flows.batch_context", "flows.estimate",
                      "flows.lease", "flows.log_visibility"], 3),
     "flows.tasks": 4,
     "flows.fanout": 4,

@@ -117,16 +117,16 @@ def test_sha256_file_hashes_every_chunk_of_a_file_larger_than_one_read(tmp_path)
 # ---------------------------------------------------------------- precheck
 
 
-def test_precheck_returns_the_scheme_of_each_kind_without_the_network(monkeypatch, clip_path, clip_bytes):
-    assert precheck(str(clip_path)) == ""
-    assert precheck(f"  {clip_path}\n") == ""
+def test_precheck_describes_what_is_at_hand_without_the_network(monkeypatch, clip_path, clip_bytes):
+    assert precheck(str(clip_path)).frames == 6
+    assert precheck(f"  {clip_path}\n").width == 64
     monkeypatch.setenv("HOME", str(clip_path.parent))
-    assert precheck(f"~/{clip_path.name}") == ""
-    assert precheck(data_uri(clip_bytes)) == "data"
-    assert precheck("https://cdn.invalid/v.mp4?sig=1") == "https"  # .invalid never resolves
-    assert precheck("http://localhost:8787/in.mp4") == "http"
-    assert precheck("http://[::1]:8787/in.mp4") == "http"
-    assert precheck("s3://bucket/videos/in.mp4") == "s3"
+    assert precheck(f"~/{clip_path.name}").height == 48
+    assert precheck(data_uri(clip_bytes)).duration > 0
+    assert precheck("https://cdn.invalid/v.mp4?sig=1") is None  # .invalid never resolves: nothing fetched
+    assert precheck("http://localhost:8787/in.mp4") is None
+    assert precheck("http://[::1]:8787/in.mp4") is None
+    assert precheck("s3://bucket/videos/in.mp4") is None
 
 
 def test_precheck_probes_a_data_uri_and_refuses_one_that_holds_no_video():
@@ -146,7 +146,7 @@ def test_precheck_lets_a_staged_file_exceed_the_inline_cap_but_not_an_inline_one
     with pytest.raises(InvalidInputError, match="cap for sending a file inline") as info:
         precheck(str(clip_path))
     assert "stage_to" in str(info.value)
-    assert precheck(str(clip_path), staged=True) == ""
+    assert precheck(str(clip_path), staged=True) is not None
     text = clip_path.with_name("notes.mp4")  # staged files are still probed
     text.write_text("a shopping list, not a video\n" * 20)
     with pytest.raises(InvalidInputError, match="notes.mp4"):
@@ -164,7 +164,7 @@ def test_a_local_file_whose_name_holds_a_colon_is_a_path_not_a_url_scheme(tmp_pa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "take:2.mp4").write_bytes(clip_bytes)
     assert scheme_of("take:2.mp4") == ""
-    assert precheck("take:2.mp4") == ""
+    assert precheck("take:2.mp4") is not None
     with pytest.raises(InvalidInputError, match="scheme 'take' is not supported"):
         scheme_of("take:3.mp4")  # no such file: still read as a URL with an unknown scheme
     with pytest.raises(InvalidInputError, match="scheme 'ftp' is not supported"):
