@@ -42,6 +42,27 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("--submissions", default=None,
                      help="exactly-once records: a directory or s3://bucket/prefix (default AIMLAPI_SUBMISSIONS_DIR)")
     run.add_argument("--timeout", type=float, default=None, help="seconds to wait for the generation")
+    _limit_options(run)
+
+
+# `--max-duration` -> InputLimits.max_duration_seconds, and so on: each limit checked before paying.
+LIMIT_FLAGS = {"--max-duration": "max_duration_seconds", "--max-long-side": "max_long_side",
+               "--max-short-side": "max_short_side", "--max-input-bytes": "max_input_bytes",
+               "--max-generation-usd": "max_generation_usd"}
+
+
+def _limit_options(run: argparse.ArgumentParser) -> None:
+    from prefect_aimlapi_video.flows.limits import InputLimits
+
+    group = run.add_argument_group("limits, checked before anything is paid (the provider publishes none)")
+    for flag, name in LIMIT_FLAGS.items():
+        field = InputLimits.model_fields[name]
+        group.add_argument(flag, dest=name, type=field.annotation, default=None,
+                           help=f"{field.description} Default {field.default:g}.")
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in LIMIT_FLAGS.values() if getattr(args, name) is not None}
 
 
 def _flag(name: str, default: Any) -> str:
@@ -124,13 +145,29 @@ def _precheck(args: argparse.Namespace) -> None:
     from prefect_aimlapi_video.flows.settings import validate_settings
     from prefect_aimlapi_video.flows.video_checks import precheck
 
+    _check_base_url(args.base_url)
     values = _request_values(args)
     request = request_model(values.pop("model"))
     overrides = values.pop("overrides", {})
     request.validated(**{**{k: v for k, v in values.items() if k in request.model_fields}, **overrides})
-    validate_settings(submissions=args.submissions, output=args.output, output_storage=args.output_storage,
-                      stage_to=args.stage_to, **({} if args.timeout is None else {"timeout_seconds": args.timeout}))
-    precheck(args.video, staged=bool(args.stage_to))
+    settings = validate_settings(submissions=args.submissions, output=args.output, output_storage=args.output_storage,
+                                 stage_to=args.stage_to, limits=_limits(args), idempotency_key=args.idempotency_key,
+                                 **({} if args.timeout is None else {"timeout_seconds": args.timeout}))
+    info = precheck(args.video, staged=bool(args.stage_to))
+    if info is not None:  # a local file or data URI: its limits are known offline too
+        settings.limits.check(info, info.size_bytes, args.video.strip()[:200])
+
+
+def _check_base_url(base_url: str | None) -> None:
+    """`--base-url` as the block would take it: https, or plain http on loopback (`InvalidInputError`)."""
+    from prefect_aimlapi_video.flows.connection import check_base_url
+    from prefect_aimlapi_video.flows.errors import InvalidInputError
+
+    if base_url is not None:
+        try:
+            check_base_url(base_url)
+        except ValueError as exc:
+            raise InvalidInputError(f"--base-url: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -150,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         video_to_video(
             video=args.video, **_request_values(args), credentials=_credentials(args),
             output=args.output, output_storage=args.output_storage, aws_credentials=args.aws_credentials,
-            stage_to=args.stage_to, submissions=args.submissions, **options,
+            stage_to=args.stage_to, submissions=args.submissions, limits=_limits(args) or None, **options,
         ),
         interrupted="interrupted; run the same command again to resume without a new charge.",
     )
@@ -195,6 +232,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     try:
         if not args.generation_id.strip():
             raise InvalidInputError("the generation id is empty.")
+        _check_base_url(args.base_url)
         validate_settings(output=args.output, output_storage=args.output_storage, submissions=args.submissions,
                           **({} if args.timeout is None else {"timeout_seconds": args.timeout}))
     except InvalidInputError as exc:
@@ -213,6 +251,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_save_key(args: argparse.Namespace) -> int:
+    from prefect_aimlapi_video.flows.errors import InvalidInputError
+
+    try:
+        _check_base_url(args.base_url)
+    except InvalidInputError as exc:
+        return fail(str(exc), 2)
     from prefect_aimlapi_video.blocks import AimlApiCredentials
 
     key = _key_from_env()
