@@ -28,12 +28,14 @@ from prefect_aimlapi_video.flows.batch_items import (
     BatchItemResult,
     ItemBase,
     load_manifest,
+    output_root,
     parse_items,
     shown_video,
 )
 from prefect_aimlapi_video.flows.budget import BudgetExceeded
 from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
 from prefect_aimlapi_video.flows.fanout import check_children, children_env, run_on_work_pool
+from prefect_aimlapi_video.flows.limits import InputLimits
 from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.record_store import open_store
 from prefect_aimlapi_video.flows.redact import redact
@@ -293,6 +295,8 @@ async def video_to_video_batch(
     max_credits: float | None = None,
     budget: str | None = None,
     workers_share_disk: bool = False,
+    input_root: str | None = None,
+    limits: InputLimits | None = None,
 ) -> list[BatchItemResult]:
     """Restyle many videos: one child `video_to_video` flow run per item.
 
@@ -314,6 +318,10 @@ async def video_to_video_batch(
             (two batches under one cap); default: this batch alone.
         workers_share_disk: with `deployment` and a local `submissions` directory, say that every worker
             of the pool sees that same directory; otherwise such a fan-out is refused (use s3://).
+        input_root: the directory a manifest's local videos must be in (default: a local manifest's own
+            directory; an s3:// manifest names local videos only with it). A manifest's outputs must lie
+            under `output`'s folder (a relative one is placed there).
+        limits: as for `video_to_video`, for every item.
     """
     from prefect.runtime import flow_run
 
@@ -322,8 +330,8 @@ async def video_to_video_batch(
     if max_concurrency < 1:
         raise InvalidInputError("max_concurrency must be at least 1.")
     request = request_model(model)
-    batch = parse_items(items, request) if items is not None else await load_manifest(manifest, aws_credentials,
-                                                                                        request)
+    batch = parse_items(items, request) if items is not None else await load_manifest(
+        manifest, aws_credentials, request, output_root=output_root(output), input_root=input_root)
     if not batch:
         raise InvalidInputError("The batch is empty.")
     missing = [i for i, item in enumerate(batch) if not (getattr(item, "prompt", None) or prompt)]
@@ -334,7 +342,7 @@ async def video_to_video_batch(
         **{name: value for name, value in chosen.items() if name in request.model_fields}, model=model,
         credentials=credentials, output=output, output_storage=output_storage, aws_credentials=aws_credentials,
         timeout_seconds=timeout_seconds, poll_policy=poll_policy, reconcile_grace_seconds=reconcile_grace_seconds,
-        submissions=submissions, **spend_cap(max_usd, max_credits, budget, f"batch-{flow_run.id}"),
+        submissions=submissions, limits=limits, **spend_cap(max_usd, max_credits, budget, f"batch-{flow_run.id}"),
     )
     rows = await run_items(
         batch, defaults, scope=f"batch:{flow_run.id}", scope_owned=True, concurrency_limit=concurrency_limit,

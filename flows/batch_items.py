@@ -20,6 +20,7 @@ from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.redact import safe_url
 from prefect_aimlapi_video.flows.requests import GenerationParams, VideoRequest
 from prefect_aimlapi_video.flows.s3 import read_object
+from prefect_aimlapi_video.flows.video_checks import scheme_of
 
 
 def shown_video(video: str) -> str:
@@ -84,8 +85,15 @@ def _parse_rows(text: str, name: str) -> list[dict[str, Any]]:
 
 
 async def load_manifest(manifest: str, aws_credentials: str | None = None,
-                        request: type[VideoRequest] = GenerationParams) -> list[ItemBase]:
-    """Items from a CSV or JSONL manifest, local or `s3://bucket/key`; errors name the line."""
+                        request: type[VideoRequest] = GenerationParams, *, output_root: str | None = None,
+                        input_root: str | None = None) -> list[ItemBase]:
+    """Items from a CSV or JSONL manifest, local or `s3://bucket/key`; errors name the line.
+
+    A manifest is data: whoever can write it (an S3 upload, say) must not be able to make a worker
+    overwrite any file or send any local video. So an item's `output` must lie under `output_root` (a
+    relative one is placed there), and a local `video` under `input_root` (default: the directory of a
+    local manifest; an s3:// manifest may name local videos only when `input_root` is given).
+    """
     if manifest.startswith("s3://"):
         text = (await read_object(manifest, aws_credentials)).decode()
     else:
@@ -93,9 +101,52 @@ async def load_manifest(manifest: str, aws_credentials: str | None = None,
         if not path.is_file():
             raise InvalidInputError(f"manifest {manifest} does not exist.")
         text = path.read_text()
+        input_root = input_root or str(path.resolve().parent)
     item = batch_item_model(request)
-    return [_item(item, request.from_text(row), f"manifest {manifest} item {number}")
-            for number, row in enumerate(_parse_rows(text, manifest.lower()), 1)]
+    items = []
+    for number, row in enumerate(_parse_rows(text, manifest.lower()), 1):
+        where = f"manifest {manifest} item {number}"
+        entry = _item(item, request.from_text(row), where)
+        update: dict[str, str] = {}
+        if entry.output is not None:
+            update["output"] = confined(entry.output, output_root or DEFAULT_OUTPUT_ROOT, f"{where}: output")
+        if scheme_of(entry.video) == "":
+            if input_root is None:
+                raise InvalidInputError(f"{where}: a local video in an s3:// manifest needs `input_root` (the "
+                                        "directory the deployment allows local inputs from).")
+            update["video"] = confined(entry.video, input_root, f"{where}: video")
+        items.append(entry.model_copy(update=update))
+    return items
+
+
+DEFAULT_OUTPUT_ROOT = "aimlapi-outputs"  # the flows' default output directory
+
+
+def output_root(output: str | None) -> str:
+    """The folder a batch's outputs live in: its `output` up to the last '/' before any `{field}`."""
+    if not output:
+        return DEFAULT_OUTPUT_ROOT
+    fixed = output.split("{", 1)[0]
+    if "{" in output or not (fixed.endswith("/") or (not fixed.startswith("s3://") and Path(fixed).is_dir())):
+        fixed = fixed.rpartition("/")[0] + "/"
+    return fixed
+
+
+def confined(path: str, root: str, what: str) -> str:
+    """`path` placed under `root` (a relative one is joined to it); refused if it would leave it."""
+    if root.startswith("s3://"):
+        prefix = root.rstrip("/") + "/"
+        joined = path if path.startswith("s3://") else prefix + path.lstrip("/")
+        if not joined.startswith(prefix) or ".." in joined.removeprefix(prefix).split("/"):
+            raise InvalidInputError(f"{what} {path!r} is not under {prefix}; nothing was sent.")
+        return joined
+    if "://" in path:
+        raise InvalidInputError(f"{what} {path!r} is not under {root}; nothing was sent.")
+    base = Path(root).expanduser().resolve()
+    final = (base / Path(path).expanduser()).resolve()
+    if final != base and base not in final.parents:
+        raise InvalidInputError(f"{what} {path!r} is not under {base}; nothing was sent.")
+    return str(final)
 
 
 def parse_items(items: list[Any], request: type[VideoRequest] = GenerationParams) -> list[ItemBase]:

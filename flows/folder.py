@@ -25,6 +25,7 @@ from prefect_aimlapi_video.flows.batch import (
 )
 from prefect_aimlapi_video.flows.batch_items import BatchItemResult, ItemBase, batch_item_model, load_manifest
 from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.limits import InputLimits
 from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, DEFAULTS, VideoRequest, request_model
 from prefect_aimlapi_video.flows.s3 import head_object, list_objects, object_exists, object_version, s3_identity
@@ -85,11 +86,12 @@ async def _object_item(url: str, request: type[VideoRequest], defaults: dict[str
 
 
 async def _discover(source: str, output_prefix: str, output_name: str, request: type[VideoRequest],
-                    defaults: dict[str, Any], aws_credentials: str | None) -> list[ItemBase | BatchItemResult]:
+                    defaults: dict[str, Any], aws_credentials: str | None,
+                    input_root: str | None = None) -> list[ItemBase | BatchItemResult]:
     """Items to run (S3 objects under the prefix, never under the output prefix; or a manifest's
     rows), and a failed row for each object whose metadata overrides are invalid."""
     if source.lower().endswith((".csv", ".jsonl")):
-        items = await load_manifest(source, aws_credentials, request)
+        items = await load_manifest(source, aws_credentials, request, output_root=output_prefix, input_root=input_root)
         return [item if item.output else item.model_copy(update={"output": _render(
             output_prefix, output_name, item.video, _value(item, "seed", defaults),
             _value(item, "strength", defaults) or 0.0)}) for item in items]
@@ -132,6 +134,8 @@ async def video_to_video_folder(
     max_credits: float | None = None,
     budget: str | None = None,
     workers_share_disk: bool = False,
+    input_root: str | None = None,
+    limits: InputLimits | None = None,
 ) -> list[BatchItemResult]:
     """Restyle each video under `source` whose output under `output_prefix` does not exist yet.
 
@@ -144,8 +148,9 @@ async def video_to_video_folder(
             run, and the upload trigger when its `output` is `output_prefix` + `output_name`, find it.
         reconcile_grace_seconds, submissions: as for `video_to_video` (use a shared s3:// store when
             the upload trigger's runs may run on other hosts).
-        deployment, max_usd, max_credits, budget, workers_share_disk: as for `video_to_video_batch` (a
-            spend cap per sweep, or per named budget).
+        deployment, max_usd, max_credits, budget, workers_share_disk, input_root, limits: as for
+            `video_to_video_batch` (a spend cap per sweep, or per named budget; a manifest's outputs stay
+            under `output_prefix`).
 
     Each S3 object runs as the upload trigger would run it: its metadata overrides
     (x-amz-meta-aimlapi-prompt, ...), its object+etag idempotency key, the same output name. So an
@@ -161,7 +166,7 @@ async def video_to_video_folder(
     request.validated(**defaults)
     rows: list[BatchItemResult] = []
     todo: list[ItemBase] = []
-    for found in await _discover(source, output_prefix, output_name, request, defaults, aws_credentials):
+    for found in await _discover(source, output_prefix, output_name, request, defaults, aws_credentials, input_root):
         if isinstance(found, BatchItemResult):
             rows.append(found)
         elif found.output and await _exists(found.output, aws_credentials):
@@ -173,7 +178,7 @@ async def video_to_video_folder(
     arguments: dict[str, Any] = dict(
         **defaults, model=model, credentials=credentials, aws_credentials=aws_credentials,
         timeout_seconds=timeout_seconds, poll_policy=poll_policy, reconcile_grace_seconds=reconcile_grace_seconds,
-        submissions=submissions, **spend_cap(max_usd, max_credits, budget, f"sweep-{flow_run.id}"),
+        submissions=submissions, limits=limits, **spend_cap(max_usd, max_credits, budget, f"sweep-{flow_run.id}"),
     )
     if todo:
         rows += await run_items(todo, arguments, scope="folder", concurrency_limit=concurrency_limit,

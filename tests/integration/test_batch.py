@@ -108,7 +108,8 @@ async def test_manifest_csv_and_bad_manifest(prefect_server, sandbox, clips, tmp
     manifest = tmp_path / "jobs.csv"
     manifest.write_text(f"video,prompt,seed,strength\n{clips['small']},ink wash,5,0.4\n{clips['odd']},ukiyo-e,6,\n")
     rows = await video_to_video_batch(manifest=str(manifest), credentials=credentials(sandbox),
-                                      output=str(tmp_path / "{stem}-{seed}.mp4"), concurrency_limit=None)
+                                      output=str(tmp_path / "{stem}-{seed}.mp4"), concurrency_limit=None,
+                                      input_root=str(clips["small"].parent))  # the clips are not beside it
     assert [r.status for r in rows] == ["completed", "completed"]
     assert {e.prompt for e in sandbox.ledger()} == {"ink wash", "ukiyo-e"}
     assert {e.strength for e in sandbox.ledger()} == {0.4, 0.85}
@@ -178,7 +179,7 @@ async def test_a_sweep_of_a_manifest_reads_the_log_before_its_first_posts(prefec
     manifest.write_text("video,seed\n" + "".join(f"{clips['small']},{seed}\n" for seed in (1, 2)))
     rows = await video_to_video_folder(
         source=str(manifest), output_prefix=f"{tmp_path / 'out'}/", output_name="{stem}-{seed}.mp4", prompt="ink",
-        credentials=credentials(sandbox), concurrency_limit=None,
+        credentials=credentials(sandbox), concurrency_limit=None, input_root=str(clips["small"].parent),
     )
     assert [r.status for r in rows] == ["completed", "completed"] and len(sandbox.ledger()) == 2
     assert sandbox.log_reads()["reads"] >= 1

@@ -15,14 +15,16 @@ async def test_csv_manifest_typed_from_text(tmp_path):
                         "b.mp4,,,,\n")
     first, second = await load_manifest(str(manifest))
     assert (first.video, first.prompt, first.strength, first.seed, first.enable_prompt_expansion) == (
-        "a.mp4", "ink", 0.4, 7, False)
+        str(tmp_path / "a.mp4"), "ink", 0.4, 7, False)  # a relative local video lies beside the manifest
     assert (second.prompt, second.strength, second.seed) == (None, None, None)  # blank cells take the defaults
 
 
 async def test_jsonl_manifest_and_errors_name_the_line(tmp_path):
     good = tmp_path / "jobs.jsonl"
     good.write_text('{"video": "a.mp4", "seed": 3}\n\n{"video": "b.mp4", "output": "out/b.mp4"}\n')
-    assert [i.video for i in await load_manifest(str(good))] == ["a.mp4", "b.mp4"]
+    items = await load_manifest(str(good), output_root=str(tmp_path / "results"))
+    assert [i.video for i in items] == [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")]
+    assert items[1].output == str(tmp_path / "results" / "out" / "b.mp4")  # placed under the output root
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"video": "a.mp4"}\nnot json\n')
     with pytest.raises(InvalidInputError, match="line 2: not JSON"):
@@ -51,3 +53,34 @@ def test_items_as_dicts_or_objects():
     assert [(i.video, i.strength, i.seed) for i in items] == [("a.mp4", 0.2, None), ("b.mp4", None, 1)]
     with pytest.raises(InvalidInputError, match="batch item 0: .*video"):
         parse_items([{"prompt": "no video"}])
+
+
+@pytest.mark.parametrize("row, why", [
+    ({"video": "a.mp4", "output": "/etc/cron.d/job"}, "output '/etc/cron.d/job' is not under"),
+    ({"video": "a.mp4", "output": "../../home/user/.bashrc"}, "is not under"),
+    ({"video": "a.mp4", "output": "s3://other-bucket/x.mp4"}, "is not under"),
+    ({"video": "/home/user/private.mp4"}, "video '/home/user/private.mp4' is not under"),
+    ({"video": "../outside.mp4"}, "is not under"),
+])
+async def test_a_manifest_cannot_reach_outside_its_roots(tmp_path, row, why):
+    """A manifest is data (an S3 upload, say): its outputs stay under the batch's output root and its
+    local videos under the input root, whatever it says."""
+    import json
+
+    (tmp_path / "inputs").mkdir()
+    manifest = tmp_path / "inputs" / "jobs.jsonl"
+    manifest.write_text(json.dumps(row) + "\n")
+    with pytest.raises(InvalidInputError, match=f"item 1: .*{why}"):
+        await load_manifest(str(manifest), output_root=str(tmp_path / "out"))
+
+
+async def test_an_s3_output_root_keeps_a_manifests_outputs_under_it():
+    from prefect_aimlapi_video.flows.batch_items import confined, output_root
+
+    assert output_root("s3://media/out/{stem}.mp4") == "s3://media/out/"
+    assert output_root("/srv/out/{stem}/x.mp4") == "/srv/out/"
+    assert output_root(None) == "aimlapi-outputs"
+    assert confined("clip.mp4", "s3://media/out/", "output") == "s3://media/out/clip.mp4"
+    assert confined("s3://media/out/a/b.mp4", "s3://media/out/", "output") == "s3://media/out/a/b.mp4"
+    with pytest.raises(InvalidInputError, match="not under"):
+        confined("s3://media/out/../secret.mp4", "s3://media/out/", "output")
