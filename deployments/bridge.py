@@ -10,6 +10,13 @@ accepted by the Prefect API, and a repeat (redelivery, the two notifications of 
 upload, the same bytes uploaded again) is recognised by (bucket, key, etag) in a small SQLite
 file. Event ids are derived from that identity, so a re-emit after a crash carries the same id
 (the server stores an event id once and its triggers ignore ids they have seen).
+
+A message is written by others, and what its content alone causes fails the same way on every
+receive: a message we cannot read, one boto3 refuses to build a request from, or an object whose
+metadata cannot be decoded is poison. It is logged once (one line, no traceback) and left for the
+queue's redrive policy, which moves it to the dead-letter queue. An object S3 answers 403 for is
+skipped like a missing one: to credentials with s3:GetObject but no s3:ListBucket (all the bridge
+needs), S3 answers 403 for a deleted key.
 """
 
 from __future__ import annotations
@@ -35,10 +42,13 @@ from prefect_aimlapi_video.deployments.s3_messages import (
     MalformedMessage,
     ObjectCreated,
     build_event,
+    decoded_overrides,
+    one_line,
     parse_message,
+    printable,
+    refused_request,
 )
 from prefect_aimlapi_video.deployments.seen_store import SeenStore, default_state_file
-from prefect_aimlapi_video.flows.s3_requests import overrides_from_metadata
 from prefect_aimlapi_video.flows.sources import VIDEO_SUFFIXES
 
 __all__ = ["EVENT_NAME", "Filters", "MalformedMessage", "ObjectCreated", "S3EventBridge", "SeenStore", "build_event",
@@ -111,7 +121,12 @@ class S3EventBridge:
             counts["received"] += 1
             try:
                 done = await self._handle(message, counts)
-            except Exception:  # S3 unreachable, a bug...: the message stays queued and comes back
+            except (BotoCoreError, ClientError) as error:  # S3 unreachable, throttled...: it comes back
+                logger.warning("message %s failed; it stays in the queue: %s", message.get("MessageId"),
+                               one_line(error))
+                counts["failed"] += 1
+                continue
+            except Exception:  # a bug: worth its traceback; the message stays queued and comes back
                 logger.exception("message %s failed; it stays in the queue", message.get("MessageId"))
                 counts["failed"] += 1
                 continue
@@ -130,9 +145,7 @@ class S3EventBridge:
         try:
             records = parse_message(message.get("Body", ""))
         except MalformedMessage as error:
-            counts["malformed"] += 1
-            self._report_malformed(message, error)
-            return False
+            return self._poison(message, error, counts)
         if not records:
             counts["skipped"] += 1
             return True
@@ -147,11 +160,15 @@ class S3EventBridge:
                 pending[obj.identity] = obj
         emitting: list[tuple[ObjectCreated, Event]] = []
         for obj in pending.values():
-            metadata = await self._current_metadata(obj)
-            if metadata is None:
+            try:
+                metadata = await self._current_metadata(obj)
+                overrides = None if metadata is None else decoded_overrides(obj, metadata)
+            except MalformedMessage as error:  # nothing of this message is emitted: it goes to the DLQ whole
+                return self._poison(message, error, counts)
+            if overrides is None:
                 counts["skipped"] += 1
             else:
-                emitting.append((obj, build_event(obj, overrides_from_metadata(metadata))))
+                emitting.append((obj, build_event(obj, overrides)))
         if not emitting:
             return True
         try:
@@ -162,7 +179,7 @@ class S3EventBridge:
             return False
         for obj, event in emitting:
             self.store.add(obj.identity, event.id)
-            logger.info("emitted %s etag %s event %s", obj.uri, obj.etag, event.id)
+            logger.info("emitted %s etag %s event %s", printable(obj.uri), obj.etag, event.id)
         counts["emitted"] += len(emitting)
         return True
 
@@ -170,18 +187,37 @@ class S3EventBridge:
         """The object's user metadata, or None when it is gone or was replaced by newer bytes since.
 
         If-Match on the notified etag: a run must restyle the bytes this event names, and the
-        newer upload brings its own notification.
+        newer upload brings its own notification. 403 counts as gone: S3 answers 403 instead of 404
+        for a missing key to a caller without s3:ListBucket (the bridge's minimal policy), and a
+        403 on an object that is there would be the same on every receive. Raises MalformedMessage
+        when boto3 refuses to build the request from the message's bucket, key or etag.
         """
         try:
             head = await asyncio.to_thread(self.s3.head_object, Bucket=obj.bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
         except ClientError as error:
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 403:
+                logger.warning("skipped %s (etag %s): access denied (403): S3 answers 403 for a deleted object "
+                               "when the bridge may not list the bucket; if it exists, the bridge needs "
+                               "s3:GetObject on it", printable(obj.uri), obj.etag)
+                return None
             if status not in (404, 412):
                 raise
-            logger.info("skipped %s (etag %s): %s", obj.uri, obj.etag,
+            logger.info("skipped %s (etag %s): %s", printable(obj.uri), obj.etag,
                         "the object is gone" if status == 404 else "replaced by a newer upload")
             return None
+        except Exception as error:
+            if refused_request(error):
+                raise MalformedMessage(f"boto3 refused a request for {printable(obj.uri)}: "
+                                       f"{type(error).__name__}: {error}") from None
+            raise
         return head.get("Metadata", {})
+
+    def _poison(self, message: dict[str, Any], error: MalformedMessage, counts: Counter[str]) -> bool:
+        """Count and report a message that fails by its content alone; False: it is not deleted."""
+        counts["malformed"] += 1
+        self._report_malformed(message, error)
+        return False
 
     def _report_malformed(self, message: dict[str, Any], error: MalformedMessage) -> None:
         """Log once per message id; the queue's redrive policy moves the message to its dead-letter queue."""
@@ -194,7 +230,7 @@ class S3EventBridge:
         body = str(message.get("Body", ""))
         preview = body[:PREVIEW_CHARS] + (f"... ({len(body)} chars)" if len(body) > PREVIEW_CHARS else "")
         logger.warning("malformed message %s left for the dead-letter queue: %s; body starts %r",
-                       message_id, error, preview)
+                       message_id, one_line(error), preview)
 
 
 def _max_messages(text: str) -> int:

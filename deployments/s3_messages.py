@@ -3,11 +3,18 @@
 Direct from S3, through SNS (plain or raw delivery) and through EventBridge: `parse_message` reads
 them all into `ObjectCreated`; `Filters` decides which objects start a generation; `build_event`
 makes the `aimlapi.s3.object.created` event a deployment trigger matches. No I/O here.
+
+All of a message is written by others (a key, by anyone who may upload), so what boto3 would refuse
+to build a request from is refused here as malformed, before any I/O: a bucket name that is not
+one (an access point ARN included: a notification never names one), a key that is not UTF-8 or is
+longer than S3 allows, an etag that cannot be an HTTP header value. `refused_request` tells what
+boto3 raised for a message's content from what may pass, should anything slip through.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,16 +22,32 @@ from typing import Any, Literal
 from urllib.parse import unquote_plus
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+from botocore.exceptions import (
+    HTTPClientError,
+    ParamValidationError,
+    UnsupportedS3AccesspointConfigurationError,
+    UnsupportedS3ArnError,
+)
+from botocore.exceptions import ValidationError as BotoValidationError
 from prefect.events import Event
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from prefect_aimlapi_video.flows.s3_requests import object_idempotency_key
+from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.flows.s3_requests import object_idempotency_key, overrides_from_metadata
 from prefect_aimlapi_video.flows.sources import VIDEO_SUFFIXES
 
 EVENT_NAME = "aimlapi.s3.object.created"
 EVENTBRIDGE_REASONS = {"PutObject": "Put", "POST Object": "Post", "CopyObject": "Copy",
                        "CompleteMultipartUpload": "CompleteMultipartUpload"}
 Identity = tuple[str, str, str]  # (bucket, key, etag): the same bytes at the same key are one object
+BUCKET_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")  # what botocore accepts as a name (legacy ones included)
+ETAG = re.compile(r"[!#-~]+")  # visible ASCII without '"': it is sent in an If-Match header
+MAX_KEY_BYTES = 1024  # S3's limit, in UTF-8
+ERROR_CHARS = 300  # of an error's text in a log line
+# What boto3 raises while building a request from a message's content (a bucket name or key it
+# refuses, text it cannot encode): the same message fails the same way on every receive.
+REFUSED_REQUEST = (ParamValidationError, BotoValidationError, UnsupportedS3ArnError,
+                   UnsupportedS3AccesspointConfigurationError, UnicodeError)
 
 
 class MalformedMessage(Exception):
@@ -46,10 +69,31 @@ class ObjectCreated(BaseModel):
     event_time: datetime
     source: Literal["s3", "sns", "eventbridge"]
 
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not BUCKET_NAME.fullmatch(value):
+            raise ValueError("not an S3 bucket name")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError("the key is not valid UTF-8") from None
+        if size > MAX_KEY_BYTES:
+            raise ValueError(f"the key is {size} bytes, more than S3's {MAX_KEY_BYTES}")
+        return value
+
     @field_validator("etag")
     @classmethod
     def _unquoted(cls, value: str) -> str:
-        return value.strip('"')
+        value = value.strip('"')
+        if not ETAG.fullmatch(value):
+            raise ValueError("not an etag (visible ASCII)")
+        return value
 
     @property
     def uri(self) -> str:
@@ -158,3 +202,34 @@ class Filters:
             and not obj.key.startswith(self.exclude_prefixes)
             and obj.key.lower().endswith(tuple(suffix.lower() for suffix in self.suffixes))
         )
+
+
+def decoded_overrides(obj: ObjectCreated, metadata: Mapping[str, str]) -> dict[str, str]:
+    """The flow parameters an object's metadata sets; MalformedMessage when a value cannot be decoded
+    (whoever uploads writes it: an RFC 2047 word in an unknown charset, bytes that are not UTF-8)."""
+    try:
+        return overrides_from_metadata(metadata)
+    except InvalidInputError as error:
+        raise MalformedMessage(f"the metadata of {printable(obj.uri)}: {error}") from None
+
+
+def refused_request(error: BaseException) -> bool:
+    """True for an error boto3 raised while building a request from a message's content.
+
+    botocore wraps what http.client refuses (a header value or URL with a control character) in
+    HTTPClientError; its other causes (a dropped connection...) are transient.
+    """
+    if isinstance(error, REFUSED_REQUEST):
+        return True
+    return isinstance(error, HTTPClientError) and isinstance(error.kwargs.get("error"), ValueError)
+
+
+def printable(text: str) -> str:
+    """Text from a message made safe for one log line (a key may hold a newline or a bidi control)."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error's text for a log line: whitespace collapsed, printable, at most ERROR_CHARS."""
+    text = printable(" ".join(str(error).split()))
+    return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS] + "..."

@@ -1,7 +1,10 @@
 """What a generation's flow run shows in the Prefect UI: a summary, a link, and progress while waiting.
 
 The markdown is built by pure functions (testable without a server) from the pydantic result, so
-the artifact can only ever show fields that are safe by construction.
+the artifact can only ever show fields that are safe by construction. Every value someone else wrote
+(the prompt, which S3 metadata can set, the input and output names, the provider's ids, statuses and
+errors) goes through `flows.markdown`, so it shows as text: never HTML, a link, a heading or a broken
+table. What we write (the labels, the numbers, the strip and the links we build) is markdown as is.
 """
 
 from __future__ import annotations
@@ -13,19 +16,17 @@ import logging
 import re
 import time
 from typing import Any
+from urllib.parse import quote
 
 from prefect.artifacts import MarkdownArtifact, acreate_link_artifact
 
 from prefect_aimlapi_video.flows.batch_context import batch_client, in_batch
-from prefect_aimlapi_video.flows.models import VideoToVideoResult
-from prefect_aimlapi_video.flows.redact import redact
+from prefect_aimlapi_video.flows.markdown import cell, code, code_cell, fenced, text
+from prefect_aimlapi_video.flows.models import CREDITS_PER_USD, VideoToVideoResult
 from prefect_aimlapi_video.flows.requests import REQUEST_MODELS
 from prefect_aimlapi_video.flows.strip import Strip, strip_markdown
 
-
-def _cell(value: Any) -> str:
-    text = "—" if value is None or value == "" else redact(str(value))
-    return text.replace("|", "\\|").replace("\n", " ")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # javascript:, data:... (a block's "type/name:path" has a "/" first)
 
 
 def _seconds(value: float | None) -> str:
@@ -87,46 +88,53 @@ def summary_markdown(report: VideoToVideoResult, strip: Strip | None = None) -> 
     usage = "—"
     if report.credits is not None and report.usd is not None:
         usage = f"{report.credits:,.0f} credits (≈ ${report.usd:.4f})"
+        if report.resumed and not report.charged_credits:
+            usage += ", no new charge for this run"
+    estimate = "—"
+    if report.estimate_credits is not None:
+        usd = report.estimate_credits / CREDITS_PER_USD
+        estimate = f"{report.estimate_credits:,.0f} credits (≈ ${usd:.4f}), before paying"
     t = report.timing
-    rows = [
-        ("Status", f"**{report.status}**"),
-        ("Model", f"`{report.model}`"),
-        *request_rows(report),
-        ("Generation id", f"`{report.generation_id}`" if report.generation_id else None),
+    rows = [  # (label, markdown of the cell)
+        ("Status", f"**{text(report.status)}**"),
+        ("Model", code(report.model)),
+        *((label, cell(value)) for label, value in request_rows(report)),
+        ("Generation id", code_cell(report.generation_id)),
         ("Resumed", "yes: no new request was sent" if report.resumed else "no"),
-        ("Client request id", f"`{report.client_request_id}`" if report.client_request_id else None),
-        ("Provider request ids", ", ".join(f"`{r}`" for r in report.request_ids) or None),
-        ("Input", report.input),
-        ("Input video", report.input_info.describe() if report.input_info else None),
-        ("Output", report.output),
-        ("Output video", report.output_info.describe() if report.output_info else None),
-        ("SHA-256", f"`{report.sha256}`" if report.sha256 else None),
+        ("Client request id", code_cell(report.client_request_id)),
+        ("Provider request ids", ", ".join(code(r) for r in report.request_ids) or "—"),
+        ("Input", cell(report.input)),
+        ("Input video", cell(report.input_info.describe() if report.input_info else None)),
+        ("Output", cell(report.output)),
+        ("Output video", cell(report.output_info.describe() if report.output_info else None)),
+        ("SHA-256", code_cell(report.sha256)),
         ("Size", _size(report.size_bytes)),
         ("Usage", usage),
-        ("Budget", report.budget),
+        ("Estimate", estimate),
+        ("Budget", cell(report.budget)),
         ("Queued", _seconds(t.queued_s)),
         ("Generating", _seconds(t.generating_s)),
         ("Download", _seconds(t.download_s)),
         ("Total", _seconds(t.total_s)),
     ]
     if report.error_name or report.error_message:
-        rows.insert(1, ("Error", ": ".join(p for p in (report.error_name, report.error_message) if p)))
+        rows.insert(1, ("Error", ": ".join(text(p) for p in (report.error_name, report.error_message) if p)))
     lines = ["# Video-to-video generation", ""]
     if strip is not None:  # what a person restyling video wants to see first
         rows_shown = "input (top) and output (bottom)" if strip.rows == 2 else "output"
         lines += [strip_markdown(strip), "",
                   f"Before / after: {rows_shown} at {', '.join(f'{t:.1f} s' for t in strip.times)}"
-                  + (f"; also at `{report.strip}`" if report.strip else ""), ""]
+                  + (f"; also at {code(report.strip, in_table=False)}" if report.strip else ""), ""]
     lines += ["| | |", "|---|---|"]
-    lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
+    lines += [f"| {name} | {markdown} |" for name, markdown in rows]
     if report.collect_command:
         lines += ["", "## The paid generation can still be collected", "",
                   "It was accepted (and is charged when it completes); download it later with no new charge:", "",
-                  f"```\n{report.collect_command}\n```"]
+                  fenced(report.collect_command)]
     if report.timeline:
         start = report.timeline[0].at
         lines += ["", "## Status timeline", "", "| Status | Seen at | + seconds |", "|---|---|---|"]
-        lines += [f"| {_cell(c.status)} | {_when(c.at)} | {c.at - start:.1f} |" for c in report.timeline]
+        lines += [f"| {cell(c.status)} | {_when(c.at)} | {c.at - start:.1f} |" for c in report.timeline]
     return "\n".join(lines) + "\n"
 
 
@@ -134,23 +142,29 @@ async def publish_summary(report: VideoToVideoResult, strip: Strip | None = None
     """The summary artifact, sent with the batch's own client in an in-process batch's child."""
     await MarkdownArtifact(
         key=await artifact_key("summary"), markdown=summary_markdown(report, strip),
-        description=f"AI/ML API video-to-video: {report.status}",
+        description=f"AI/ML API video-to-video: {text(report.status)}",
     ).acreate(batch_client())
 
 
-async def publish_output_link(location: str) -> None:
-    """Link to the stored result: the S3 console for s3:// objects, a file URL for local files
-    (not for the children of an in-process batch: its table links them)."""
-    if in_batch():
-        return
+def output_link(location: str) -> str:
+    """Where the link to a stored result points: the S3 console for s3:// objects, a file URL for a
+    local file, else the location itself. A key comes from whoever uploaded the input, so the parts
+    are percent-encoded (a space or ")" would end the markdown link) and never make a scheme of their own."""
     if location.startswith("s3://"):
         bucket, _, key = location[5:].partition("/")
-        link = f"https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={key}"
-    elif location.startswith("/"):
-        link = f"file://{location}"
-    else:
-        link = location
-    await acreate_link_artifact(key=await artifact_key("output"), link=link, link_text=location, description="Generated video")
+        return f"https://s3.console.aws.amazon.com/s3/object/{quote(bucket, safe='')}?prefix={quote(key)}"
+    if location.startswith("/"):
+        return f"file://{quote(location)}"
+    return quote(("./" if _SCHEME.match(location) else "") + location, safe="/:")
+
+
+async def publish_output_link(location: str) -> None:
+    """Link to the stored result, its location as the text (not for the children of an in-process
+    batch: its table links them)."""
+    if in_batch():
+        return
+    await acreate_link_artifact(key=await artifact_key("output"), link=output_link(location), link_text=text(location),
+                                description="Generated video")
 
 
 async def publish_result(report: VideoToVideoResult, strip: Strip | None, location: str) -> None:

@@ -12,8 +12,10 @@ metadata (`overrides_from_metadata`), and the identity of its content in the req
 from __future__ import annotations
 
 from collections.abc import Mapping
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 
+from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.requests import request_fields
 
 # User metadata (x-amz-meta-*) -> request field, one for each field of the registered request
@@ -33,7 +35,11 @@ def overrides_from_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     """
     lowered = {name.lower(): value for name, value in metadata.items()}
     found = {field: lowered[metadata_name(field)] for field in request_fields() if metadata_name(field) in lowered}
-    return {field: str(make_header(decode_header(value))) if "=?" in value else value for field, value in found.items()}
+    try:
+        return {field: str(make_header(decode_header(value))) if "=?" in value else value
+                for field, value in found.items()}
+    except (LookupError, ValueError, HeaderParseError) as error:  # whoever uploads writes it: any charset, any bytes
+        raise InvalidInputError(f"object metadata cannot be decoded ({type(error).__name__}: {error}).") from None
 
 
 def object_idempotency_key(uri: str, etag: str) -> str:

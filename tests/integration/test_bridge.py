@@ -26,6 +26,7 @@ from uuid import NAMESPACE_URL, uuid4, uuid5
 import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
@@ -264,7 +265,9 @@ async def test_malformed_messages_reach_the_dead_letter_queue_while_good_ones_em
     first = etag_of(s3, bucket, "incoming/replaced.mp4")
     s3.put_object(Bucket=bucket, Key="incoming/replaced.mp4", Body=b"second bytes")
     second = etag_of(s3, bucket, "incoming/replaced.mp4")
-    malformed = {"this is not JSON", json.dumps({"hello": "world"})}
+    malformed = {"this is not JSON", json.dumps({"hello": "world"}),
+                 # boto3 refuses this bucket name (ParamValidationError): poison, not a traceback per receive
+                 direct_notification("not a bucket!", "incoming/poison.mp4", "0" * 32)}
     for body in [
         *sorted(malformed),
         direct_notification(bucket, "incoming/missing.mp4", "0" * 32),  # gone before we looked: skipped
@@ -277,17 +280,54 @@ async def test_malformed_messages_reach_the_dead_letter_queue_while_good_ones_em
     bridge = make_bridge(queue, store, visibility_timeout=1)
     caplog.set_level("INFO", logger="aimlapi.bridge")
 
-    totals = await poll_until(bridge, lambda counts: depth(queue.dlq_url)[0] == 2)
+    totals = await poll_until(bridge, lambda counts: depth(queue.dlq_url)[0] == len(malformed))
     store.close()
 
-    assert totals == {"received": 8, "emitted": 2, "duplicates": 0, "skipped": 2, "malformed": 4, "failed": 0}
+    assert totals == {"received": 10, "emitted": 2, "duplicates": 0, "skipped": 2, "malformed": 6, "failed": 0}
     assert depth(queue.url) == (0, 0)
     dead = sqs.receive_message(QueueUrl=queue.dlq_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
     assert {m["Body"] for m in dead} == malformed
     warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("malformed message")]
     assert sorted(w.split()[2] for w in warnings) == sorted(m["MessageId"] for m in dead)  # once per message
+    assert not any(r.exc_info for r in caplog.records if r.name == "aimlapi.bridge")  # no traceback
     events = await events_by_key(bucket, {"incoming/good.mp4", "incoming/replaced.mp4"})
     assert events["incoming/replaced.mp4"].resource["s3.etag"] == second
+
+
+async def test_an_object_s3_denies_is_skipped_like_a_missing_one_and_its_message_deleted(
+    prefect_server, s3, queue, tmp_path, caplog
+):
+    """With s3:GetObject but no s3:ListBucket (the bridge's minimal policy), S3 answers HeadObject on a
+    deleted key with 403, not 404. A bucket policy denying the read makes moto answer 403 the same way
+    (moto names HeadObject's action s3:HeadObject, AWS s3:GetObject: the policy denies both)."""
+    sqs = boto3.client("sqs")
+    bucket = unique("denied")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Deny", "Principal": "*", "Action": ["s3:GetObject", "s3:HeadObject"],
+        "Resource": f"arn:aws:s3:::{bucket}/incoming/denied/*"}]}))
+    s3.put_object(Bucket=bucket, Key="incoming/good.mp4", Body=b"good")
+    with pytest.raises(ClientError) as denied:  # the premise: moto answers 403, not 404, for the deleted key
+        s3.head_object(Bucket=bucket, Key="incoming/denied/deleted.mp4")
+    assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    sqs.send_message(QueueUrl=queue.url, MessageBody=direct_notification(bucket, "incoming/denied/deleted.mp4", "0" * 32))
+    sqs.send_message(QueueUrl=queue.url, MessageBody=direct_notification(
+        bucket, "incoming/good.mp4", etag_of(s3, bucket, "incoming/good.mp4")))
+    store = SeenStore(tmp_path / "seen.sqlite")
+    bridge = make_bridge(queue, store, visibility_timeout=1)
+    caplog.set_level("DEBUG", logger="aimlapi.bridge")
+
+    totals = await poll_until(bridge, lambda counts: counts["received"] >= 2)
+    await drained(queue.url)
+    store.close()
+
+    assert totals == {"received": 2, "emitted": 1, "duplicates": 0, "skipped": 1, "malformed": 0, "failed": 0}
+    assert depth(queue.dlq_url) == (0, 0)  # deleted, not left to go to the dead-letter queue
+    about = [r for r in caplog.records if r.name == "aimlapi.bridge" and "incoming/denied/deleted.mp4" in r.getMessage()]
+    assert len(about) == 1 and about[0].exc_info is None  # exactly one line, no traceback
+    assert about[0].getMessage().startswith(f"skipped s3://{bucket}/incoming/denied/deleted.mp4 (etag {'0' * 32}): "
+                                            "access denied (403)")
+    await events_by_key(bucket, {"incoming/good.mp4"})
 
 
 async def test_emit_failure_keeps_the_message_and_a_later_poll_emits_it_once(prefect_server, s3, queue, tmp_path):

@@ -1,6 +1,6 @@
 """deployments.bridge with fakes for SQS, S3 and the event emitter: what each message leads to (emit
-then delete; duplicates, filtered and vanished objects deleted without an event; malformed messages
-and failures left in the queue), the run loop's probe of the Prefect API after a failure, the
+then delete; duplicates, filtered, vanished and access-denied objects deleted without an event;
+malformed and poison messages and failures left in the queue, each logged on one line), the run loop's probe of the Prefect API after a failure, the
 command's argument limits and its refusals to start. Message parsing itself is tested in
 test_s3_messages_unit.py."""
 
@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ParamValidationError,
+    UnsupportedS3ArnError,
+)
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from prefect_aimlapi_video.deployments import bridge as bridge_module
@@ -71,16 +77,18 @@ class FakeSQS:
 
 
 class FakeS3:
-    """head_object with If-Match, as S3 answers it: 404 for a missing key, 412 when the etag moved on."""
+    """head_object with If-Match, as S3 answers it: 404 for a missing key, 412 when the etag moved on;
+    `errors`: a status to answer, or an exception to raise, for a key."""
 
-    def __init__(self, objects: dict[str, tuple[str, dict]], errors: dict[str, int] | None = None) -> None:
+    def __init__(self, objects: dict[str, tuple[str, dict]], errors: dict[str, int | Exception] | None = None) -> None:
         self.objects, self.errors = objects, errors or {}
         self.heads: list[tuple[str, str, str]] = []
 
     def head_object(self, Bucket: str, Key: str, IfMatch: str) -> dict:
         self.heads.append((Bucket, Key, IfMatch))
         if Key in self.errors:
-            raise client_error(self.errors[Key])
+            error = self.errors[Key]
+            raise error if isinstance(error, Exception) else client_error(error)
         if Key not in self.objects:
             raise client_error(404)
         etag, metadata = self.objects[Key]
@@ -204,15 +212,118 @@ async def test_objects_filtered_out_vanished_or_replaced_and_messages_about_noth
     assert not store.has(("media", "incoming/replaced.mp4", "old"))
 
 
-async def test_an_unexpected_s3_error_keeps_that_message_queued_while_the_rest_of_the_receive_proceeds(store):
+def bridge_lines(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "aimlapi.bridge"]
+
+
+@pytest.mark.parametrize("error", [client_error(500), client_error(503), EndpointConnectionError(endpoint_url="x")],
+                         ids=["500", "503", "unreachable"])
+async def test_an_s3_failure_keeps_that_message_queued_while_the_rest_of_the_receive_proceeds(store, caplog, error):
     log: list = []
-    sqs = FakeSQS(log, [message("rh-denied", record("denied.mp4")), message("rh-ok", record("ok.mp4"))])
-    s3 = FakeS3({"ok.mp4": ("e1", {})}, errors={"denied.mp4": 403})
+    sqs = FakeSQS(log, [message("rh-flaky", record("flaky.mp4")), message("rh-ok", record("ok.mp4"))])
+    s3 = FakeS3({"ok.mp4": ("e1", {}), "flaky.mp4": ("e1", {})}, errors={"flaky.mp4": error})
     bridge = make_bridge(sqs, s3, store, FakeEmitter(log))
+    caplog.set_level(logging.INFO, logger="aimlapi.bridge")
 
     assert await bridge.poll_once() == counts(received=2, emitted=1, failed=1)
     assert [entry for entry in log if entry[0] != "receive"] == [("emit", ["ok.mp4"]), ("delete", "rh-ok")]
-    assert not store.has(("media", "denied.mp4", "e1"))
+    assert not store.has(("media", "flaky.mp4", "e1"))
+    (warning,) = [r for r in bridge_lines(caplog) if r.levelno >= logging.WARNING]
+    assert warning.getMessage().startswith("message id-rh-flaky failed; it stays in the queue: ")
+    assert warning.exc_info is None and "\n" not in warning.getMessage()  # transient: one line, no traceback
+
+
+async def test_a_403_on_head_object_is_an_object_gone_skipped_and_its_message_deleted_with_one_line(store, caplog):
+    # With s3:GetObject but no s3:ListBucket (the bridge's minimal policy), S3 answers 403 for a deleted key.
+    log: list = []
+    sqs = FakeSQS(log, [message("rh-denied", record("incoming/deleted.mp4")), message("rh-ok", record("ok.mp4"))])
+    s3 = FakeS3({"ok.mp4": ("e1", {})}, errors={"incoming/deleted.mp4": 403})
+    bridge = make_bridge(sqs, s3, store, FakeEmitter(log))
+    caplog.set_level(logging.DEBUG, logger="aimlapi.bridge")
+
+    assert await bridge.poll_once() == counts(received=2, emitted=1, skipped=1)
+    assert [entry for entry in log if entry[0] != "receive"] == [
+        ("delete", "rh-denied"), ("emit", ["ok.mp4"]), ("delete", "rh-ok")]
+    assert not store.has(("media", "incoming/deleted.mp4", "e1"))
+    about = [r for r in bridge_lines(caplog) if "incoming/deleted.mp4" in r.getMessage()]
+    assert len(about) == 1 and about[0].exc_info is None and "\n" not in about[0].getMessage()
+    assert about[0].getMessage().startswith("skipped s3://media/incoming/deleted.mp4 (etag e1): access denied (403)")
+    assert all(r.exc_info is None for r in bridge_lines(caplog))
+
+
+@pytest.mark.parametrize("error", [
+    ParamValidationError(report='Invalid bucket name "media": Bucket name must match the regex\nor be an ARN'),
+    UnsupportedS3ArnError(arn="arn:aws:s3:us-east-1:1:accesspoint/elsewhere"),
+    UnicodeEncodeError("utf-8", "k\ud800", 1, 2, "surrogates not allowed"),
+    HTTPClientError(error=ValueError("Invalid header value b'\"e1\\r\\nX-Evil: 1\"'")),
+], ids=["ParamValidationError", "UnsupportedS3ArnError", "UnicodeEncodeError", "invalid header value"])
+async def test_a_message_boto3_refuses_to_build_a_request_from_is_poison_for_the_dead_letter_queue(
+    store, caplog, error
+):
+    log: list = []
+    poison = message("rh-poison", record("incoming/poison.mp4"))
+    good = message("rh-good", record("incoming/ok.mp4"))
+    sqs = FakeSQS(log, [poison, good], [poison], [poison])  # the queue hands it out until its redrive policy acts
+    s3 = FakeS3({"incoming/ok.mp4": ("e1", {})}, errors={"incoming/poison.mp4": error})
+    bridge = make_bridge(sqs, s3, store, FakeEmitter(log))
+    caplog.set_level(logging.DEBUG, logger="aimlapi.bridge")
+
+    assert await bridge.poll_once() == counts(received=2, emitted=1, malformed=1)
+    assert await bridge.poll_once() == counts(received=1, malformed=1)
+    assert await bridge.poll_once() == counts(received=1, malformed=1)
+    assert [entry[1] for entry in log if entry[0] == "delete"] == ["rh-good"]  # left for the dead-letter queue
+    assert all(r.exc_info is None for r in bridge_lines(caplog))  # never a traceback
+    (line,) = [r.getMessage() for r in bridge_lines(caplog) if r.levelno >= logging.WARNING]  # once, not per receive
+    assert line.startswith("malformed message id-rh-poison left for the dead-letter queue: boto3 refused a request "
+                           f"for s3://media/incoming/poison.mp4: {type(error).__name__}")
+    assert "\n" not in line and "\r" not in line
+
+
+async def test_metadata_that_cannot_be_decoded_makes_the_message_poison_not_a_traceback_per_receive(store, caplog):
+    # Whoever uploads writes the metadata: an RFC 2047 word in a charset Python does not know.
+    log: list = []
+    bad = message("rh-bad-metadata", record("incoming/odd.mp4"))
+    sqs = FakeSQS(log, [bad], [bad])
+    s3 = FakeS3({"incoming/odd.mp4": ("e1", {"aimlapi-prompt": "=?no-such-charset?b?aW5r?="})})
+    bridge = make_bridge(sqs, s3, store, FakeEmitter(log))
+    caplog.set_level(logging.DEBUG, logger="aimlapi.bridge")
+
+    assert await bridge.poll_once() == counts(received=1, malformed=1)
+    assert await bridge.poll_once() == counts(received=1, malformed=1)
+    assert [entry for entry in log if entry[0] != "receive"] == []  # not emitted, not deleted
+    assert all(r.exc_info is None for r in bridge_lines(caplog))
+    (line,) = [r.getMessage() for r in bridge_lines(caplog) if r.levelno >= logging.WARNING]
+    assert "the metadata of s3://media/incoming/odd.mp4: object metadata cannot be decoded (LookupError" in line
+
+
+async def test_a_message_naming_what_s3_could_not_hold_is_malformed_before_any_request(store, caplog):
+    log: list = []
+    sqs = FakeSQS(log, [
+        message("rh-bucket", record("incoming/a.mp4", bucket="not a bucket!")),
+        message("rh-arn", record("incoming/a.mp4", bucket="arn:aws:s3:us-east-1:123456789012:accesspoint/other")),
+        message("rh-etag", record("incoming/a.mp4", etag="e1\r\nX-Injected: 1")),
+        message("rh-key", body=json.dumps({"Records": [record("incoming/\ud800.mp4")]})),
+    ])
+    s3 = FakeS3({})
+    bridge = make_bridge(sqs, s3, store, FakeEmitter(log))
+    caplog.set_level(logging.DEBUG, logger="aimlapi.bridge")
+
+    assert await bridge.poll_once() == counts(received=4, malformed=4)
+    assert s3.heads == [] and [entry for entry in log if entry[0] != "receive"] == []
+    lines = [r.getMessage() for r in bridge_lines(caplog)]
+    assert len(lines) == 4 and all(line.startswith("malformed message id-rh-") and "\n" not in line for line in lines)
+    assert all(r.exc_info is None for r in bridge_lines(caplog))
+
+
+async def test_a_key_with_a_newline_is_logged_on_one_line(store, caplog):
+    log: list = []
+    sqs = FakeSQS(log, [message("rh-1", record("incoming/two%0Alines.mp4"))])
+    bridge = make_bridge(sqs, FakeS3({}), store, FakeEmitter(log))
+    caplog.set_level(logging.DEBUG, logger="aimlapi.bridge")
+
+    assert await bridge.poll_once() == counts(received=1, skipped=1)
+    (line,) = [r.getMessage() for r in bridge_lines(caplog)]
+    assert line == "skipped s3://media/incoming/two\\nlines.mp4 (etag e1): the object is gone"
 
 
 async def test_events_the_prefect_api_refuses_leave_the_message_queued_and_unrecorded_until_a_later_poll(store):

@@ -1,4 +1,5 @@
-"""The bridge's pure parts: notification shapes, filters, overrides, the event it builds, the seen store."""
+"""The bridge's pure parts: notification shapes, what a message may name, filters, overrides, the event
+it builds, which errors are the message's own fault, log-safe text, the seen store."""
 
 from __future__ import annotations
 
@@ -7,13 +8,25 @@ import time
 from uuid import NAMESPACE_URL, uuid5
 
 import pytest
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ParamValidationError,
+    ReadTimeoutError,
+    UnsupportedS3ArnError,
+)
 
 from prefect_aimlapi_video.deployments.s3_messages import (
     EVENT_NAME,
     Filters,
     MalformedMessage,
     build_event,
+    decoded_overrides,
+    one_line,
     parse_message,
+    printable,
+    refused_request,
 )
 from prefect_aimlapi_video.deployments.seen_store import SeenStore
 from prefect_aimlapi_video.flows.s3_requests import overrides_from_metadata
@@ -111,11 +124,69 @@ def test_multiple_records_keep_only_created_ones():
         sns("this is not JSON"),
         sns(json.dumps({"unknown": True})),
         json.dumps({"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {}}}),
+        # what boto3 would refuse to build a request from, or S3 could not hold
+        direct(record("x.mp4", bucket="not a bucket!")),
+        direct(record("x.mp4", bucket="media/elsewhere")),
+        direct(record("x.mp4", bucket="arn:aws:s3:us-east-1:123456789012:accesspoint/another-account")),
+        direct(record("x.mp4", bucket="b" * 256)),
+        direct(record("x.mp4", etag="e1\r\nX-Injected: 1")),
+        direct(record("x.mp4", etag="café")),
+        direct(record("x.mp4", etag='""')),
+        direct(record("x\ud800.mp4")),  # a lone surrogate: not UTF-8
+        eventbridge("incoming/\udc80.mp4"),  # EventBridge keys are not URL-encoded
+        direct(record("k" * 1021 + ".mp4")),  # 1025 bytes
+        direct(record("é" * 511 + ".mp4")),  # 1026 bytes in UTF-8
+        eventbridge("x.mp4", etag="e\n1"),
     ],
 )
 def test_malformed_messages(body):
     with pytest.raises(MalformedMessage):
         parse_message(body)
+
+
+def test_what_s3_can_hold_is_accepted():
+    legacy = parse_message(direct(record("k.mp4", bucket="Legacy_Bucket.2009")))  # us-east-1 names of old
+    longest = parse_message(direct(record("é" * 510 + ".mp4")))  # 1024 bytes
+    multipart = parse_message(direct(record("k.mp4", etag='"0123abcd-12"')))
+    assert (legacy[0].bucket, len(longest[0].key.encode()), multipart[0].etag) == (
+        "Legacy_Bucket.2009", 1024, "0123abcd-12")
+
+
+@pytest.mark.parametrize("error", [
+    ParamValidationError(report="Invalid bucket name"),
+    UnsupportedS3ArnError(arn="arn:aws:s3:us-east-1:1:accesspoint/x"),
+    UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+    HTTPClientError(error=ValueError("Invalid header value")),
+])
+def test_errors_of_a_messages_own_making(error):
+    assert refused_request(error)
+
+
+@pytest.mark.parametrize("error", [
+    EndpointConnectionError(endpoint_url="https://s3.amazonaws.com"),
+    ReadTimeoutError(endpoint_url="https://s3.amazonaws.com"),
+    HTTPClientError(error=ConnectionResetError("reset")),
+    ClientError({"Error": {"Code": "500"}, "ResponseMetadata": {"HTTPStatusCode": 500}}, "HeadObject"),
+    RuntimeError("a bug"),
+])
+def test_transient_errors_and_bugs_are_not_the_messages_fault(error):
+    assert not refused_request(error)
+
+
+@pytest.mark.parametrize("value", ["=?no-such-charset?b?aW5r?=", "=?utf-8?q?caf=C3?="])
+def test_metadata_that_cannot_be_decoded_is_malformed(value):
+    (obj,) = parse_message(direct(record("k.mp4")))
+    with pytest.raises(MalformedMessage, match="the metadata of s3://media/k.mp4: object metadata cannot be decoded"):
+        decoded_overrides(obj, {"aimlapi-prompt": value})
+    assert decoded_overrides(obj, {"aimlapi-prompt": "=?utf-8?b?Y2Fmw6kgbm9pcg==?="}) == {"prompt": "café noir"}
+
+
+def test_text_from_a_message_stays_on_one_log_line():
+    assert printable("incoming/café clip.mp4") == "incoming/café clip.mp4"
+    assert printable("a\nb\rc\u202ed") == "a\\nb\\rc\\u202ed"  # newline, carriage return, bidi override
+    assert one_line(ValueError("two\n  lines\n")) == "two lines"
+    long = one_line("x" * 1000)
+    assert len(long) == 303 and long.endswith("...")
 
 
 def test_filters():
