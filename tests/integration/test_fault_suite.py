@@ -200,7 +200,8 @@ HOST_BATCH = textwrap.dedent(
 
     config = json.loads(sys.argv[1])
     credentials = AimlApiCredentials(api_key=config["api_key"], base_url=config["base_url"], timeout_seconds=2,
-                                     connect_timeout_seconds=2, download_timeout_seconds=2)
+                                     connect_timeout_seconds=2, download_timeout_seconds=2,
+                                     download_deadline_seconds=10)
     rows = asyncio.run(video_to_video_batch(
         items=config["items"], prompt="stained glass", credentials=credentials, concurrency_limit=None,
         max_concurrency=20, tolerate_failures=True, timeout_seconds=180, submissions=config["store"],

@@ -170,13 +170,15 @@ def _fingerprint(clips, **params) -> str:
 
 
 async def test_pending_record_with_empty_log_resends_only_after_grace(prefect_server, sandbox, clips, tmp_path):
-    """A crash mid-POST (record pending, nothing reached the provider): the next run checks the log,
-    waits out the grace period, then posts once, as the next attempt (its own client request id)."""
+    """A crash mid-POST (record pending, nothing reached the provider), its lease long run out: the next
+    run takes the claim over, checks the log, waits out the grace period, then posts once, as the next
+    attempt (its own client request id)."""
     scope = f"crashed-{uuid.uuid4().hex}"
     fingerprint = _fingerprint(clips, prompt="gouache landscape", strength=0.7, seed=5)
-    now = time.time()
+    crashed = time.time() - 150  # its 60 s lease ran out 90 s ago, beyond any clock skew between hosts
     pending = SubmissionRecord(key=record_key(fingerprint, scope), fingerprint=fingerprint, scope=scope,
-                               outcome="in_flight", created_at=now, updated_at=now)
+                               outcome="in_flight", owner="a-crashed-host", lease_seconds=60, created_at=crashed,
+                               updated_at=crashed)
     assert await LocalRecordStore(default_location()).create(pending.key, pending.model_dump_json().encode())
 
     started = time.time()
@@ -186,11 +188,14 @@ async def test_pending_record_with_empty_log_resends_only_after_grace(prefect_se
     entry = one_charge(sandbox, result)
     assert entry.client_request_id == f"{pending.logical_prefix}2"  # deterministic, the next attempt
     assert entry.accepted_at - started >= 1.5  # not before the grace period had run out
+    assert await prefect_api.logs(result.flow_run_id, containing="was not refreshed by its holder")
     assert await prefect_api.logs(result.flow_run_id, containing="usage log shows no request")
 
 
-async def test_unreadable_usage_log_fails_naming_the_risk(prefect_server, sandbox, clips, tmp_path):
+async def test_unreadable_usage_log_fails_naming_the_risk(prefect_server, sandbox, clips, tmp_path, monkeypatch):
     """Accepted, answer dropped, and the log cannot be read: fail without a second POST, and say so."""
+    quick = v2v_module.submit_generation.with_options(retry_delay_seconds=0)  # the same retries, no pauses
+    monkeypatch.setattr(v2v_module, "submit_generation", quick)
     sandbox.set_faults({"script": [{"route": "submit", "kind": "drop_connection"},
                                    {"route": "logs", "kind": "server_error_503", "times": 50}]})
     with pytest.raises(ReconciliationUnavailable) as caught:

@@ -61,7 +61,8 @@ def fast_credentials(sandbox: Any, **overrides: Any) -> Any:
     """Credentials with short timeouts, so an injected `slow_response` (3 s) becomes a client timeout."""
     from prefect_aimlapi_video.blocks import AimlApiCredentials
 
-    settings = dict(timeout_seconds=2, connect_timeout_seconds=2, download_timeout_seconds=2)
+    settings = dict(timeout_seconds=2, connect_timeout_seconds=2, download_timeout_seconds=2,
+                    download_deadline_seconds=10)  # a drip-fed download (1 byte a second) gives up in 10 s
     settings.update(overrides)
     return AimlApiCredentials(api_key=sandbox.api_key, base_url=sandbox.base_url, **settings)
 
