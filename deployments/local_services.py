@@ -131,14 +131,32 @@ def prefect_server(home: Path, database_url: str | None = None, *, ui: bool = Fa
             _stop(process)
 
 
+# moto checks a PutObject's If-Match / If-None-Match, then writes, with no lock in between: two
+# concurrent conditional writes can both pass (seen: a budget update lost under load in CI). S3
+# itself makes a conditional write atomic, and the exactly-once records rely on it, so the test
+# server serializes PutObject, as S3 behaves.
+_ATOMIC_MOTO = """
+import sys, threading
+import moto.s3.responses as responses
+_lock, _put = threading.Lock(), responses.S3Response.put_object
+def put_object(self):
+    with _lock:
+        return _put(self)
+responses.S3Response.put_object = put_object
+from moto.server import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @contextmanager
 def moto_server(log: Path) -> Iterator[str]:
-    """moto in server mode (S3, SQS, ... over HTTP); yields its endpoint URL."""
+    """moto in server mode (S3, SQS, ... over HTTP), its conditional writes atomic as S3's are; yields
+    its endpoint URL."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-c", _ATOMIC_MOTO, "-H", "127.0.0.1", "-p", str(port)],
             stdout=output, stderr=subprocess.STDOUT,
         )
         try:

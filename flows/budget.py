@@ -3,12 +3,16 @@
 A budget is one record (`budget-<name>`) in the record store, so it is as shared as the records
 are (every worker, with an `s3://` store). It holds what its generations were charged (`spent`) and
 what each one in flight may still cost (`reserved`). Before a POST, a reservation is added by
-compare-and-swap only if spent + reserved + the new estimate stays within the cap; otherwise the
-generation is not sent (`BudgetExceeded`). The estimate comes from the provider's own usage answers:
-the largest quote (a POST's `credits_used`) this budget has seen, or the provider's sample quote of
-315,000 credits (a 5 s clip) before any. A reservation becomes the POST's quote once answered, the
-charge when the generation completes, and is released if it fails (failed generations are not
-charged) or was never sent. An unclear outcome keeps its reservation: it may be charged.
+compare-and-swap only if spent + reserved + this generation's estimate stays within the cap;
+otherwise the generation is not sent (`BudgetExceeded`). The estimate is this input's own
+(`flows.estimate`: its seconds times the rate this account was charged); without one, the largest
+quote (a POST's `credits_used`) this budget has seen, or the provider's sample quote of 315,000
+credits (a 5 s clip) before any. A POST's quote is a hold, not this input's price, so it does not
+change a reservation. A reservation becomes the charge when the generation completes, and is
+released if it fails (failed generations are not charged) or was never sent. An unclear outcome
+keeps its reservation: it may be charged. The risk: an estimate below what the provider then
+charges lets the generations in flight together pass the cap by the difference (the learned rate
+closes it after the first completions).
 
 One budget is shared by a whole batch or work pool, so its record is contended: a lost
 compare-and-swap backs off with jitter and tries again until `CONTENTION_DEADLINE_SECONDS`.
@@ -124,15 +128,13 @@ class Budget:
         await self._change(add)
         return estimate
 
-    async def quoted(self, record_key: str, credits: float | None) -> None:
-        """The provider quoted this generation (its POST answer): reserve that instead of the estimate."""
-        if credits is None:
-            return
+    async def quoted(self, credits: float | None) -> None:
+        """The provider quoted a generation (its POST answer): the estimate for one without its own."""
+        if credits is None or credits <= ((await self.state()).largest_quote or 0.0):
+            return  # nothing new: no write to contend for
 
         def quote(state: BudgetState) -> BudgetState:
             state.largest_quote = max(state.largest_quote or 0.0, credits)
-            if record_key in state.reserved:
-                state.reserved[record_key] = credits
             return state
 
         await self._change(quote)

@@ -32,7 +32,7 @@ from prefect_aimlapi_video.flows.errors import TransientApiError
 from prefect_aimlapi_video.flows.record_store import RecordStore
 from prefect_aimlapi_video.flows.submission_record import SubmissionRecord, dump_record, load_record
 
-LEASE_FLOOR_SECONDS = 60.0
+LEASE_FLOOR_SECONDS = 30.0
 HEARTBEAT_SECONDS = 5.0
 CLOCK_SKEW_SECONDS = 60.0
 

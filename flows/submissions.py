@@ -307,7 +307,7 @@ class Submission:
                                         str(exc) or type(exc).__name__) from None
         if self.budget is not None:
             try:
-                await self.budget.quoted(self.key, generation.credits)
+                await self.budget.quoted(generation.credits)
             except Exception as exc:  # the reservation stands (the cap errs on the safe side)
                 self.logger.warning("Budget %r not told this generation's quote (%s).", self.budget.name, exc)
         return as_submitted(accepted, resumed=False, reconciled=False)

@@ -314,7 +314,7 @@ def cli_results(ctx):
             return subprocess.run(argv, env=environment, cwd=ctx.tmp, capture_output=True, text=True, timeout=120)
 
         names = [name for name, case in CASES.items() if case.via_cli]
-        with ThreadPoolExecutor(max_workers=3) as pool:
+        with ThreadPoolExecutor(max_workers=4) as pool:
             results = dict(zip(names, pool.map(run, names)))
         yield results, own.ledger()
 

@@ -1,8 +1,9 @@
 """The spend cap on real runs: a batch that may pay for 5 of its 10 items, and two batches under one cap.
 
-The sandbox quotes 315,000 credits on a POST (the provider's sample) and charges by the output's
-length at completion. Its generations take long enough that every item asks for the budget before
-the first completes, so the cap admits exactly the items whose estimates fit.
+Each item reserves its own estimate (the clip's 0.5 s at the sandbox's 63,000 credits/s: 31,500) and
+the sandbox charges by the output's length at completion (the same). Its generations take long
+enough that every item asks for the budget before the first completes, so the cap admits exactly
+the items whose estimates fit.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import uuid
 import pytest
 
 from prefect_aimlapi_video.flows.batch import BatchFailedError, video_to_video_batch
-from prefect_aimlapi_video.flows.budget import DEFAULT_ESTIMATE_CREDITS, Budget
+from prefect_aimlapi_video.flows.budget import Budget
 from prefect_aimlapi_video.flows.record_store import LocalRecordStore, default_location
 from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
 from tests.support import prefect_api
 from tests.support.reliability import fast_credentials, fast_polls
 
 pytestmark = pytest.mark.integration
+ESTIMATE = 0.5 * 63_000  # each item's: the test clip's seconds at the sandbox's (and the provider's sample) rate
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def items(clips, tmp_path, count: int, tag: str) -> list[dict]:
 
 
 async def test_a_cap_that_admits_five_of_ten(prefect_server, slow_sandbox, clips, tmp_path):
-    cap_usd = 5 * DEFAULT_ESTIMATE_CREDITS / 2_000_000  # $0.7875: five estimates fit, six do not
+    cap_usd = 5.5 * ESTIMATE / 2_000_000  # $0.0866: five estimates fit, six do not
     arguments = dict(items=items(clips, tmp_path, 10, "a"), prompt="gouache", credentials=fast_credentials(slow_sandbox),
                      concurrency_limit=None, max_concurrency=10, poll_policy=fast_polls(), max_usd=cap_usd)
     with pytest.raises(BatchFailedError, match="0 of 10 generations failed and 5 were skipped \\(budget\\)"):
@@ -47,7 +49,7 @@ async def test_a_cap_that_admits_five_of_ten(prefect_server, slow_sandbox, clips
     assert table.key == "aimlapi-video-to-video-batch-table"
     assert sorted(row["status"] for row in data) == ["completed"] * 5 + ["skipped (budget)"] * 5
     assert list(data[0])[:5] == ["status", "error", "collect_command", "output", "credits"]  # what a person scans first
-    assert "5 skipped (budget)" in table.description and "cap 1,575,000 credits ($0.79)" in table.description
+    assert "5 skipped (budget)" in table.description and "cap 173,250 credits ($0.09)" in table.description
     skipped = [row for row in data if row["status"] == "skipped (budget)"]
     assert all("could pass its cap" in row["error"] for row in skipped)
 
@@ -60,7 +62,7 @@ async def test_a_cap_that_admits_five_of_ten(prefect_server, slow_sandbox, clips
 async def test_two_concurrent_batches_under_one_cap_never_pass_it_together(prefect_server, slow_sandbox, clips,
                                                                             tmp_path):
     name = f"shared-{uuid.uuid4().hex[:8]}"
-    cap_credits = 4 * DEFAULT_ESTIMATE_CREDITS
+    cap_credits = 4.5 * ESTIMATE
 
     async def batch(tag: str):
         return await video_to_video_batch(

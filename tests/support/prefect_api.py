@@ -75,8 +75,9 @@ async def logs(flow_run_id: str | UUID, *, containing: str | None = None) -> lis
     return await eventually(read, lambda found: containing is None or any(containing in r.message for r in found))
 
 
-async def everything_recorded(flow_run_id: str | UUID) -> str:
-    """All text the server holds about a flow run: parameters, states, task runs, logs, artifacts."""
+async def everything_recorded(flow_run_id: str | UUID, *, expect_artifacts: int = 1) -> str:
+    """All text the server holds about a flow run: parameters, states, task runs, logs, artifacts
+    (waiting until `expect_artifacts` of them are there)."""
     import json
 
     run = await flow_run(flow_run_id)
@@ -84,7 +85,8 @@ async def everything_recorded(flow_run_id: str | UUID) -> str:
     for task in (await task_runs(flow_run_id)).values():
         parts += [task.name, task.state.message or "", str(task.state.data)]
     parts += [record.message for record in await logs(flow_run_id)]
-    parts += [json.dumps(a.data, default=str) + (a.description or "") for a in await artifacts(flow_run_id)]
+    parts += [json.dumps(a.data, default=str) + (a.description or "")
+              for a in await artifacts(flow_run_id, expect=expect_artifacts)]
     return "\n".join(parts)
 
 

@@ -32,16 +32,17 @@ async def test_reserve_quote_settle_release(tmp_path):
     assert "Nothing was charged" in str(refused.value) and refused.value.cap == 2.5 * DEFAULT_ESTIMATE_CREDITS
     assert set((await budget.state()).reserved) == {"g1", "g2"}  # the refusal wrote nothing
 
-    await budget.quoted("g1", 100_000)  # the provider's own quote replaces the estimate
+    await budget.quoted(400_000)  # a POST's quote is a hold: it teaches the estimate, changes no reservation
     state = await budget.state()
-    assert state.reserved["g1"] == 100_000 and state.largest_quote == 100_000
+    assert state.reserved["g1"] == DEFAULT_ESTIMATE_CREDITS and state.largest_quote == 400_000
     await budget.settle("g1", 40_000)  # charged at completion
     await budget.settle("g1", 40_000)  # a second run resuming the same generation adds nothing
     await budget.release("g2")  # failed at the provider: not charged
     state = await budget.state()
     assert (state.spent, state.reserved) == (40_000, {})
-    assert await budget.reserve("g3") == 100_000  # estimates now come from the provider's quotes
-    assert "spent 40,000 credits ($0.02), 100,000 in flight" in budget_summary(await budget.state(), budget.cap)
+    assert await budget.reserve("g3") == 400_000  # without its own estimate: the largest quote seen
+    assert await budget.reserve("g4", 20_000) == 20_000  # with one (this input's), that
+    assert "spent 40,000 credits ($0.02), 420,000 in flight" in budget_summary(await budget.state(), budget.cap)
 
 
 async def test_racing_reservations_never_pass_the_cap(tmp_path):
@@ -81,7 +82,7 @@ def test_twenty_generations_reserving_and_settling_one_budget_at_once_all_succee
             budget = Budget(LocalRecordStore(tmp_path), "shared", 25 * DEFAULT_ESTIMATE_CREDITS)
             start.wait()
             await budget.reserve(f"g{index}")
-            await budget.quoted(f"g{index}", 300_000)
+            await budget.quoted(300_000 + index)
             await budget.settle(f"g{index}", 1000 + index)
             return "settled"
         try:

@@ -491,7 +491,8 @@ async def test_a_generation_that_could_pass_the_spend_cap_is_never_sent(client, 
 
     budget = Budget(store, "cap", cap_credits=1.5 * DEFAULT_ESTIMATE_CREDITS)
     first = await submit_once(client, store, PARAMS, IDENTITY, "run-1", VideoUrl(), budget=budget)
-    assert (await budget.state()).reserved == {key_for("run-1"): 315000}  # the POST answer's own quote
+    assert (await budget.state()).reserved == {key_for("run-1"): DEFAULT_ESTIMATE_CREDITS}  # no estimate given
+    assert (await budget.state()).largest_quote == 315000  # the POST answer's quote, for the next estimate
     video_url = VideoUrl()
     with pytest.raises(BudgetExceeded):
         await submit_once(client, store, PARAMS, IDENTITY, "run-2", video_url, budget=budget)
