@@ -86,7 +86,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
 
 from benchmarks.stats import pct, rnd, summary  # noqa: E402
-from prefect_aimlapi_video.flows.strip_helper import MARKER as STRIP_HELPER_MARKER  # noqa: E402
+from prefect_aimlapi_video.media.strip_helper import MARKER as STRIP_HELPER_MARKER  # noqa: E402
 
 MB = 1024 * 1024
 PROMPT = "Add a small fairy as a rider on the raccoon's back, in a dark emerald butterfly cloak."
@@ -535,8 +535,8 @@ def main() -> None:
     os.environ.pop("PREFECT_API_KEY", None)
     os.environ.pop("PREFECT_API_URL", None)
 
-    from prefect_aimlapi_video.deployments.local_services import postgres_server, prefect_server
     from prefect_aimlapi_video.sandbox import make_test_clip
+    from tests.support.local_services import postgres_server, prefect_server
 
     api_key = "bench-batch-key"
     try:

@@ -48,14 +48,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
 
-from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.errors import TransientApiError
-from prefect_aimlapi_video.flows.learned_polling import LearnedPollPolicy, quantile, scale_policy
-from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
-from prefect_aimlapi_video.flows.requests import GenerationParams
-from prefect_aimlapi_video.flows.sources import data_uri
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.api.errors import TransientApiError
+from prefect_aimlapi_video.api.requests import GenerationParams
 from prefect_aimlapi_video.sandbox import SandboxConfig, make_test_clip, run_sandbox
 from prefect_aimlapi_video.sandbox.ledger import LedgerEntry
+from prefect_aimlapi_video.storage.sources import data_uri
+from prefect_aimlapi_video.submission.learned_polling import LearnedPollPolicy, quantile, scale_policy
+from prefect_aimlapi_video.submission.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
 
 PROVIDER_SECONDS = 150.0  # the provider's docs quote ~2.5 min per generation
 SPREAD = 0.1

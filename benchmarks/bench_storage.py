@@ -9,7 +9,7 @@ process. In the same run, on the same loopback and the same file, we time:
 * download, ours: ``AimlApiClient.download`` (sha256, Content-Length and signature checks,
   temp file + fsync + rename);
 * upload, raw: ``boto3 client.upload_file(path, bucket, key)`` with the default TransferConfig;
-* upload, ours: ``prefect_aimlapi_video.flows.destinations.S3Destination.store`` (managed multipart transfer + verifying head_object).
+* upload, ours: ``prefect_aimlapi_video.storage.destinations.S3Destination.store`` (managed multipart transfer + verifying head_object).
 
 Throughput is in MB/s with MB = 2**20 bytes. Peak RSS growth of this process is measured for each
 phase: the kernel's high-water mark (VmHWM, reset through /proc/self/clear_refs) and a VmRSS
@@ -52,9 +52,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
 
-from prefect_aimlapi_video.deployments.local_services import AWS_TEST_ENV, free_port, moto_server
-from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.destinations import S3Destination
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.storage.destinations import S3Destination
+from tests.support.local_services import AWS_TEST_ENV, free_port, moto_server
 
 MB = 1024 * 1024
 TARGET_RATIO = 0.80

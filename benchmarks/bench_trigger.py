@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prefect_aimlapi_video.deployments import local_services  # noqa: E402
+from tests.support import local_services  # noqa: E402
 
 POLL_FREQUENCY = "1"
 

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
 
-from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.connection import DEFAULT_BASE_URL, check_base_url, is_loopback
-from prefect_aimlapi_video.flows.download import DEFAULT_DOWNLOAD_DEADLINE_SECONDS, DEFAULT_MAX_DOWNLOAD_BYTES
-from prefect_aimlapi_video.flows.errors import InvalidInputError, TransientApiError
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.api.connection import DEFAULT_BASE_URL, check_base_url, is_loopback
+from prefect_aimlapi_video.api.download import DEFAULT_DOWNLOAD_DEADLINE_SECONDS, DEFAULT_MAX_DOWNLOAD_BYTES
+from prefect_aimlapi_video.api.errors import InvalidInputError, TransientApiError
 
 ACCESS_CHECK_TTL_SECONDS = 60.0
 
@@ -69,7 +69,7 @@ class AimlApiCredentials(CredentialsBlock):
     @property
     def on_loopback(self) -> bool:
         """The API is on this machine (the local sandbox): only then may fetches of user and result
-        URLs use plain http or reach loopback and private addresses (`flows.fetch_guard`)."""
+        URLs use plain http or reach loopback and private addresses (`api.fetch_guard`)."""
         return is_loopback(urlsplit(self.base_url).hostname)
 
     def get_client(self) -> AimlApiClient:

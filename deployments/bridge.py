@@ -49,7 +49,7 @@ from prefect_aimlapi_video.deployments.s3_messages import (
     refused_request,
 )
 from prefect_aimlapi_video.deployments.seen_store import SeenStore, default_state_file
-from prefect_aimlapi_video.flows.sources import VIDEO_SUFFIXES
+from prefect_aimlapi_video.storage.sources import VIDEO_SUFFIXES
 
 __all__ = ["EVENT_NAME", "Filters", "MalformedMessage", "ObjectCreated", "S3EventBridge", "SeenStore", "build_event",
            "main", "parse_message"]

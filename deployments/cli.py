@@ -52,7 +52,7 @@ LIMIT_FLAGS = {"--max-duration": "max_duration_seconds", "--max-long-side": "max
 
 
 def _limit_options(run: argparse.ArgumentParser) -> None:
-    from prefect_aimlapi_video.flows.limits import InputLimits
+    from prefect_aimlapi_video.media.limits import InputLimits
 
     group = run.add_argument_group("limits, checked before anything is paid (the provider publishes none)")
     for flag, name in LIMIT_FLAGS.items():
@@ -73,9 +73,9 @@ def _flag(name: str, default: Any) -> str:
 
 
 def _request_options(run: argparse.ArgumentParser) -> None:
-    """One option per field of the registered request models (`flows.requests`), typed from the
+    """One option per field of the registered request models (`api.requests`), typed from the
     field; an option not given leaves the model's default."""
-    from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, REQUEST_MODELS
+    from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, REQUEST_MODELS
 
     run.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(REQUEST_MODELS), help="the provider's model")
     seen: set[str] = set()
@@ -99,7 +99,7 @@ def _request_options(run: argparse.ArgumentParser) -> None:
 def _request_values(args: argparse.Namespace) -> dict[str, Any]:
     """The request fields given on the command line: the default model's as the flow's own
     parameters, any other model's fields as `overrides`."""
-    from prefect_aimlapi_video.flows.requests import (
+    from prefect_aimlapi_video.api.requests import (
         DEFAULTS,
         GenerationParams,
         request_fields,
@@ -114,8 +114,8 @@ def _request_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def _credentials(args: argparse.Namespace) -> Any:
     """A block name, or an in-memory block built from the environment's key (never saved)."""
+    from prefect_aimlapi_video.api.connection import DEFAULT_BASE_URL
     from prefect_aimlapi_video.blocks import AimlApiCredentials
-    from prefect_aimlapi_video.flows.connection import DEFAULT_BASE_URL
     from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK
 
     if args.credentials:
@@ -141,9 +141,9 @@ def _same_generation(args: argparse.Namespace) -> dict[str, Any]:
 def _precheck(args: argparse.Namespace) -> None:
     """Everything checkable without Prefect, the network or S3, before anything starts: the request's
     fields, the settings, and the video itself (scheme, data URI, local file). `InvalidInputError`."""
-    from prefect_aimlapi_video.flows.requests import request_model
+    from prefect_aimlapi_video.api.requests import request_model
     from prefect_aimlapi_video.flows.settings import validate_settings
-    from prefect_aimlapi_video.flows.video_checks import precheck
+    from prefect_aimlapi_video.media.video_checks import precheck
 
     _check_base_url(args.base_url)
     values = _request_values(args)
@@ -160,8 +160,8 @@ def _precheck(args: argparse.Namespace) -> None:
 
 def _check_base_url(base_url: str | None) -> None:
     """`--base-url` as the block would take it: https, or plain http on loopback (`InvalidInputError`)."""
-    from prefect_aimlapi_video.flows.connection import check_base_url
-    from prefect_aimlapi_video.flows.errors import InvalidInputError
+    from prefect_aimlapi_video.api.connection import check_base_url
+    from prefect_aimlapi_video.api.errors import InvalidInputError
 
     if base_url is not None:
         try:
@@ -171,7 +171,7 @@ def _check_base_url(base_url: str | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from prefect_aimlapi_video.flows.errors import InvalidInputError
+    from prefect_aimlapi_video.api.errors import InvalidInputError
 
     try:
         _precheck(args)  # before Prefect (and a temporary server) starts: bad input is answered at once
@@ -196,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _report(flow_run: Any, *, interrupted: str) -> int:
     """Run one flow to its end and say how it went: its one-line result on stdout (exit 0), or one
     `error:` line on stderr (2 for refused input, 1 for the rest, 130 for Ctrl-C)."""
-    from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
+    from prefect_aimlapi_video.api.errors import AimlApiError, InvalidInputError
 
     try:
         result = asyncio.run(flow_run)
@@ -226,7 +226,7 @@ def _collect_parser(sub: Any) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from prefect_aimlapi_video.flows.errors import InvalidInputError
+    from prefect_aimlapi_video.api.errors import InvalidInputError
     from prefect_aimlapi_video.flows.settings import validate_settings
 
     try:
@@ -251,7 +251,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_save_key(args: argparse.Namespace) -> int:
-    from prefect_aimlapi_video.flows.errors import InvalidInputError
+    from prefect_aimlapi_video.api.errors import InvalidInputError
 
     try:
         _check_base_url(args.base_url)

@@ -32,9 +32,9 @@ from botocore.exceptions import ValidationError as BotoValidationError
 from prefect.events import Event
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.s3_requests import object_idempotency_key, overrides_from_metadata
-from prefect_aimlapi_video.flows.sources import VIDEO_SUFFIXES
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.storage.s3_requests import object_idempotency_key, overrides_from_metadata
+from prefect_aimlapi_video.storage.sources import VIDEO_SUFFIXES
 
 EVENT_NAME = "aimlapi.s3.object.created"
 EVENTBRIDGE_REASONS = {"PutObject": "Put", "POST Object": "Post", "CopyObject": "Copy",

@@ -20,8 +20,10 @@ from prefect.artifacts import acreate_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.logging import get_run_logger
 
+from prefect_aimlapi_video.api.errors import AimlApiError, InvalidInputError
+from prefect_aimlapi_video.api.redact import redact
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, DEFAULTS, request_model
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.artifacts import ProgressArtifact, artifact_key
 from prefect_aimlapi_video.flows.batch_context import DEFERRED_AT_ONCE, batch_children, finish_deferred, owned_key
 from prefect_aimlapi_video.flows.batch_items import (
     BatchItem,
@@ -32,15 +34,9 @@ from prefect_aimlapi_video.flows.batch_items import (
     parse_items,
     shown_video,
 )
-from prefect_aimlapi_video.flows.budget import BudgetExceeded
-from prefect_aimlapi_video.flows.errors import AimlApiError, InvalidInputError
 from prefect_aimlapi_video.flows.fanout import check_children, children_env, run_on_work_pool
-from prefect_aimlapi_video.flows.limits import InputLimits
-from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
-from prefect_aimlapi_video.flows.record_store import open_store
-from prefect_aimlapi_video.flows.redact import redact
-from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, DEFAULTS, request_model
 from prefect_aimlapi_video.flows.settings import RunSettings, validate_settings
+from prefect_aimlapi_video.flows.summary import artifact_key
 from prefect_aimlapi_video.flows.video_to_video import (
     DEFAULT_CREDENTIALS_BLOCK,
     RUN_TAGS,
@@ -49,6 +45,11 @@ from prefect_aimlapi_video.flows.video_to_video import (
     budget_text,
     video_to_video,
 )
+from prefect_aimlapi_video.media.limits import InputLimits
+from prefect_aimlapi_video.storage.record_store import open_store
+from prefect_aimlapi_video.submission.budget import BudgetExceeded
+from prefect_aimlapi_video.submission.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
+from prefect_aimlapi_video.tasks.progress import ProgressArtifact
 
 __all__ = ["BatchFailedError", "BatchItem", "BatchItemResult", "report", "run_items", "video_to_video_batch"]
 

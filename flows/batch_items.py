@@ -1,7 +1,7 @@
 """What a batch is made of: its items (as rows of a manifest or a list) and the row each leaves.
 
 An item names a video, where its result goes, its idempotency key, and any of the request's
-fields; the fields come from the model's request class (`flows.requests`), so a new model's
+fields; the fields come from the model's request class (`api.requests`), so a new model's
 fields are batch columns without a change here. Unset fields take the batch's defaults.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.redact import safe_url
-from prefect_aimlapi_video.flows.requests import GenerationParams, VideoRequest
-from prefect_aimlapi_video.flows.s3 import read_object
-from prefect_aimlapi_video.flows.video_checks import scheme_of
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.api.redact import safe_url
+from prefect_aimlapi_video.api.requests import GenerationParams, VideoRequest
+from prefect_aimlapi_video.media.video_checks import scheme_of
+from prefect_aimlapi_video.storage.s3 import read_object
 
 
 def shown_video(video: str) -> str:

@@ -14,22 +14,23 @@ import time
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.api.models import Timing, VideoToVideoResult
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, REQUEST_MODELS
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.artifacts import publish_result
-from prefect_aimlapi_video.flows.destinations import resolve_output, template_fields
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.generation_events import emit_generation_event
-from prefect_aimlapi_video.flows.learned_polling import LearnedPollPolicy
-from prefect_aimlapi_video.flows.models import Timing, VideoToVideoResult
-from prefect_aimlapi_video.flows.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
-from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, REQUEST_MODELS
+from prefect_aimlapi_video.flows.events import emit_generation_event
 from prefect_aimlapi_video.flows.settings import validate_settings
-from prefect_aimlapi_video.flows.strip import MEDIA_TYPE as STRIP_MEDIA_TYPE
-from prefect_aimlapi_video.flows.strip import SUFFIX as STRIP_SUFFIX
-from prefect_aimlapi_video.flows.record_store import default_location
-from prefect_aimlapi_video.flows.submission_record import StoreRef, SubmittedGeneration
-from prefect_aimlapi_video.flows.tasks import download_video, wait_for_generation
+from prefect_aimlapi_video.flows.summary import publish_result
 from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, tag_run
+from prefect_aimlapi_video.media.strip import MEDIA_TYPE as STRIP_MEDIA_TYPE
+from prefect_aimlapi_video.media.strip import SUFFIX as STRIP_SUFFIX
+from prefect_aimlapi_video.storage.destinations import resolve_output
+from prefect_aimlapi_video.storage.record_store import default_location
+from prefect_aimlapi_video.storage.templates import template_fields
+from prefect_aimlapi_video.submission.learned_polling import LearnedPollPolicy
+from prefect_aimlapi_video.submission.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
+from prefect_aimlapi_video.submission.record import StoreRef, SubmittedGeneration
+from prefect_aimlapi_video.tasks.steps import download_video, wait_for_generation
 
 COLLECTED_STEM = "collected"
 

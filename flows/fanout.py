@@ -45,10 +45,10 @@ from prefect.events.filters import (
 from prefect.logging import get_run_logger
 from prefect.states import Crashed, Scheduled
 
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.api.redact import redact
 from prefect_aimlapi_video.flows.batch_items import BatchItemResult, ItemBase, shown_video
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.record_store import SUBMISSIONS_ENV
-from prefect_aimlapi_video.flows.redact import redact
+from prefect_aimlapi_video.storage.record_store import SUBMISSIONS_ENV
 
 TICK_SECONDS = 2.0
 # A Running child without a heartbeat for this long is taken for dead (its worker was killed). The

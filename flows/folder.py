@@ -2,7 +2,7 @@
 
 Made to be re-run on a schedule, and to run beside the upload trigger: an item whose output already
 exists is skipped before any request, and each object runs exactly as the trigger would run it
-(see `flows.s3_requests`), so a run that crashed half-way, or an object the trigger is handling,
+(see `storage.s3_requests`), so a run that crashed half-way, or an object the trigger is handling,
 resumes its accepted generation instead of paying for it again.
 """
 
@@ -14,6 +14,8 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, DEFAULTS, VideoRequest, request_model
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.batch import (
     DEFAULT_CONCURRENCY_LIMIT,
@@ -24,15 +26,13 @@ from prefect_aimlapi_video.flows.batch import (
     spend_cap,
 )
 from prefect_aimlapi_video.flows.batch_items import BatchItemResult, ItemBase, batch_item_model, load_manifest
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.limits import InputLimits
-from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
-from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, DEFAULTS, VideoRequest, request_model
-from prefect_aimlapi_video.flows.s3 import head_object, list_objects, object_exists, object_version, s3_identity
-from prefect_aimlapi_video.flows.s3_requests import object_idempotency_key, overrides_from_metadata
-from prefect_aimlapi_video.flows.settings import TEMPLATE_FIELDS
-from prefect_aimlapi_video.flows.sources import VIDEO_SUFFIXES, file_stem
 from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, parse_overrides
+from prefect_aimlapi_video.media.limits import InputLimits
+from prefect_aimlapi_video.storage.s3 import head_object, list_objects, object_exists, object_version, s3_identity
+from prefect_aimlapi_video.storage.s3_requests import object_idempotency_key, overrides_from_metadata
+from prefect_aimlapi_video.storage.sources import VIDEO_SUFFIXES, file_stem
+from prefect_aimlapi_video.storage.templates import TEMPLATE_FIELDS
+from prefect_aimlapi_video.submission.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 
 # Fields that stay the same from run to run for one object and one request: outputs named with
 # them can be found again by the next run (and by the upload trigger, which uses the same names).

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from prefect_aimlapi_video.flows.redact import redact
+from prefect_aimlapi_video.api.redact import redact
 
 _MARKUP = re.compile(r"[\\`*\[\]<>|~]")  # escaped wherever they are
 _UNDERSCORES = re.compile(r"_+")

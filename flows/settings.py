@@ -11,44 +11,18 @@ from __future__ import annotations
 
 import json
 import math
-import string
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.limits import InputLimits
-from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
-from prefect_aimlapi_video.flows.video_checks import DEFAULT_PRESIGN_SECONDS
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.media.limits import InputLimits
+from prefect_aimlapi_video.media.video_checks import DEFAULT_PRESIGN_SECONDS
+from prefect_aimlapi_video.storage.templates import check_template
+from prefect_aimlapi_video.submission.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # S3's limit for SigV4 presigned URLs
 Scope = Literal["flow-run", "request"]
-TEMPLATE_FIELDS = ("stem", "seed", "strength", "generation", "fingerprint", "flow_run", "date")
-
-
-def check_template(template: str) -> str:
-    """An output template may use only plain `{field}` names from `TEMPLATE_FIELDS`: no attribute or
-    index access (`{stem.__class__}`), no format spec (`{stem:>300}`), no conversion (`{stem!r}`); a typo
-    or a trick is refused before anything is paid."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise InvalidInputError(f"output template {template!r} is malformed ({exc}).") from None
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if name not in TEMPLATE_FIELDS:
-            plain = name.split(".")[0].split("[")[0]
-            what = f"unknown field {name!r}" if plain not in TEMPLATE_FIELDS or plain == name else \
-                f"{{{name}}}: only plain {{field}} names are allowed"
-            raise InvalidInputError(f"output template {template!r} uses {what}; available: "
-                                    + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS))
-        if spec or conversion:
-            raise InvalidInputError(f"output template {template!r}: {{{name}}} takes no format spec or conversion; "
-                                    f"write {{{name}}}.")
-    return template
-
-
 class RunSettings(BaseModel):
     """How to run one generation: where things go, how long to wait, what counts as the same generation."""
 
@@ -64,7 +38,7 @@ class RunSettings(BaseModel):
     submissions: str | None = None
     timeout_seconds: float = Field(default=DEFAULT_TIMEOUT_SECONDS, gt=0)
     reconcile_grace_seconds: float = Field(default=DEFAULT_RECONCILE_SECONDS, ge=0)
-    poll_policy: PollPolicy | None = None  # None: learned from past generations (see `flows.learned_polling`)
+    poll_policy: PollPolicy | None = None  # None: learned from past generations (see `submission.learned_polling`)
     max_usd: float | None = Field(default=None, gt=0)
     max_credits: float | None = Field(default=None, gt=0)
     budget: str | None = Field(default=None, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")

@@ -17,25 +17,26 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from prefect_aimlapi_video.api.errors import AimlApiError, DeliveryFailed, GenerationFailedError, InvalidInputError
+from prefect_aimlapi_video.api.models import Timing, VideoToVideoResult
+from prefect_aimlapi_video.api.redact import redact
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, DEFAULTS, VideoRequest, request_model
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.artifacts import publish_result, publish_summary
-from prefect_aimlapi_video.flows.batch_context import defer, owns_key
-from prefect_aimlapi_video.flows.budget import BudgetExceeded, BudgetRef, budget_summary, credits_cap
-from prefect_aimlapi_video.flows.destinations import Destination, resolve_output, template_fields
-from prefect_aimlapi_video.flows.errors import AimlApiError, DeliveryFailed, GenerationFailedError, InvalidInputError
-from prefect_aimlapi_video.flows.estimate import check_ceiling, estimate, learn_rate
-from prefect_aimlapi_video.flows.generation_events import emit_generation_event
-from prefect_aimlapi_video.flows.limits import InputLimits
-from prefect_aimlapi_video.flows.models import Timing, VideoToVideoResult
-from prefect_aimlapi_video.flows.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
-from prefect_aimlapi_video.flows.record_store import RecordStore, open_store
-from prefect_aimlapi_video.flows.redact import redact
-from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL, DEFAULTS, VideoRequest, request_model
+from prefect_aimlapi_video.flows.batch_context import defer, in_batch, owns_key
+from prefect_aimlapi_video.flows.events import emit_generation_event
 from prefect_aimlapi_video.flows.settings import RunSettings, Scope, validate_settings
-from prefect_aimlapi_video.flows.sources import DEFAULT_PRESIGN_SECONDS, VideoSource, file_stem, inspect_video
-from prefect_aimlapi_video.flows.strip import MEDIA_TYPE as STRIP_MEDIA_TYPE
-from prefect_aimlapi_video.flows.strip import SUFFIX as STRIP_SUFFIX
-from prefect_aimlapi_video.flows.tasks import download_video, submit_generation, wait_for_generation
+from prefect_aimlapi_video.flows.summary import publish_result, publish_summary
+from prefect_aimlapi_video.media.limits import InputLimits
+from prefect_aimlapi_video.media.strip import MEDIA_TYPE as STRIP_MEDIA_TYPE
+from prefect_aimlapi_video.media.strip import SUFFIX as STRIP_SUFFIX
+from prefect_aimlapi_video.storage.destinations import Destination, resolve_output
+from prefect_aimlapi_video.storage.record_store import RecordStore, open_store
+from prefect_aimlapi_video.storage.sources import DEFAULT_PRESIGN_SECONDS, VideoSource, file_stem, inspect_video
+from prefect_aimlapi_video.storage.templates import template_fields
+from prefect_aimlapi_video.submission.budget import BudgetExceeded, BudgetRef, budget_summary, credits_cap
+from prefect_aimlapi_video.submission.estimate import check_ceiling, estimate, learn_rate
+from prefect_aimlapi_video.submission.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
+from prefect_aimlapi_video.tasks.steps import download_video, submit_generation, wait_for_generation
 
 DEFAULT_CREDENTIALS_BLOCK = "aimlapi"
 SKIPPED_BUDGET = "skipped (budget)"
@@ -151,7 +152,7 @@ async def video_to_video(
         overrides: per-video values of the request's fields (prompt / strength / seed /
             enable_prompt_expansion) that win over the arguments above, e.g. an S3 object's metadata
             passed by the event bridge. A JSON string is accepted (trigger templates render text).
-        model: the model on the provider's video endpoint; its request class (`flows.requests`)
+        model: the model on the provider's video endpoint; its request class (`api.requests`)
             decides the fields and their limits.
         max_usd, max_credits: a spend cap (2,000,000 credits = $1): before the POST, what the budget
             spent plus what is in flight plus this generation's estimate must stay within it, or
@@ -206,13 +207,16 @@ async def video_to_video(
         result.resumed = submitted.resumed
         result.request_ids = [r for r in [submitted.request_id] if r]
         emit_generation_event("submitted", result)
-        outcome = await wait_for_generation(submitted, creds, settings.timeout_seconds, settings.poll_policy)
+        # A batch's children show no progress of their own and share one strip helper (flows.batch_context).
+        outcome = await wait_for_generation(submitted, creds, settings.timeout_seconds, settings.poll_policy,
+                                            progress=not in_batch())
         result.timeline, result.polls = outcome.timeline, outcome.polls
         result.request_ids += [r for r in outcome.request_ids if r not in result.request_ids]
         result.credits, result.charged_credits = outcome.credits, outcome.charged_credits
         path = _output_path(target, source, params, outcome.generation_id, run_id)
         with source.local_copy() as before:
-            stored = await download_video(outcome.generation_id, creds, target, path, str(before) if before else None)
+            stored = await download_video(outcome.generation_id, creds, target, path, str(before) if before else None,
+                                          strip_in_helper=in_batch())
         result.status = outcome.status
         result.output, result.output_info = stored.location, stored.info
         result.sha256, result.size_bytes = stored.sha256, stored.size_bytes

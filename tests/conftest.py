@@ -35,7 +35,7 @@ def prefect_server() -> Iterator[str]:
     """
     from contextlib import ExitStack
 
-    from prefect_aimlapi_video.deployments import local_services
+    from tests.support import local_services
 
     with ExitStack() as stack:
         database = None
@@ -86,7 +86,7 @@ def moto_server() -> Iterator[str]:
     The default AWS credential chain of this process (and its children) points at it through
     the standard environment variables, AWS_ENDPOINT_URL included.
     """
-    from prefect_aimlapi_video.deployments import local_services
+    from tests.support import local_services
 
     with local_services.moto_server(_SESSION_HOME / "moto-server.log") as endpoint:
         os.environ.update(local_services.AWS_TEST_ENV, AWS_ENDPOINT_URL=endpoint)

@@ -23,12 +23,12 @@ import pytest
 from prefect_aws import AwsCredentials
 from prefect_aws.credentials import AwsClientParameters
 
+from prefect_aimlapi_video.api.errors import GenerationNotRecorded, InvalidInputError
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows import submissions as submissions_module
-from prefect_aimlapi_video.flows.errors import GenerationNotRecorded, InvalidInputError
-from prefect_aimlapi_video.flows.record_store import open_store
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
+from prefect_aimlapi_video.storage.record_store import open_store
+from prefect_aimlapi_video.submission import sending as sending_module
 from tests.support import prefect_api
 from tests.support.reliability import (
     assert_no_double_charge,
@@ -126,7 +126,7 @@ async def test_a_record_that_never_gets_written_fails_naming_the_command_that_co
 ):
     """The store stays down past the deadline: the run fails naming the generation and the exact collect
     command; once the store is back, that very command delivers it, at no new charge."""
-    monkeypatch.setattr(submissions_module, "RECORD_DEADLINE_SECONDS", 5.0)
+    monkeypatch.setattr(sending_module, "RECORD_DEADLINE_SECONDS", 5.0)
     block = f"after-post-{uuid.uuid4().hex[:6]}"
     await AimlApiCredentials(api_key=sandbox.api_key, base_url=sandbox.base_url).asave(block)
     output = str(tmp_path / "out.mp4")
@@ -155,7 +155,7 @@ async def test_twenty_generations_reserve_and_settle_one_budget_at_once(prefect_
     """Twenty children of one batch share one budget on an s3:// store: contention backs off, none
     fails, every charge is counted once, nothing stays in flight, the cap holds."""
     from prefect_aimlapi_video.flows.batch import video_to_video_batch
-    from prefect_aimlapi_video.flows.budget import Budget
+    from prefect_aimlapi_video.submission.budget import Budget
 
     s3.create_bucket(Bucket=BUCKET)
     # Each item reserves its estimate (0.5 s at 63,000 credits/s): a cap that admits all twenty, barely.
@@ -241,11 +241,11 @@ HOST_A = textwrap.dedent(
     # Host A: claims the record, then stages its input (slowly) before the POST.
     import asyncio, json, sys, time
     from pathlib import Path
-    from prefect_aimlapi_video.flows.client import AimlApiClient
-    from prefect_aimlapi_video.flows.record_store import open_store
-    from prefect_aimlapi_video.flows.requests import GenerationParams
-    from prefect_aimlapi_video.flows.sources import data_uri, sha256_file
-    from prefect_aimlapi_video.flows.submissions import submit_once
+    from prefect_aimlapi_video.api.client import AimlApiClient
+    from prefect_aimlapi_video.storage.record_store import open_store
+    from prefect_aimlapi_video.api.requests import GenerationParams
+    from prefect_aimlapi_video.storage.sources import data_uri, sha256_file
+    from prefect_aimlapi_video.submission.protocol import submit_once
 
     config = json.loads(sys.argv[1])
     clip, marker = Path(config["clip"]), Path(config["marker"])

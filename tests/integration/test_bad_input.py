@@ -26,14 +26,14 @@ from typing import Any
 
 import pytest
 
+from prefect_aimlapi_video.api.errors import AuthenticationError, InvalidInputError
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.deployments.cli import LIMIT_FLAGS
-from prefect_aimlapi_video.deployments.local_services import free_port
-from prefect_aimlapi_video.flows.errors import AuthenticationError, InvalidInputError
-from prefect_aimlapi_video.flows.video_checks import MAX_DATA_URI_BYTES
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
+from prefect_aimlapi_video.media.video_checks import MAX_DATA_URI_BYTES
 from prefect_aimlapi_video.sandbox import make_test_clip
 from tests.support import prefect_api
+from tests.support.local_services import free_port
 from tests.support.loopback_only import loopback_only
 from tests.support.reliability import cli_command, last_line, subprocess_env
 
@@ -44,7 +44,7 @@ WRONG_KEY = "sk-wrong-0000"
 # URI case runs the same CLI with the inline cap lowered to 64 KiB and sends ~96 KiB.
 CLI_INLINE_CAP = 64 * 1024
 CLI_WITH_LOWER_CAP = (
-    "import sys, prefect_aimlapi_video.flows.video_checks as checks; checks.MAX_DATA_URI_BYTES = %d; "
+    "import sys, prefect_aimlapi_video.media.video_checks as checks; checks.MAX_DATA_URI_BYTES = %d; "
     "from prefect_aimlapi_video.deployments.cli import main; sys.exit(main())" % CLI_INLINE_CAP
 )
 

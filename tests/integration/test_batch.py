@@ -10,11 +10,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
+from prefect_aimlapi_video.api.errors import AuthenticationError, InvalidInputError
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows import log_visibility
 from prefect_aimlapi_video.flows.batch import BatchFailedError, video_to_video_batch
-from prefect_aimlapi_video.flows.errors import AuthenticationError, InvalidInputError
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore
+from prefect_aimlapi_video.storage.record_store import LocalRecordStore
+from prefect_aimlapi_video.submission import log_visibility
 from tests.support import prefect_api
 
 pytestmark = pytest.mark.integration

@@ -38,7 +38,7 @@ from prefect_aimlapi_video.deployments.bridge import (
     SeenStore,
     main,
 )
-from prefect_aimlapi_video.deployments.local_services import free_port
+from tests.support.local_services import free_port
 from tests.support.prefect_api import eventually
 
 pytestmark = pytest.mark.integration

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import prefect_aimlapi_video.flows.video_to_video as v2v_module
-from prefect_aimlapi_video.flows.client import AimlApiClient
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.api.errors import DownloadError
 from prefect_aimlapi_video.flows.collect import collect_generation
-from prefect_aimlapi_video.flows.errors import DownloadError
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
 from tests.integration.test_bad_input import REDIRECTS, redirector

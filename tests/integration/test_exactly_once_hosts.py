@@ -25,15 +25,15 @@ from pathlib import Path
 
 import pytest
 
-from prefect_aimlapi_video.flows.client import AimlApiClient
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.api.errors import UnidentifiedGenerationError
+from prefect_aimlapi_video.api.requests import GenerationParams
 from prefect_aimlapi_video.flows.collect import collect_generation
-from prefect_aimlapi_video.flows.errors import UnidentifiedGenerationError
-from prefect_aimlapi_video.flows.record_store import open_store
-from prefect_aimlapi_video.flows.requests import GenerationParams
-from prefect_aimlapi_video.flows.sources import sha256_file as input_sha256
-from prefect_aimlapi_video.flows.submissions import SubmissionRecord, record_key, submit_once
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
+from prefect_aimlapi_video.storage.record_store import open_store
+from prefect_aimlapi_video.storage.sources import sha256_file as input_sha256
+from prefect_aimlapi_video.submission.protocol import SubmissionRecord, record_key, submit_once
 from tests.support import prefect_api
 from tests.support.reliability import (
     assert_no_double_charge,
@@ -247,7 +247,7 @@ async def _value(value: str) -> str:
 
 
 def _data_uri(path: Path) -> str:
-    from prefect_aimlapi_video.flows.sources import data_uri
+    from prefect_aimlapi_video.storage.sources import data_uri
 
     return data_uri(Path(path).read_bytes())
 

@@ -23,8 +23,8 @@ import pytest
 from prefect.client.orchestration import get_client
 
 import prefect_aimlapi_video.flows.video_to_video as v2v_module
+from prefect_aimlapi_video.api.errors import DownloadError
 from prefect_aimlapi_video.flows.batch import video_to_video_batch
-from prefect_aimlapi_video.flows.errors import DownloadError
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from prefect_aimlapi_video.sandbox.faults import ALL_KINDS, ROUTE_KINDS
 from tests.support.reliability import (

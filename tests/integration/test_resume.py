@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 
 import prefect_aimlapi_video.flows.video_to_video as v2v_module
-from prefect_aimlapi_video.flows.errors import ReconciliationUnavailable
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore, default_location
-from prefect_aimlapi_video.flows.requests import GenerationParams
-from prefect_aimlapi_video.flows.sources import sha256_file as input_sha256
-from prefect_aimlapi_video.flows.submissions import SubmissionRecord, record_key
+from prefect_aimlapi_video.api.errors import ReconciliationUnavailable
+from prefect_aimlapi_video.api.requests import GenerationParams
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
+from prefect_aimlapi_video.storage.record_store import LocalRecordStore, default_location
+from prefect_aimlapi_video.storage.sources import sha256_file as input_sha256
+from prefect_aimlapi_video.submission.protocol import SubmissionRecord, record_key
 from tests.support import prefect_api
 from tests.support.reliability import (
     fast_credentials,

@@ -15,9 +15,9 @@ import uuid
 import pytest
 
 from prefect_aimlapi_video.flows.batch import BatchFailedError, video_to_video_batch
-from prefect_aimlapi_video.flows.budget import Budget
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore, default_location
 from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
+from prefect_aimlapi_video.storage.record_store import LocalRecordStore, default_location
+from prefect_aimlapi_video.submission.budget import Budget
 from tests.support import prefect_api
 from tests.support.reliability import fast_credentials, fast_polls
 

@@ -10,9 +10,9 @@ from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 from prefect_aws.s3 import S3Bucket
 
-import prefect_aimlapi_video.flows.video_checks as video_checks
+import prefect_aimlapi_video.media.video_checks as video_checks
+from prefect_aimlapi_video.api.errors import InvalidInputError
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from tests.support import prefect_api
 
@@ -131,7 +131,7 @@ async def test_s3_input_on_a_versioned_bucket_is_fetched_at_the_checked_version(
     that the request's fingerprint, and so its exactly-once record, names)."""
     import httpx
 
-    from prefect_aimlapi_video.flows.sources import inspect_video
+    from prefect_aimlapi_video.storage.sources import inspect_video
 
     s3.create_bucket(Bucket="pinned")
     s3.put_bucket_versioning(Bucket="pinned", VersioningConfiguration={"Status": "Enabled"})
@@ -147,7 +147,7 @@ async def test_s3_input_on_a_versioned_bucket_is_fetched_at_the_checked_version(
 
 
 async def test_s3_input_replaced_since_the_check_on_an_unversioned_bucket_is_refused(s3, clips):
-    from prefect_aimlapi_video.flows.sources import inspect_video
+    from prefect_aimlapi_video.storage.sources import inspect_video
 
     s3.create_bucket(Bucket="unpinned")
     s3.upload_file(str(clips["small"]), "unpinned", "in/clip.mp4", ExtraArgs={"ContentType": "video/mp4"})

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.errors import (
+from prefect_aimlapi_video.api.errors import (
     AuthenticationError,
     GenerationFailedError,
     GenerationTimeoutError,
     InvalidInputError,
 )
-from prefect_aimlapi_video.flows.probe import probe_video
+from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
+from prefect_aimlapi_video.media.probe import probe_video
 from tests.support import prefect_api
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ async def test_wrong_key_fails_at_once_without_retries(prefect_server, sandbox, 
 
 
 async def test_unreachable_base_url_fails_fast_before_any_task(prefect_server, sandbox, clips):
-    from prefect_aimlapi_video.deployments.local_services import free_port
+    from tests.support.local_services import free_port
 
     creds = AimlApiCredentials(api_key="k", base_url=f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()

@@ -17,10 +17,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from prefect_aimlapi_video.flows.errors import GenerationFailedError, GenerationTimeoutError
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore, default_location
-from prefect_aimlapi_video.flows.submission_record import DURATIONS_KEY
+from prefect_aimlapi_video.api.errors import GenerationFailedError, GenerationTimeoutError
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
+from prefect_aimlapi_video.storage.record_store import LocalRecordStore, default_location
+from prefect_aimlapi_video.submission.record import DURATIONS_KEY
 from tests.support import prefect_api
 from tests.support.reliability import (
     cli_command,

@@ -1,7 +1,7 @@
 """Every connection this test process opens, recorded; any to an address off loopback refused.
 
 No test may send a packet anywhere but loopback, not even to prove it is refused. Product code
-refuses internal addresses itself (`flows.fetch_guard`); this records that it did so before any
+refuses internal addresses itself (`api.fetch_guard`); this records that it did so before any
 connection: `connections.off_loopback` must stay empty. Wraps `socket.socket.connect` (sync code:
 httpx, boto3) and the event loop's `sock_connect` (asyncio: httpx's async transport).
 """

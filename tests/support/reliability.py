@@ -68,7 +68,7 @@ def fast_credentials(sandbox: Any, **overrides: Any) -> Any:
 
 
 def fast_polls() -> Any:
-    from prefect_aimlapi_video.flows.polling import PollPolicy
+    from prefect_aimlapi_video.submission.polling import PollPolicy
 
     return PollPolicy(initial_seconds=0.25, fast_phase_seconds=30, jitter=0.1)
 
@@ -109,7 +109,7 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.2, what: str 
 
 def submission_records(directory: str | Path | None = None) -> list[dict[str, Any]]:
     """The durable submission records (flows.submissions), as dicts."""
-    from prefect_aimlapi_video.flows.record_store import LocalRecordStore
+    from prefect_aimlapi_video.storage.record_store import LocalRecordStore
 
     store = LocalRecordStore(directory or os.environ["AIMLAPI_SUBMISSIONS_DIR"])
     records = []

@@ -47,7 +47,7 @@ def clip_path(tmp_path: Path, clip_bytes: bytes) -> Path:
 @pytest.fixture(autouse=True)
 def no_usage_log_backoff(monkeypatch):
     """Usage-log reads back off between attempts; unit tests need not wait for it."""
-    import prefect_aimlapi_video.flows.client as client_module
+    import prefect_aimlapi_video.api.client as client_module
 
     monkeypatch.setattr(client_module, "LOG_RETRY_BASE_SECONDS", 0.0)
 
@@ -56,7 +56,7 @@ def no_usage_log_backoff(monkeypatch):
 def unthrottled_usage_log(monkeypatch):
     """A fresh, unthrottled usage-log reader per test (the real one spaces reads to respect the
     provider's rate limit, and is shared per event loop)."""
-    from prefect_aimlapi_video.flows import usage_log
+    from prefect_aimlapi_video.api import usage_log
 
     monkeypatch.setattr(usage_log, "LOG_READS_PER_MINUTE", 1e9)
     monkeypatch.setattr(usage_log.UsageLog, "_shared", usage_log.UsageLog._shared.__class__())
@@ -71,7 +71,7 @@ STUB_PUBLIC_ADDRESS = "93.184.215.14"
 def resolver_stub(monkeypatch):
     """Names resolve to a public address without DNS (no lookup leaves this machine); literal
     addresses stay themselves, so the guard's refusals of private ones are what they would be."""
-    from prefect_aimlapi_video.flows import fetch_guard
+    from prefect_aimlapi_video.api import fetch_guard
 
     resolved: list[str] = []
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 import prefect_aimlapi_video.blocks.credentials as credentials_module
+from prefect_aimlapi_video.api.errors import AuthenticationError
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.errors import AuthenticationError
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import re
 import pytest
 from markdown_it import MarkdownIt
 
-from prefect_aimlapi_video.flows.artifacts import output_link, summary_markdown
+from prefect_aimlapi_video.api.models import StatusChange, Timing, VideoInfo, VideoToVideoResult
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL as MODEL
 from prefect_aimlapi_video.flows.markdown import text
-from prefect_aimlapi_video.flows.models import StatusChange, Timing, VideoInfo, VideoToVideoResult
-from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL as MODEL
-from prefect_aimlapi_video.flows.strip import Strip
+from prefect_aimlapi_video.flows.summary import output_link, summary_markdown
+from prefect_aimlapi_video.media.strip import Strip
 
 GEN_ID = "3637be63-e8d1-4ac1-9a4b-00afbdf10a55:krea/krea-wan-14b/video-to-video"
 

@@ -13,6 +13,8 @@ import asyncio
 import pytest
 from prefect.states import Completed
 
+from prefect_aimlapi_video.api.models import VideoToVideoResult
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL
 from prefect_aimlapi_video.flows import batch as batch_module
 from prefect_aimlapi_video.flows.batch_context import (
     batch_children,
@@ -23,8 +25,6 @@ from prefect_aimlapi_video.flows.batch_context import (
     owns_key,
 )
 from prefect_aimlapi_video.flows.batch_items import ItemBase
-from prefect_aimlapi_video.flows.models import VideoToVideoResult
-from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL
 
 
 def test_a_key_is_owned_only_inside_its_claim_and_only_that_key():

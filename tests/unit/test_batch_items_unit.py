@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from prefect_aimlapi_video.api.errors import InvalidInputError
 from prefect_aimlapi_video.flows.batch_items import BatchItem, load_manifest, parse_items
-from prefect_aimlapi_video.flows.errors import InvalidInputError
 
 
 async def test_csv_manifest_typed_from_text(tmp_path):

@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.block_refs: loading a block named `block-type-slug/block-name` in a parameter.
+"""prefect_aimlapi_video.storage.block_refs: loading a block named `block-type-slug/block-name` in a parameter.
 
 A malformed name is refused before Prefect is asked; a block Prefect cannot find becomes an input
 error that says how to fix it; anything else (an unreachable server) is not blamed on the input.
@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from prefect_aimlapi_video.flows import block_refs
-from prefect_aimlapi_video.flows.block_refs import load_block
-from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.storage import block_refs
+from prefect_aimlapi_video.storage.block_refs import load_block
 
 
 class FakeAload:

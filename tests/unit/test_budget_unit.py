@@ -7,14 +7,14 @@ import threading
 
 import pytest
 
-from prefect_aimlapi_video.flows.budget import (
+from prefect_aimlapi_video.storage.record_store import LocalRecordStore
+from prefect_aimlapi_video.submission.budget import (
     DEFAULT_ESTIMATE_CREDITS,
     Budget,
     BudgetExceeded,
     budget_summary,
     credits_cap,
 )
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore
 
 
 def test_the_tighter_cap_wins_in_credits():
@@ -101,8 +101,8 @@ def test_twenty_generations_reserving_and_settling_one_budget_at_once_all_succee
 
 
 async def test_contention_past_the_deadline_is_a_retryable_error_not_a_crash(tmp_path, monkeypatch):
-    from prefect_aimlapi_video.flows import budget as budget_module
-    from prefect_aimlapi_video.flows.errors import TransientApiError
+    from prefect_aimlapi_video.api.errors import TransientApiError
+    from prefect_aimlapi_video.submission import budget as budget_module
 
     monkeypatch.setattr(budget_module, "CONTENTION_DEADLINE_SECONDS", 0.3)
     store = LocalRecordStore(tmp_path)

@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.client: answer mapping, submit/get/find_submission over httpx.MockTransport, base URL checks."""
+"""prefect_aimlapi_video.api.client: answer mapping, submit/get/find_submission over httpx.MockTransport, base URL checks."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from prefect_aimlapi_video.flows.answers import parse_retry_after, raise_for_answer
-from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.connection import check_base_url
-from prefect_aimlapi_video.flows.errors import (
+from prefect_aimlapi_video.api.answers import parse_retry_after, raise_for_answer
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.api.connection import check_base_url
+from prefect_aimlapi_video.api.errors import (
     AimlApiError,
     AuthenticationError,
     InvalidRequestError,
@@ -25,7 +25,7 @@ from prefect_aimlapi_video.flows.errors import (
     SubmissionOutcomeUnknown,
     TransientApiError,
 )
-from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL as MODEL
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL as MODEL
 
 API_KEY = "sk-unit-test-SECRET-KEY-0123456789"
 BASE_URL = "https://api.test"

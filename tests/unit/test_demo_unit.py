@@ -10,8 +10,8 @@ from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
+from prefect_aimlapi_video.api.models import VideoToVideoResult
 from prefect_aimlapi_video.deployments import demo
-from prefect_aimlapi_video.flows.models import VideoToVideoResult
 from prefect_aimlapi_video.sandbox import SandboxHandle
 
 RUN_ID = "0b3e2a9c-1111-4222-8333-444455556666"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from prefect_aimlapi_video.api.errors import InvalidInputError
 from prefect_aimlapi_video.deployments.serve import load_deployments
-from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.video_to_video import parse_overrides
 
 
@@ -28,7 +28,7 @@ def test_trigger_and_sweep_agree_on_key_output_and_request(monkeypatch):
     """What makes two runs the same generation must be the same for the upload trigger and the sweep."""
     import jinja2
 
-    from prefect_aimlapi_video.flows.s3_requests import object_idempotency_key
+    from prefect_aimlapi_video.storage.s3_requests import object_idempotency_key
 
     monkeypatch.setenv("AIMLAPI_BUCKET", "media")
     upload, sweep = load_deployments()

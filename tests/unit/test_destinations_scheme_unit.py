@@ -7,10 +7,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefect_aimlapi_video.flows import destinations
-from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.destinations import Destination, resolve_output
-from prefect_aimlapi_video.flows.results import store_result
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.storage import destinations
+from prefect_aimlapi_video.storage.delivery import store_result
+from prefect_aimlapi_video.storage.destinations import Destination, resolve_output
 
 STORED: dict[str, bytes] = {}
 
@@ -63,7 +63,7 @@ async def test_a_new_scheme_resolves_stores_and_writes_sidecars(memory_scheme, c
 
 
 async def test_unknown_schemes_name_the_supported_ones():
-    from prefect_aimlapi_video.flows.errors import InvalidInputError
+    from prefect_aimlapi_video.api.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="supported are local paths and s3:// URLs"):
         await resolve_output("gs://bucket/{stem}.mp4")

@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.destinations: local destinations, template fields, atomic moves (no Prefect server needed)."""
+"""prefect_aimlapi_video.storage.destinations: local destinations, template fields, atomic moves (no Prefect server needed)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from prefect_aimlapi_video.flows.destinations import (
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.storage.destinations import (
     DEFAULT_DIRECTORY,
     DEFAULT_TEMPLATE,
     move_atomically,
     resolve_output,
-    template_fields,
 )
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.settings import TEMPLATE_FIELDS
+from prefect_aimlapi_video.storage.templates import TEMPLATE_FIELDS, template_fields
 
 GEN_ID = "3637be63-e8d1-4ac1-9a4b-00afbdf10a55:krea/krea-wan-14b/video-to-video"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.errors import DownloadError
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.api.errors import DownloadError
 
 API_KEY = "sk-unit-test-SECRET-KEY-0123456789"
 BASE_URL = "https://api.test"

@@ -13,8 +13,8 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.events.schemas.events import Event
 from prefect.states import Completed, Crashed, Failed
 
+from prefect_aimlapi_video.api.errors import InvalidInputError
 from prefect_aimlapi_video.flows.batch_items import ItemBase
-from prefect_aimlapi_video.flows.errors import InvalidInputError
 from prefect_aimlapi_video.flows.fanout import _Child, _read_outcomes, _stale, check_children
 
 T0 = datetime(2026, 11, 30, 3, 0, tzinfo=timezone.utc)

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from prefect_aimlapi_video.flows.fetch_guard import (
+from prefect_aimlapi_video.api.fetch_guard import (
     FetchPolicy,
     FetchRefused,
     GuardedSyncTransport,
@@ -18,7 +18,7 @@ from prefect_aimlapi_video.flows.fetch_guard import (
     http_range_fetch,
     open_stream,
 )
-from prefect_aimlapi_video.flows.probe import probe_remote
+from prefect_aimlapi_video.media.probe import probe_remote
 
 PUBLIC, SANDBOX = FetchPolicy(), FetchPolicy(allow_local=True)
 
@@ -63,7 +63,7 @@ async def test_allowed_requests_go_to_the_address_that_was_checked(url, policy, 
 
 
 async def test_a_name_that_resolves_to_a_private_address_is_refused(monkeypatch):
-    from prefect_aimlapi_video.flows import fetch_guard
+    from prefect_aimlapi_video.api import fetch_guard
 
     async def rebinding(host, port):
         return ["93.184.215.14", "10.1.2.3"]  # one public, one private: refused

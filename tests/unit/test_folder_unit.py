@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_aimlapi_video.flows.errors import InvalidInputError
+from prefect_aimlapi_video.api.errors import InvalidInputError
 from prefect_aimlapi_video.flows.folder import _check_output_name, _render
 
 

@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.generation_events: the Prefect events emitted about each generation.
+"""prefect_aimlapi_video.flows.events: the Prefect events emitted about each generation.
 
 The resource an automation matches on (the generation, or the flow run when nothing was
 submitted), the payload (cost in credits and USD, durations, where the result is, the error), and
@@ -13,10 +13,10 @@ import json
 import pytest
 from prefect.events.schemas.events import Event, Resource
 
-from prefect_aimlapi_video.flows import generation_events
-from prefect_aimlapi_video.flows.generation_events import emit_generation_event, event_payload, generation_resource
-from prefect_aimlapi_video.flows.models import Timing, VideoToVideoResult
-from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL
+from prefect_aimlapi_video.api.models import Timing, VideoToVideoResult
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL
+from prefect_aimlapi_video.flows import events as generation_events
+from prefect_aimlapi_video.flows.events import emit_generation_event, event_payload, generation_resource
 
 GENERATION_ID = f"0b6f3f2e-5a7c-4c1e-9d52-8a1f7c2b9e10:{DEFAULT_MODEL}"  # the provider's shape: <uuid>:<model>
 

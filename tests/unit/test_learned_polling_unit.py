@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.learned_polling: the learned schedule against today's, on a virtual clock.
+"""prefect_aimlapi_video.submission.learned_polling: the learned schedule against today's, on a virtual clock.
 
 A generation that takes `duration` seconds is simulated the way `wait_for_generation` waits: poll,
 and if the result is not there, sleep `next_delay(elapsed)` and poll again; nothing sleeps for
@@ -14,8 +14,13 @@ import statistics
 import pytest
 from pydantic import ValidationError
 
-from prefect_aimlapi_video.flows.learned_polling import LearnedPollPolicy, LearnedPollSchedule, quantile, scale_policy
-from prefect_aimlapi_video.flows.polling import PollPolicy, PollSchedule
+from prefect_aimlapi_video.submission.learned_polling import (
+    LearnedPollPolicy,
+    LearnedPollSchedule,
+    quantile,
+    scale_policy,
+)
+from prefect_aimlapi_video.submission.polling import PollPolicy, PollSchedule
 
 MEAN, SD = 150.0, 15.0  # the provider's ~2.5 min, with a 10 % spread
 

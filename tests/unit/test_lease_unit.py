@@ -9,11 +9,18 @@ import time
 
 import pytest
 
-from prefect_aimlapi_video.flows import lease as lease_module
-from prefect_aimlapi_video.flows.errors import TransientApiError
-from prefect_aimlapi_video.flows.lease import CLOCK_SKEW_SECONDS, LEASE_FLOOR_SECONDS, Lease, LeaseLost, Silence, lease_for
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore
-from prefect_aimlapi_video.flows.submission_record import SubmissionRecord, load_record
+from prefect_aimlapi_video.api.errors import TransientApiError
+from prefect_aimlapi_video.storage.record_store import LocalRecordStore
+from prefect_aimlapi_video.submission import lease as lease_module
+from prefect_aimlapi_video.submission.lease import (
+    CLOCK_SKEW_SECONDS,
+    LEASE_FLOOR_SECONDS,
+    Lease,
+    LeaseLost,
+    Silence,
+    lease_for,
+)
+from prefect_aimlapi_video.submission.record import SubmissionRecord, load_record
 
 LOGGER = logging.getLogger("test")
 

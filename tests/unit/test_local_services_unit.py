@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefect_aimlapi_video.deployments import local_services
-from prefect_aimlapi_video.deployments.local_services import _stop, _wait_until_up, free_port, postgres_binaries
+from tests.support import local_services
+from tests.support.local_services import _stop, _wait_until_up, free_port, postgres_binaries
 
 
 class FakeProcess:

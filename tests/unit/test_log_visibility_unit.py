@@ -9,9 +9,10 @@ import time
 import httpx
 import pytest
 
-from prefect_aimlapi_video.flows import log_visibility
-from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.log_visibility import (
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.storage.record_store import LocalRecordStore
+from prefect_aimlapi_video.submission import log_visibility
+from prefect_aimlapi_video.submission.log_visibility import (
     Sighting,
     add_sighting,
     read_sightings,
@@ -20,7 +21,6 @@ from prefect_aimlapi_video.flows.log_visibility import (
     wants_sightings,
     watch_listing,
 )
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore
 
 DEFAULT = 1200.0
 

@@ -7,9 +7,9 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from prefect_aimlapi_video.flows.models import Generation, Phase, credits_to_usd
-from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL as MODEL
-from prefect_aimlapi_video.flows.requests import GenerationParams
+from prefect_aimlapi_video.api.models import Generation, Phase, credits_to_usd
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL as MODEL
+from prefect_aimlapi_video.api.requests import GenerationParams
 
 POST_SAMPLE = {
     "id": "3637be63-e8d1-4ac1-9a4b-00afbdf10a55:krea/krea-wan-14b/video-to-video",

@@ -26,8 +26,11 @@ def _pyproject() -> dict:
 
 
 def _package_folders() -> dict[str, Path]:
-    """Every folder holding an __init__.py under the mapped top-level folders, by its package name."""
-    found = {PACKAGE: REPO / PACKAGE}
+    """Every folder holding an __init__.py in src/ and under the mapped top-level folders, by its package name."""
+    found = {PACKAGE: REPO / "src" / PACKAGE}
+    for init in (REPO / "src" / PACKAGE).rglob("__init__.py"):
+        relative = init.parent.relative_to(REPO / "src" / PACKAGE)
+        found[".".join((PACKAGE, *relative.parts))] = init.parent
     for folder in FOLDERS:
         for init in (REPO / folder).rglob("__init__.py"):
             relative = init.parent.relative_to(REPO / folder)
@@ -45,7 +48,7 @@ def test_every_package_folder_is_mapped_into_the_one_import_package() -> None:
 def test_no_module_imports_a_bare_top_level_folder() -> None:
     """`import flows` / `from blocks import ...` would resolve to a user's own packages once installed."""
     offenders = []
-    sources = [p for folder in (*FOLDERS, PACKAGE, "tests", "benchmarks") for p in (REPO / folder).rglob("*.py")]
+    sources = [p for folder in (*FOLDERS, "src", "tests", "benchmarks") for p in (REPO / folder).rglob("*.py")]
     assert len(sources) > 50
     for source in sources:
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
@@ -87,3 +90,10 @@ def test_prefect_floor_is_the_one_the_project_needs() -> None:
     dependencies = _pyproject()["project"]["dependencies"]
     assert "prefect>=3.9.1,<4" in dependencies
     assert not [d for d in dependencies if d.startswith(("fastapi", "sqlalchemy"))]  # 3.8.x-only pins
+
+
+def test_nothing_at_the_repository_root_shadows_the_installed_package() -> None:
+    """A script run from the root has the root on sys.path: a folder there named like the package
+    would hide the installed one (a regular install could not import its subpackages)."""
+    assert not (REPO / PACKAGE).exists()
+    assert (REPO / "src" / PACKAGE / "__init__.py").is_file()

@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.polling: the adaptive poll schedule, simulated on a virtual clock."""
+"""prefect_aimlapi_video.submission.polling: the adaptive poll schedule, simulated on a virtual clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from prefect_aimlapi_video.flows.polling import PollPolicy
+from prefect_aimlapi_video.submission.polling import PollPolicy
 
 
 def simulate(policy: PollPolicy, wait_seconds: float, seed: int = 1) -> tuple[int, list[float]]:

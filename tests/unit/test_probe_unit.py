@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.probe import probe_video
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.media.probe import probe_video
 from tests.unit.conftest import CLIP_FRAMES, CLIP_HEIGHT, CLIP_WIDTH
 
 

@@ -8,7 +8,7 @@ import time
 import prefect.artifacts
 import pytest
 
-from prefect_aimlapi_video.flows.artifacts import ProgressArtifact
+from prefect_aimlapi_video.tasks.progress import ProgressArtifact
 
 
 @pytest.fixture

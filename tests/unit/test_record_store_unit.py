@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.record_store, local directory: every write a compare-and-swap, atomic
+"""prefect_aimlapi_video.storage.record_store, local directory: every write a compare-and-swap, atomic
 between processes (the S3 store is tested against moto's server in tests/integration)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore, S3RecordStore, open_store
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.storage.record_store import LocalRecordStore, S3RecordStore, open_store
 
 
 async def test_create_only_if_absent_and_replace_only_if_unchanged(tmp_path):
@@ -93,7 +93,7 @@ async def test_a_store_that_only_pretends_to_compare_and_swap_is_refused_by_name
 
 
 async def test_an_honest_store_proves_itself_once_per_process(tmp_path, monkeypatch):
-    from prefect_aimlapi_video.flows import record_store
+    from prefect_aimlapi_video.storage import record_store
 
     monkeypatch.setattr(record_store, "_PROVEN", set())
     store = LocalRecordStore(tmp_path / "records")

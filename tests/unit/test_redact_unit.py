@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from prefect_aimlapi_video.flows.errors import (
+from prefect_aimlapi_video.api.errors import (
     AimlApiError,
     AuthenticationError,
     DownloadError,
@@ -19,7 +19,7 @@ from prefect_aimlapi_video.flows.errors import (
     SubmissionOutcomeUnknown,
     TransientApiError,
 )
-from prefect_aimlapi_video.flows.redact import RedactingFilter, redact, safe_url
+from prefect_aimlapi_video.api.redact import RedactingFilter, redact, safe_url
 
 SIGNED_S3 = (
     "https://my-bucket.s3.us-east-1.amazonaws.com/videos/in.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"
@@ -154,7 +154,7 @@ def test_library_debug_logs_are_scrubbed(caplog):
     """What botocore and httpx print at DEBUG (signatures, Authorization headers, signed URLs)."""
     import logging
 
-    from prefect_aimlapi_video.flows.redact import install_log_redaction
+    from prefect_aimlapi_video.api.redact import install_log_redaction
 
     install_log_redaction()
     with caplog.at_level(logging.DEBUG):

@@ -13,12 +13,10 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import Field
 
-from prefect_aimlapi_video.flows import requests as requests_module
-from prefect_aimlapi_video.flows.artifacts import request_rows
-from prefect_aimlapi_video.flows.batch_items import batch_item_model
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.models import VideoToVideoResult
-from prefect_aimlapi_video.flows.requests import (
+from prefect_aimlapi_video.api import requests as requests_module
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.api.models import VideoToVideoResult
+from prefect_aimlapi_video.api.requests import (
     DEFAULT_MODEL,
     DEFAULTS,
     KreaWan14bVideoToVideo,
@@ -27,8 +25,10 @@ from prefect_aimlapi_video.flows.requests import (
     request_fields,
     request_model,
 )
-from prefect_aimlapi_video.flows.s3_requests import overrides_from_metadata
+from prefect_aimlapi_video.flows.batch_items import batch_item_model
+from prefect_aimlapi_video.flows.summary import request_rows
 from prefect_aimlapi_video.flows.video_to_video import parse_overrides
+from prefect_aimlapi_video.storage.s3_requests import overrides_from_metadata
 
 
 class Acme(VideoRequest):

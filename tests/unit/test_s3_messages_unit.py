@@ -29,7 +29,7 @@ from prefect_aimlapi_video.deployments.s3_messages import (
     refused_request,
 )
 from prefect_aimlapi_video.deployments.seen_store import SeenStore
-from prefect_aimlapi_video.flows.s3_requests import overrides_from_metadata
+from prefect_aimlapi_video.storage.s3_requests import overrides_from_metadata
 
 TIME = "2026-01-02T03:04:05.678Z"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
 
-from prefect_aimlapi_video.flows.errors import InvalidInputError, TransientApiError
-from prefect_aimlapi_video.flows.s3 import explain, object_version, parse_s3_url, s3_identity
+from prefect_aimlapi_video.api.errors import InvalidInputError, TransientApiError
+from prefect_aimlapi_video.storage.s3 import explain, object_version, parse_s3_url, s3_identity
 
 
 def test_urls_and_identities():

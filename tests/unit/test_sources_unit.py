@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.sources: checking the `video` argument before anything is spent (no network here)."""
+"""prefect_aimlapi_video.storage.sources: checking the `video` argument before anything is spent (no network here)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.sources import data_uri, inspect_video
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.storage.sources import data_uri, inspect_video
 
 
 def as_data_uri(content: bytes, mime: str = "video/mp4") -> str:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from prefect_aimlapi_video.flows import strip_helper
-from prefect_aimlapi_video.flows.strip import make_strip
-from prefect_aimlapi_video.flows.strip_helper import MARKER, STAND_IN, make_strip_in_helper
+from prefect_aimlapi_video.media import strip_helper
+from prefect_aimlapi_video.media.strip import make_strip
+from prefect_aimlapi_video.media.strip_helper import MARKER, STAND_IN, make_strip_in_helper
 from prefect_aimlapi_video.sandbox import make_test_clip
 
 
@@ -63,7 +63,7 @@ async def test_the_helper_makes_the_same_strip_as_this_process_and_is_reused(cli
 def test_the_helper_imports_no_prefect():
     """The stand-in package keeps the package's `__init__` (and so Prefect, for the block) out of it."""
     probe = STAND_IN + textwrap.dedent("""
-        import prefect_aimlapi_video.flows.strip_helper
+        import prefect_aimlapi_video.media.strip_helper
         print(sorted(name for name in sys.modules if name == "prefect" or name.startswith("prefect.")))
     """)
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
@@ -73,7 +73,7 @@ def test_the_helper_imports_no_prefect():
 async def test_an_unreadable_video_gives_no_strip_and_its_warning_is_logged_here(tmp_path, clips, caplog):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all")
-    with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.flows.strip"):
+    with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.media.strip"):
         assert await make_strip_in_helper(clips[0], broken) is None
     assert any("No before/after strip" in r.getMessage() and "broken.mp4" in r.getMessage() for r in caplog.records)
     assert await make_strip_in_helper(*clips) is not None  # the helper survived it
@@ -85,7 +85,7 @@ async def test_a_helper_that_hangs_is_stopped_and_the_next_strip_gets_a_new_one(
     os.mkfifo(stuck)  # opening it blocks until a writer comes: a decoder that never returns
     assert await make_strip_in_helper(None, after := clips[1]) is not None
     hung = helper_process()
-    with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.flows.strip"):
+    with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.media.strip"):
         started = time.monotonic()
         assert await make_strip_in_helper(None, stuck) is None
         assert time.monotonic() - started < 30
@@ -118,7 +118,7 @@ async def test_a_helper_killed_mid_strip_costs_that_strip_only(clips, caplog, mo
         return ask(self, request, process)
 
     monkeypatch.setattr(strip_helper._Helper, "ask", ask_then_crash)
-    with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.flows.strip"):
+    with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.media.strip"):
         assert await make_strip_in_helper(*clips) is None
     assert process.returncode == -signal.SIGSEGV
     assert any(f"ended with exit code {-signal.SIGSEGV}" in r.getMessage() for r in caplog.records)
@@ -127,7 +127,7 @@ async def test_a_helper_killed_mid_strip_costs_that_strip_only(clips, caplog, mo
 
 async def test_when_no_helper_can_start_the_strip_is_made_in_a_thread(clips, caplog, monkeypatch):
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
-    with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.flows.strip_helper"):
+    with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.media.strip_helper"):
         strip = await make_strip_in_helper(*clips)
     assert strip is not None and strip == make_strip(*clips)
     assert any("Cannot start the strip helper" in r.getMessage() for r in caplog.records)
@@ -139,7 +139,7 @@ def test_the_helper_ends_with_the_process_that_started_it_even_on_sigkill(clips,
     script.write_text(textwrap.dedent(f"""
         import asyncio, sys, time
         from pathlib import Path
-        from prefect_aimlapi_video.flows import strip_helper
+        from prefect_aimlapi_video.media import strip_helper
         assert asyncio.run(strip_helper.make_strip_in_helper(None, Path({str(clips[1])!r}))) is not None
         print(strip_helper._helper.process.pid, flush=True)
         time.sleep(600)
@@ -169,19 +169,18 @@ async def test_strips_asked_for_at_once_are_made_one_after_another_by_one_helper
 async def test_an_unreadable_answer_costs_that_strip_and_the_helper(clips, caplog, monkeypatch):
     monkeypatch.setattr(strip_helper, "BOOTSTRAP", "import sys, time\nsys.stdin.readline()\n"
                                                    "print('{\"strip\": {\"ima', flush=True)\ntime.sleep(60)\n")
-    with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.flows.strip"):
+    with caplog.at_level(logging.WARNING, logger="prefect_aimlapi_video.media.strip"):
         assert await make_strip_in_helper(*clips) is None
     assert any("gave an unreadable answer and was stopped" in r.getMessage() for r in caplog.records)
     assert helper_process().returncode is not None  # killed, so the next strip starts afresh
 
 
-async def test_only_an_in_process_batch_uses_the_helper(clips):
-    """A run alone in its process makes its strip in a thread: a helper would cost more than the strip."""
-    from prefect_aimlapi_video.flows.batch_context import batch_children
-    from prefect_aimlapi_video.flows.results import _make_strip
+async def test_the_helper_is_used_only_when_asked(clips):
+    """A run alone in its process makes its strip in a thread (a helper would cost more than the
+    strip); a batch's children ask for the helper (`strip_in_helper`)."""
+    from prefect_aimlapi_video.storage.delivery import _make_strip
 
-    alone = await _make_strip(*clips)
+    alone = await _make_strip(*clips, in_helper=False)
     assert alone is not None and strip_helper._helper is None
-    with batch_children():
-        in_batch = await _make_strip(*clips)
+    in_batch = await _make_strip(*clips, in_helper=True)
     assert in_batch == alone and helper_process().poll() is None

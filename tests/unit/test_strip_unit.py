@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from prefect_aimlapi_video.flows.strip import GAP, Strip, make_strip, strip_markdown, write_strip
+from prefect_aimlapi_video.media.strip import GAP, Strip, make_strip, strip_markdown, write_strip
 from prefect_aimlapi_video.sandbox import make_test_clip
 
 BEFORE_COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 40)]
@@ -179,7 +179,7 @@ def test_byte_cap_shrinks_tiles_until_the_image_fits(tmp_path: Path) -> None:
 
 
 def test_an_impossible_byte_cap_gives_none(clips: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="prefect_aimlapi_video.flows.strip"):
+    with caplog.at_level(logging.DEBUG, logger="prefect_aimlapi_video.media.strip"):
         assert make_strip(clips["before"], clips["after"], max_bytes=100) is None
     assert "byte cap" in caplog.text
 
@@ -198,7 +198,7 @@ def test_unusable_input_gives_none_without_raising(
             frame.sample_rate = 8000
             container.mux(stream.encode(frame))
             container.mux(stream.encode())
-    with caplog.at_level(logging.DEBUG, logger="prefect_aimlapi_video.flows.strip"):
+    with caplog.at_level(logging.DEBUG, logger="prefect_aimlapi_video.media.strip"):
         assert make_strip(bad, clips["after"]) is None
         assert make_strip(clips["before"], bad) is None
     assert caplog.records and "bad.mp4" in caplog.text

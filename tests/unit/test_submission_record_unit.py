@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.submission_record: the record of one logical generation, on a real local store.
+"""prefect_aimlapi_video.submission.record: the record of one logical generation, on a real local store.
 
 Client request ids (deterministic per attempt, in the provider's alphabet, read back by the usage
 log), the record's serialised form, what the submit step hands on (`as_submitted`), marking a
@@ -15,8 +15,9 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore
-from prefect_aimlapi_video.flows.submission_record import (
+from prefect_aimlapi_video.api.usage_log import attempt_of
+from prefect_aimlapi_video.storage.record_store import LocalRecordStore
+from prefect_aimlapi_video.submission.record import (
     DURATIONS_KEY,
     KEEP_DURATIONS,
     StoreRef,
@@ -29,7 +30,6 @@ from prefect_aimlapi_video.flows.submission_record import (
     read_durations,
     record_key,
 )
-from prefect_aimlapi_video.flows.usage_log import attempt_of
 
 FINGERPRINT = "f" * 64
 

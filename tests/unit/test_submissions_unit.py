@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.submissions: the exactly-once protocol against a stateful fake API.
+"""prefect_aimlapi_video.submission.protocol: the exactly-once protocol against a stateful fake API.
 
 The fake provider (on httpx.MockTransport) accepts, refuses or loses POSTs in every way the
 client must tell apart, and lists requests in its usage log in each plausible way (at acceptance,
@@ -17,10 +17,8 @@ import uuid
 import httpx
 import pytest
 
-from prefect_aimlapi_video.flows import lease as lease_module
-from prefect_aimlapi_video.flows import submissions as submissions_module
-from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.errors import (
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.api.errors import (
     InvalidRequestError,
     RateLimitedError,
     ReconciliationUnavailable,
@@ -28,10 +26,13 @@ from prefect_aimlapi_video.flows.errors import (
     TransientApiError,
     UnidentifiedGenerationError,
 )
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore
-from prefect_aimlapi_video.flows.requests import DEFAULT_MODEL as MODEL
-from prefect_aimlapi_video.flows.requests import GenerationParams
-from prefect_aimlapi_video.flows.submissions import SubmissionRecord, mark_failed, record_key, submit_once
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL as MODEL
+from prefect_aimlapi_video.api.requests import GenerationParams
+from prefect_aimlapi_video.storage.record_store import LocalRecordStore
+from prefect_aimlapi_video.submission import lease as lease_module
+from prefect_aimlapi_video.submission import protocol as submissions_module
+from prefect_aimlapi_video.submission import sending as sending_module
+from prefect_aimlapi_video.submission.protocol import SubmissionRecord, mark_failed, record_key, submit_once
 
 API_KEY = "sk-unit-test-SECRET-KEY-0123456789"
 BASE_URL = "https://api.test"
@@ -487,7 +488,7 @@ async def test_two_attempts_released_together_on_a_stale_record_never_both_post(
 
 
 async def test_a_generation_that_could_pass_the_spend_cap_is_never_sent(client, store, fake):
-    from prefect_aimlapi_video.flows.budget import DEFAULT_ESTIMATE_CREDITS, Budget, BudgetExceeded
+    from prefect_aimlapi_video.submission.budget import DEFAULT_ESTIMATE_CREDITS, Budget, BudgetExceeded
 
     budget = Budget(store, "cap", cap_credits=1.5 * DEFAULT_ESTIMATE_CREDITS)
     first = await submit_once(client, store, PARAMS, IDENTITY, "run-1", VideoUrl(), budget=budget)
@@ -553,9 +554,9 @@ async def test_a_heartbeat_that_fails_during_the_post_never_throws_the_answer_aw
 async def test_a_record_that_cannot_be_written_fails_naming_the_generation_and_how_to_collect_it(
     client, tmp_path, fake, monkeypatch
 ):
-    from prefect_aimlapi_video.flows.errors import GenerationNotRecorded
+    from prefect_aimlapi_video.api.errors import GenerationNotRecorded
 
-    monkeypatch.setattr(submissions_module, "RECORD_DEADLINE_SECONDS", 1.0)
+    monkeypatch.setattr(sending_module, "RECORD_DEADLINE_SECONDS", 1.0)
     store = FlakyStore(tmp_path / "records")
     fake.on_accept = fail_store_for(store, 60)
     with pytest.raises(GenerationNotRecorded) as caught:
@@ -568,7 +569,7 @@ async def test_a_record_that_cannot_be_written_fails_naming_the_generation_and_h
 
 
 async def test_a_budget_that_cannot_be_told_the_quote_never_fails_a_paid_generation(client, store, fake, monkeypatch):
-    from prefect_aimlapi_video.flows.budget import Budget
+    from prefect_aimlapi_video.submission.budget import Budget
 
     budget = Budget(store, "cap", cap_credits=10_000_000)
 
@@ -645,8 +646,8 @@ async def test_a_claim_refreshed_by_its_holder_is_never_taken_over(client, store
 async def test_an_unknown_outcome_waits_what_the_account_showed_not_the_default(client, store, fake, monkeypatch):
     """Three past requests were listed at acceptance within 0.2 s: a lost request (never accepted)
     is sent again after twice that plus the margin, not after the 600 s default."""
-    from prefect_aimlapi_video.flows import log_visibility
-    from prefect_aimlapi_video.flows.log_visibility import Sighting, add_sighting
+    from prefect_aimlapi_video.submission import log_visibility
+    from prefect_aimlapi_video.submission.log_visibility import Sighting, add_sighting
 
     monkeypatch.setattr(log_visibility, "ACCEPTANCE_MARGIN_SECONDS", 0.5)
     for _ in range(3):

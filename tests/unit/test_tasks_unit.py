@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.tasks: what the task wrappers add to the plain async code under them.
+"""prefect_aimlapi_video.tasks.steps: what the task wrappers add to the plain async code under them.
 
 The retry policy (retry only errors flagged `retryable`, never cache a paid step), sleeping out a
 429's Retry-After before Prefect's own delay, and how `submit_generation` and `download_video` map
@@ -21,12 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import disable_run_logger
 from prefect.states import Failed
 
-from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows import tasks as tasks_module
-from prefect_aimlapi_video.flows.budget import BudgetRef
-from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.destinations import LocalDestination
-from prefect_aimlapi_video.flows.errors import (
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.api.errors import (
     AuthenticationError,
     DownloadError,
     GenerationFailedError,
@@ -40,20 +36,24 @@ from prefect_aimlapi_video.flows.errors import (
     TransientApiError,
     UnidentifiedGenerationError,
 )
-from prefect_aimlapi_video.flows.models import VideoInfo
-from prefect_aimlapi_video.flows.record_store import LocalRecordStore
-from prefect_aimlapi_video.flows.requests import GenerationParams
-from prefect_aimlapi_video.flows.results import StoredVideo
-from prefect_aimlapi_video.flows.sources import inspect_video
-from prefect_aimlapi_video.flows.submission_record import StoreRef, SubmittedGeneration
-from prefect_aimlapi_video.flows.tasks import (
+from prefect_aimlapi_video.api.models import VideoInfo
+from prefect_aimlapi_video.api.requests import GenerationParams
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.media.video_checks import data_uri
+from prefect_aimlapi_video.storage.delivery import StoredVideo
+from prefect_aimlapi_video.storage.destinations import LocalDestination
+from prefect_aimlapi_video.storage.record_store import LocalRecordStore
+from prefect_aimlapi_video.storage.sources import inspect_video
+from prefect_aimlapi_video.submission.budget import BudgetRef
+from prefect_aimlapi_video.submission.record import StoreRef, SubmittedGeneration
+from prefect_aimlapi_video.tasks import steps as tasks_module
+from prefect_aimlapi_video.tasks.steps import (
     _respect_retry_after,
     _retry_if_retryable,
     download_video,
     submit_generation,
     wait_for_generation,
 )
-from prefect_aimlapi_video.flows.video_checks import data_uri
 
 CREDENTIALS = AimlApiCredentials(api_key="sk-unit-test-key")
 PARAMS = GenerationParams(prompt="a watercolour city", seed=7)

@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.usage_log: reading rows we do not know the shape of, scanning back far
+"""prefect_aimlapi_video.api.usage_log: reading rows we do not know the shape of, scanning back far
 enough to prove absence (or saying it cannot), and sharing reads across concurrent lookups."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import time
 import httpx
 import pytest
 
-from prefect_aimlapi_video.flows import usage_log
-from prefect_aimlapi_video.flows.client import AimlApiClient
-from prefect_aimlapi_video.flows.errors import ReconciliationUnavailable
-from prefect_aimlapi_video.flows.usage_log import Finding, LogRow, UsageLog, attempt_of
+from prefect_aimlapi_video.api import usage_log
+from prefect_aimlapi_video.api.client import AimlApiClient
+from prefect_aimlapi_video.api.errors import ReconciliationUnavailable
+from prefect_aimlapi_video.api.usage_log import Finding, LogRow, UsageLog, attempt_of
 
 NOW = time.time()
 

@@ -1,4 +1,4 @@
-"""prefect_aimlapi_video.flows.video_checks: what is known about a `video` argument offline.
+"""prefect_aimlapi_video.media.video_checks: what is known about a `video` argument offline.
 
 `precheck` (the CLI's check before anything starts), the kind of an argument (`scheme_of`), the
 exact byte cap of a data URI, path-safe names for outputs (`file_stem`) and file digests. The
@@ -13,9 +13,9 @@ import re
 
 import pytest
 
-from prefect_aimlapi_video.flows import video_checks
-from prefect_aimlapi_video.flows.errors import InvalidInputError
-from prefect_aimlapi_video.flows.video_checks import (
+from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.media import video_checks
+from prefect_aimlapi_video.media.video_checks import (
     data_uri,
     decode_data_uri,
     file_stem,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_aimlapi_video.flows.client import ApiAnswer
-from prefect_aimlapi_video.flows.errors import GenerationTimeoutError, RateLimitedError, TransientApiError
-from prefect_aimlapi_video.flows.models import Generation
-from prefect_aimlapi_video.flows.waiting import Tracker, observe
+from prefect_aimlapi_video.api.client import ApiAnswer
+from prefect_aimlapi_video.api.errors import GenerationTimeoutError, RateLimitedError, TransientApiError
+from prefect_aimlapi_video.api.models import Generation
+from prefect_aimlapi_video.submission.waiting import Tracker, observe
 
 
 class Script:
@@ -62,7 +62,7 @@ async def test_times_out_naming_the_generation():
 
 
 def test_tracker_keeps_each_status_once_and_when_generating_began():
-    from prefect_aimlapi_video.flows.waiting import Observation
+    from prefect_aimlapi_video.submission.waiting import Observation
 
     tracker = Tracker("queued", accepted_at=100.0)
     statuses = ["queued", "generating", "generating", "completed"]
