@@ -1,15 +1,12 @@
-"""The ASGI app: the provider's routes, result files, fault injection and the /sandbox control routes."""
+"""The ASGI app: the provider's routes, result files, fault injection and the /sandbox control routes.
+
+The state the routes share and the helpers that shape their answers are in ``answers.py``.
+"""
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import hmac
-import json
 import math
 import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -19,105 +16,17 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from .config import CREDITS_PER_USD, SandboxConfig
-from .contract import BodyError, error_body, field_errors, generation_body, parse_submission
-from .engine import Engine, Generation
-from .faults import (
-    GATEWAY_502_PAGE,
-    GATEWAY_503_PAGE,
-    REJECTING_KINDS,
-    FaultConfig,
-    FaultInjector,
-    FaultKind,
-    add_extra_fields,
-)
+from .answers import REJECTION_MESSAGES, Answers
+from .config import SandboxConfig
+from .contract import BodyError, field_errors, parse_submission
+from .engine import Generation
+from .faults import GATEWAY_502_PAGE, GATEWAY_503_PAGE, REJECTING_KINDS, FaultConfig, FaultInjector
 from .ledger import LOG_STATUS, log_row, refused_row
 from .responses import AbortedResponse, RequestIds, drip, linger
 
-REJECTION_MESSAGES = {
-    429: "Too many requests: rate limit exceeded",
-    500: "Internal server error",
-    502: "Bad gateway: the upstream model provider failed",
-    503: "Service unavailable: the model is under maintenance",
-}
 
-
-class SandboxApp:
-    """Route handlers over one Engine and one FaultInjector."""
-
-    def __init__(self, config: SandboxConfig) -> None:
-        self.config = config
-        self.faults = FaultInjector(config.faults)
-        self.engine: Engine  # created at startup, inside the server's event loop
-        self.log_reads: collections.deque[float] = collections.deque()  # times of recent GET /v2/logs
-        self.log_counts = {"reads": 0, "rate_limited": 0}
-
-    @contextlib.asynccontextmanager
-    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        self.engine = Engine(self.config)
-        try:
-            yield
-        finally:
-            await self.engine.aclose()
-
-    # -- helpers ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def error(
-        request: Request, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
-    ) -> JSONResponse:
-        body = error_body(status, message, request.url.path, request.state.request_id, **extra)
-        return JSONResponse(body, status_code=status, headers=headers)
-
-    def denied(self, request: Request) -> JSONResponse | None:
-        """401 unless ``Authorization: Bearer <api_key>``."""
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), self.config.api_key.encode()):
-            return None
-        message = "Invalid API key" if scheme else "Missing Authorization header: send 'Authorization: Bearer <key>'"
-        if scheme and self.faults.config.echo_key_in_errors:
-            message = f"Invalid API key {key.strip()}: no such key"
-        return self.error(request, 401, message, headers={"www-authenticate": "Bearer"})
-
-    def rejection(self, request: Request, kind: FaultKind) -> JSONResponse:
-        status = REJECTING_KINDS[kind]
-        headers = {"retry-after": str(math.ceil(self.faults.config.retry_after_seconds))} if status == 429 else None
-        return self.error(request, status, REJECTION_MESSAGES[status], headers=headers)
-
-    async def respond(
-        self, request: Request, fault: FaultKind | None, body: dict[str, Any], headers: dict[str, str]
-    ) -> Response:
-        """A JSON answer, bent by the request's fault (extra fields, slowness, a dropped connection)."""
-        if fault == "extra_fields":
-            body = add_extra_fields(body)
-        if fault == "slow_response":
-            await linger(request, self.faults.config.slow_seconds)
-        if fault == "drop_connection":
-            data = json.dumps(body).encode()
-            return AbortedResponse(data[: len(data) // 2], len(data), "application/json", headers)
-        return JSONResponse(body, headers=headers)
-
-    def base_url(self, request: Request) -> str:
-        return (self.config.public_base_url or str(request.base_url)).rstrip("/")
-
-    async def generation_response(
-        self, request: Request, generation: Generation, fault: FaultKind | None, *, masked: bool
-    ) -> Response:
-        """POST and GET answers; only GET shows an injected unknown status word."""
-        credits = generation.reported_credits
-        status = generation.reported_status if masked else generation.entry.status
-        video_url = None
-        if status == "completed":
-            video_url = self.engine.files.signed_url(self.base_url(request), generation.token)
-        body = generation_body(
-            generation.entry, status=status, credits=credits, video_url=video_url, duration=generation.duration
-        )
-        headers = {
-            "x-inference-id": generation.entry.generation_id,
-            "x-aimlapi-credits-used": str(credits),
-            "x-aimlapi-usd-spent": f"{credits / CREDITS_PER_USD:.6f}",
-        }
-        return await self.respond(request, fault, body, headers)
+class SandboxApp(Answers):
+    """Route handlers over one Engine and one FaultInjector (state and answer helpers: ``Answers``)."""
 
     # -- the provider's routes -------------------------------------------------------------------
 
@@ -142,7 +51,8 @@ class SandboxApp:
         if fault in REJECTING_KINDS:
             return self.rejection(request, fault), False
         try:
-            submission = parse_submission(await request.body(), self.config.max_data_uri_bytes)
+            submission = parse_submission(await request.body(), self.config.max_data_uri_bytes,
+                                          self.config.extra_models)
         except BodyError as exc:
             return self.error(request, 400, str(exc), errors=exc.errors), False
         credits_left = self.engine.credits_left()
@@ -289,12 +199,6 @@ class SandboxApp:
         return JSONResponse(
             {"status": "ok", "in_flight": self.engine.in_flight, "credits_left": self.engine.credits_left()}
         )
-
-    async def http_error(self, request: Request, exc: Exception) -> Response:
-        """Starlette's own 404/405 (and any crash, as 500) in the provider's error shape."""
-        if isinstance(exc, HTTPException):
-            return self.error(request, exc.status_code, exc.detail, headers=exc.headers)
-        return self.error(request, 500, REJECTION_MESSAGES[500])
 
     def routes(self) -> list[Route]:
         return [
