@@ -83,7 +83,9 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
+# The repository root, for the test services (`tests.support`); the package is the installed one, as
+# nothing at the root shadows it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.stats import pct, rnd, summary  # noqa: E402
 from prefect_aimlapi_video.media.strip_helper import MARKER as STRIP_HELPER_MARKER  # noqa: E402

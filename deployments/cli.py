@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from prefect_aimlapi_video.deployments.cli_options import collect_parser, request_values, run_parser, run_settings
 from prefect_aimlapi_video.deployments.terminal import OneLineErrors, fail, flush_prefect, quiet_console
 
 KEY_ENV_VARS = ("AIMLAPI_API_KEY", "AIML_API_KEY")
@@ -21,95 +22,6 @@ KEY_ENV_VARS = ("AIMLAPI_API_KEY", "AIML_API_KEY")
 
 def _key_from_env() -> str | None:
     return next((os.environ[name] for name in KEY_ENV_VARS if os.environ.get(name)), None)
-
-
-def _run_parser(sub: Any) -> None:
-    run = sub.add_parser("run", help="Restyle one video (a flow run on your Prefect server).")
-    run.add_argument("video", help="https URL, data URI, local file or s3://bucket/key")
-    _request_options(run)
-    run.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
-    run.add_argument("--output-storage", default=None, help="writable filesystem block, slug/name")
-    who = run.add_mutually_exclusive_group()
-    who.add_argument("--credentials", default=None, help="AimlApiCredentials block name")
-    who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
-    run.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
-    run.add_argument("--stage-to", default=None, help="S3Bucket block (s3-bucket/name) for big local files")
-    again = run.add_mutually_exclusive_group()
-    again.add_argument("--idempotency-key", default=None,
-                       help="generations with the same key (and request) are paid once; default: the request itself")
-    again.add_argument("--new", action="store_true",
-                       help="a fresh, paid generation even if this exact request ran before")
-    run.add_argument("--submissions", default=None,
-                     help="exactly-once records: a directory or s3://bucket/prefix (default AIMLAPI_SUBMISSIONS_DIR)")
-    run.add_argument("--timeout", type=float, default=None, help="seconds to wait for the generation")
-    _limit_options(run)
-
-
-# `--max-duration` -> InputLimits.max_duration_seconds, and so on: each limit checked before paying.
-LIMIT_FLAGS = {"--max-duration": "max_duration_seconds", "--max-long-side": "max_long_side",
-               "--max-short-side": "max_short_side", "--max-input-bytes": "max_input_bytes",
-               "--max-generation-usd": "max_generation_usd"}
-
-
-def _limit_options(run: argparse.ArgumentParser) -> None:
-    from prefect_aimlapi_video.media.limits import InputLimits
-
-    group = run.add_argument_group("limits, checked before anything is paid (the provider publishes none)")
-    for flag, name in LIMIT_FLAGS.items():
-        field = InputLimits.model_fields[name]
-        group.add_argument(flag, dest=name, type=field.annotation, default=None,
-                           help=f"{field.description} Default {field.default:g}.")
-
-
-def _limits(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in LIMIT_FLAGS.values() if getattr(args, name) is not None}
-
-
-def _flag(name: str, default: Any) -> str:
-    """`--strength` for `strength`; `--no-prompt-expansion` for `enable_prompt_expansion` (default on)."""
-    if default is True:
-        return "--no-" + name.removeprefix("enable_").replace("_", "-")
-    return "--" + name.replace("_", "-")
-
-
-def _request_options(run: argparse.ArgumentParser) -> None:
-    """One option per field of the registered request models (`api.requests`), typed from the
-    field; an option not given leaves the model's default."""
-    from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, REQUEST_MODELS
-
-    run.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(REQUEST_MODELS), help="the provider's model")
-    seen: set[str] = set()
-    for request in REQUEST_MODELS.values():
-        for name, field in request.model_fields.items():
-            if name in seen:
-                continue
-            seen.add(name)
-            flag = _flag(name, field.default)
-            help_text = f"turn off: {field.description}" if field.default is True else field.description
-            if field.default is True or field.default is False:
-                run.add_argument(flag, dest=name, action="store_const", const=not field.default, default=None,
-                                 help=help_text)
-                continue
-            kind = next((k for k in (int, float) if k in (getattr(field.annotation, "__args__", ()) or
-                                                           (field.annotation,))), str)
-            run.add_argument(flag, dest=name, type=kind, default=None, required=field.is_required() and
-                             request.MODEL == DEFAULT_MODEL, help=help_text)
-
-
-def _request_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The request fields given on the command line: the default model's as the flow's own
-    parameters, any other model's fields as `overrides`."""
-    from prefect_aimlapi_video.api.requests import (
-        DEFAULTS,
-        GenerationParams,
-        request_fields,
-    )
-
-    given = {name: getattr(args, name) for name in request_fields() if getattr(args, name, None) is not None}
-    own = {name: value for name, value in given.items() if name in GenerationParams.model_fields}
-    others = {name: value for name, value in given.items() if name not in own}
-    return {**{name: DEFAULTS.get(name) for name in DEFAULTS}, **own, "model": args.model,
-            **({"overrides": others} if others else {})}
 
 
 def _credentials(args: argparse.Namespace) -> Any:
@@ -128,31 +40,28 @@ def _credentials(args: argparse.Namespace) -> Any:
     return DEFAULT_CREDENTIALS_BLOCK
 
 
-def _same_generation(args: argparse.Namespace) -> dict[str, Any]:
-    """By default the request itself is the scope: running the same command again resumes it (or
-    returns its output) without a new charge. `--new` asks for a fresh generation."""
+def _same_generation(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
+    """The idempotency key and the settings of a `run`. By default the request itself is the scope:
+    running the same command again resumes it (or returns its output) without a new charge. `--new`
+    asks for a fresh generation."""
+    settings = run_settings(args)
     if args.new:
-        return {"idempotency_key": f"cli-new:{uuid.uuid4()}"}
+        return f"cli-new:{uuid.uuid4()}", settings
     if args.idempotency_key:
-        return {"idempotency_key": args.idempotency_key}
-    return {"idempotency_scope": "request"}
+        return args.idempotency_key, settings
+    return None, {**settings, "idempotency_scope": "request"}
 
 
 def _precheck(args: argparse.Namespace) -> None:
     """Everything checkable without Prefect, the network or S3, before anything starts: the request's
     fields, the settings, and the video itself (scheme, data URI, local file). `InvalidInputError`."""
-    from prefect_aimlapi_video.api.requests import request_model
-    from prefect_aimlapi_video.flows.settings import validate_settings
+    from prefect_aimlapi_video.flows.choices import build_request
+    from prefect_aimlapi_video.flows.settings import check_run
     from prefect_aimlapi_video.media.video_checks import precheck
 
     _check_base_url(args.base_url)
-    values = _request_values(args)
-    request = request_model(values.pop("model"))
-    overrides = values.pop("overrides", {})
-    request.validated(**{**{k: v for k, v in values.items() if k in request.model_fields}, **overrides})
-    settings = validate_settings(submissions=args.submissions, output=args.output, output_storage=args.output_storage,
-                                 stage_to=args.stage_to, limits=_limits(args), idempotency_key=args.idempotency_key,
-                                 **({} if args.timeout is None else {"timeout_seconds": args.timeout}))
+    build_request(**request_values(args))
+    settings = check_run(run_settings(args), output=args.output, idempotency_key=args.idempotency_key)
     info = precheck(args.video, staged=bool(args.stage_to))
     if info is not None:  # a local file or data URI: its limits are known offline too
         settings.limits.check(info, info.size_bytes, args.video.strip()[:200])
@@ -180,15 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefect_aimlapi_video.flows.video_to_video import video_to_video
 
     quiet_console()
-    options: dict[str, Any] = _same_generation(args)
-    if args.timeout is not None:
-        options["timeout_seconds"] = args.timeout
+    key, settings = _same_generation(args)
     return _report(
-        video_to_video(
-            video=args.video, **_request_values(args), credentials=_credentials(args),
-            output=args.output, output_storage=args.output_storage, aws_credentials=args.aws_credentials,
-            stage_to=args.stage_to, submissions=args.submissions, limits=_limits(args) or None, **options,
-        ),
+        video_to_video(video=args.video, **request_values(args), credentials=_credentials(args), output=args.output,
+                       idempotency_key=key, settings=settings),
         interrupted="interrupted; run the same command again to resume without a new charge.",
     )
 
@@ -211,41 +115,23 @@ def _report(flow_run: Any, *, interrupted: str) -> int:
     return 0
 
 
-def _collect_parser(sub: Any) -> None:
-    collect = sub.add_parser("collect", help="Download a generation already paid for, by id (no new charge).")
-    collect.add_argument("generation_id", help="the id a run's summary or log names")
-    collect.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
-    collect.add_argument("--output-storage", default=None, help="writable filesystem block, slug/name")
-    who = collect.add_mutually_exclusive_group()
-    who.add_argument("--credentials", default=None, help="AimlApiCredentials block name")
-    who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
-    collect.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
-    collect.add_argument("--timeout", type=float, default=None, help="seconds to wait if it is still running")
-    collect.add_argument("--submissions", default=None,
-                         help="the record store its run used (default AIMLAPI_SUBMISSIONS_DIR): a charge is reported once")
-
-
 def cmd_collect(args: argparse.Namespace) -> int:
     from prefect_aimlapi_video.api.errors import InvalidInputError
-    from prefect_aimlapi_video.flows.settings import validate_settings
+    from prefect_aimlapi_video.flows.settings import check_run
 
     try:
         if not args.generation_id.strip():
             raise InvalidInputError("the generation id is empty.")
         _check_base_url(args.base_url)
-        validate_settings(output=args.output, output_storage=args.output_storage, submissions=args.submissions,
-                          **({} if args.timeout is None else {"timeout_seconds": args.timeout}))
+        check_run(run_settings(args), output=args.output)
     except InvalidInputError as exc:
         return fail(str(exc), 2)
     from prefect_aimlapi_video.flows.collect import collect_generation
 
     quiet_console()
     return _report(
-        collect_generation(
-            generation_id=args.generation_id, credentials=_credentials(args), output=args.output,
-            output_storage=args.output_storage, aws_credentials=args.aws_credentials, submissions=args.submissions,
-            **({} if args.timeout is None else {"timeout_seconds": args.timeout}),
-        ),
+        collect_generation(generation_id=args.generation_id, credentials=_credentials(args), output=args.output,
+                           settings=run_settings(args)),
         interrupted="interrupted; run the same command again to collect it.",
     )
 
@@ -294,12 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_main(argv[1:])
     parser = OneLineErrors(prog="aimlapi-video", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
-    _run_parser(sub)
+    run_parser(sub)
     sub.add_parser("sandbox", help="Serve the local stand-in of the AI/ML API (see --help).")
     sub.add_parser("s3-events", help="Bridge S3 notifications on an SQS queue to Prefect events (see --help).")
     sub.add_parser("serve", help="Serve the deployments of deployments/prefect.yaml from this process.")
     sub.add_parser("demo", help="Run one generation against a throwaway sandbox, no key needed.")
-    _collect_parser(sub)
+    collect_parser(sub)
     save = sub.add_parser("save-key", help="Save the key from AIMLAPI_API_KEY (or a prompt) as a block.")
     save.add_argument("--name", default="aimlapi")
     save.add_argument("--base-url", default=None)

@@ -1,6 +1,6 @@
-"""Prefect flows and tasks for the AI/ML API model `krea/krea-wan-14b/video-to-video`.
+"""The flows (`video_to_video`, `batch`, `folder`, `collect`) and what only flows use: their shared
+settings, the request they build, the summary and events of a run, a batch's items, report and fan-out.
 
-Import the public names from `prefect_aimlapi_video` itself, or each from its module here
-(`.video_to_video`, `.batch`, `.folder`, `.tasks`, `.client`, `.models`, `.errors`). This package
-file stays empty so that importing the client (as the block does) never drags in Prefect flows.
+Import the public names from `prefect_aimlapi_video` itself, or each flow from its module here. This
+package file stays empty so that importing one flow never drags in the others.
 """

@@ -16,49 +16,41 @@ from typing import Any
 
 import httpx
 from prefect import flow, tags
-from prefect.artifacts import acreate_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.logging import get_run_logger
 
-from prefect_aimlapi_video.api.errors import AimlApiError, InvalidInputError
+from prefect_aimlapi_video.api.errors import BatchFailedError, BudgetExceeded, InvalidInputError
 from prefect_aimlapi_video.api.redact import redact
-from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, DEFAULTS, request_model
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, request_model
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.batch_context import DEFERRED_AT_ONCE, batch_children, finish_deferred, owned_key
 from prefect_aimlapi_video.flows.batch_items import (
     BatchItem,
     BatchItemResult,
     ItemBase,
+    child_arguments,
     load_manifest,
     output_root,
     parse_items,
     shown_video,
 )
+from prefect_aimlapi_video.flows.batch_report import budget_line, report, shared_budget
+from prefect_aimlapi_video.flows.choices import chosen_fields
 from prefect_aimlapi_video.flows.fanout import check_children, children_env, run_on_work_pool
-from prefect_aimlapi_video.flows.settings import RunSettings, validate_settings
-from prefect_aimlapi_video.flows.summary import artifact_key
+from prefect_aimlapi_video.flows.settings import RunSettings, check_run
 from prefect_aimlapi_video.flows.video_to_video import (
     DEFAULT_CREDENTIALS_BLOCK,
     RUN_TAGS,
     SKIPPED_BUDGET,
-    budget_ref,
-    budget_text,
     video_to_video,
 )
-from prefect_aimlapi_video.media.limits import InputLimits
 from prefect_aimlapi_video.storage.record_store import open_store
-from prefect_aimlapi_video.submission.budget import BudgetExceeded
-from prefect_aimlapi_video.submission.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.tasks.progress import ProgressArtifact
 
-__all__ = ["BatchFailedError", "BatchItem", "BatchItemResult", "report", "run_items", "video_to_video_batch"]
+__all__ = ["BatchFailedError", "BatchItem", "BatchItemResult", "run_items", "video_to_video_batch"]
 
 DEFAULT_CONCURRENCY_LIMIT = "aimlapi-video-to-video"
 DEFAULT_MAX_CONCURRENCY = 16
-
-
-class BatchFailedError(AimlApiError):
-    """Some generations of a batch failed (the others completed and were kept)."""
 
 
 @contextlib.asynccontextmanager
@@ -100,7 +92,8 @@ def _flow_run_url(flow_run_id: str | None) -> str | None:
 
 async def run_items(
     items: list[ItemBase],
-    defaults: dict[str, Any],
+    arguments: dict[str, Any],
+    settings: RunSettings,
     *,
     scope: str,
     concurrency_limit: str | None,
@@ -111,18 +104,19 @@ async def run_items(
 ) -> list[BatchItemResult]:
     """Run each item as a child flow run, concurrently within the caps, never cancelling siblings.
 
-    In this process by default; with `deployment`, as flow runs of that deployment on its work pool
-    (`flows.fanout`). The settings, the key and the record store are checked first, so a wrong one
-    fails here instead of in every child. `scope_owned`: the scope is this flow run's own (made from
-    its id), so no other run makes the items' keys (see `flows.batch_context`).
+    `arguments`: the children's own `video_to_video` arguments (request fields, model, credentials,
+    output, overrides); `settings`: what they share. In this process by default; with `deployment`,
+    as flow runs of that deployment on its work pool (`flows.fanout`). The settings, the key and
+    the record store are checked first, so a wrong one fails here instead of in every child.
+    `scope_owned`: the scope is this flow run's own (made from its id), so no other run makes the
+    items' keys (see `flows.batch_context`).
     """
     logger = get_run_logger()
-    given = {name: value for name, value in defaults.items() if name in RunSettings.model_fields}
-    settings = validate_settings(**given)
-    defaults = {**defaults, **settings.model_dump(include=set(given))}
-    await (await AimlApiCredentials.resolve(defaults["credentials"])).check_access()  # once, before any child
-    await (await open_store(settings.submissions, settings.aws_credentials)).check()
-    heartbeats = deployment is not None and check_children(await children_env(deployment), settings.submissions,
+    checked = check_run(settings, output=arguments.get("output"))
+    arguments = {**arguments, "settings": settings.model_dump(mode="json", exclude_defaults=True)}
+    await (await AimlApiCredentials.resolve(arguments["credentials"])).check_access()  # once, before any child
+    await (await open_store(checked.submissions, checked.aws_credentials)).check()
+    heartbeats = deployment is not None and check_children(await children_env(deployment), checked.submissions,
                                                            workers_share_disk)
     total = len(items)
     counts = {"done": 0, "failed": 0}
@@ -136,10 +130,10 @@ async def run_items(
     async with ProgressArtifact() as progress:
         progress.update(0, f"0/{total} generations done")
         if deployment:
-            rows = await run_on_work_pool(items, defaults, scope=scope, deployment=deployment,
+            rows = await run_on_work_pool(items, arguments, scope=scope, deployment=deployment,
                                           max_concurrency=max_concurrency, on_done=on_done, heartbeats=heartbeats)
         else:
-            rows = await _run_here(items, defaults, scope=scope, scope_owned=scope_owned,
+            rows = await _run_here(items, arguments, scope=scope, scope_owned=scope_owned,
                                    limit=await _check_limit(concurrency_limit, max_concurrency),
                                    max_concurrency=max_concurrency, on_done=on_done)
     rows = [row.model_copy(update={"flow_run_url": _flow_run_url(row.flow_run_id)}) for row in rows]
@@ -158,7 +152,7 @@ async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: s
     claims = scope_owned and flow_run.run_count == 1
 
     async def run_one(index: int, item: ItemBase) -> BatchItemResult:
-        arguments = {**defaults, **item.model_dump(exclude_none=True)}
+        arguments = child_arguments(defaults, item)
         ours = claims and "idempotency_key" not in arguments  # an item's own key may be shared
         arguments.setdefault("idempotency_key", f"{scope}:item-{index}")
         row = BatchItemResult(index=index, video=shown_video(item.video), status="failed")
@@ -214,53 +208,6 @@ def _no_child_heartbeats() -> contextlib.AbstractContextManager[Any]:
     return temporary_settings(updates={"flows.heartbeat_frequency": None})
 
 
-# What a person scans first (how it went, why not, where the result is, what it cost), then the rest.
-TABLE_COLUMNS = ("status", "error", "collect_command", "output", "credits", "video", "total_s", "queued_s",
-                 "generating_s", "download_s", "generation_id", "flow_run_url", "index")
-
-
-def table_row(row: BatchItemResult) -> dict[str, object]:
-    return {column: getattr(row, column) for column in TABLE_COLUMNS}
-
-
-def spend_cap(max_usd: float | None, max_credits: float | None, budget: str | None, default: str) -> dict[str, Any]:
-    """The children's cap: one named budget for the whole batch (or the one the caller names)."""
-    if max_usd is None and max_credits is None and budget is None:
-        return {}
-    return {"max_usd": max_usd, "max_credits": max_credits, "budget": budget or default}
-
-
-async def budget_line(defaults: dict[str, Any]) -> str | None:
-    """`spent ..., in flight ..., cap ...` of the batch's budget, for its table's description."""
-    settings = validate_settings(**{k: v for k, v in defaults.items() if k in RunSettings.model_fields})
-    return await budget_text(budget_ref(settings, ""), settings)
-
-
-async def report(rows: list[BatchItemResult], *, tolerate_failures: bool, budget: str | None = None
-                 ) -> list[BatchItemResult]:
-    """Publish the table artifact; fail the run, with counts, if any generation failed or was not sent
-    for the budget (unless `tolerate_failures`)."""
-    counts = {status: sum(r.status == status for r in rows) for status in ("completed", "skipped", SKIPPED_BUDGET)}
-    failed = [row for row in rows if row.status not in counts]
-    description = f"{counts['completed']} completed, {len(failed)} failed"
-    if counts[SKIPPED_BUDGET]:
-        description += f", {counts[SKIPPED_BUDGET]} skipped (budget)"
-    if counts["skipped"]:
-        description += f", {counts['skipped']} skipped (output exists)"
-    if budget:
-        description += f"; budget {budget}"
-    await acreate_table_artifact(key=await artifact_key("table"), table=[table_row(row) for row in rows],
-                                 description=description)
-    unsent = [row for row in rows if row.status == SKIPPED_BUDGET]
-    if (failed or unsent) and not tolerate_failures:
-        raise BatchFailedError(
-            f"{len(failed)} of {len(rows) - counts['skipped']} generations failed and {len(unsent)} were skipped "
-            f"(budget) (items {[r.index for r in failed + unsent][:20]}); the others completed. See the table "
-            "artifact, or pass tolerate_failures=True."
-        )
-    return rows
-
-
 def _batch_run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -276,28 +223,20 @@ async def video_to_video_batch(
     items: list[BatchItem] | list[dict[str, Any]] | None = None,
     manifest: str | None = None,
     prompt: str | None = None,
-    strength: float = DEFAULTS["strength"],
-    seed: int | None = DEFAULTS["seed"],
-    enable_prompt_expansion: bool = DEFAULTS["enable_prompt_expansion"],
+    strength: float | None = None,
+    seed: int | None = None,
+    enable_prompt_expansion: bool | None = None,
     credentials: str | AimlApiCredentials = DEFAULT_CREDENTIALS_BLOCK,
     output: str | None = None,
-    output_storage: str | None = None,
-    aws_credentials: str | None = None,
+    overrides: dict[str, Any] | str | None = None,
+    model: str = DEFAULT_MODEL,
     concurrency_limit: str | None = DEFAULT_CONCURRENCY_LIMIT,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     tolerate_failures: bool = False,
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-    poll_policy: PollPolicy | None = None,
-    reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
-    submissions: str | None = None,
-    model: str = DEFAULT_MODEL,
     deployment: str | None = None,
-    max_usd: float | None = None,
-    max_credits: float | None = None,
-    budget: str | None = None,
     workers_share_disk: bool = False,
     input_root: str | None = None,
-    limits: InputLimits | None = None,
+    settings: RunSettings | None = None,
 ) -> list[BatchItemResult]:
     """Restyle many videos: one child `video_to_video` flow run per item.
 
@@ -305,24 +244,23 @@ async def video_to_video_batch(
         items: a list of {video, output?, idempotency_key?, and any of the model's request fields
             (prompt, strength, seed, enable_prompt_expansion)}.
         manifest: instead of items, a .csv (header row) or .jsonl file, local or s3://.
-        prompt, strength, seed, enable_prompt_expansion, output, output_storage: defaults for items.
+        prompt, strength, seed, enable_prompt_expansion, output, overrides, model: defaults for the
+            items, as for `video_to_video`.
         concurrency_limit: name of a Prefect global concurrency limit shared by all batches (skipped
             with a warning if it does not exist; None to not use one).
         max_concurrency: this batch's own cap on generations in flight.
         tolerate_failures: end Completed even if some items failed (the table says which).
-        timeout_seconds, poll_policy, reconcile_grace_seconds, submissions, model: as for `video_to_video`.
         deployment: `<flow name>/<deployment name>` of `video_to_video`: each item becomes a flow run of
             it, run by any worker of its work pool (process, Docker, ECS, Kubernetes); default: the
             children run in this process. Give `credentials` as a block name then.
-        max_usd, max_credits: a spend cap for the whole batch; items that could pass it are not sent
-            (`skipped (budget)` in the table). budget: its name, shared with any other run naming it
-            (two batches under one cap); default: this batch alone.
-        workers_share_disk: with `deployment` and a local `submissions` directory, say that every worker
-            of the pool sees that same directory; otherwise such a fan-out is refused (use s3://).
+        workers_share_disk: with `deployment` and a local `settings.submissions` directory, say that every
+            worker of the pool sees that same directory; otherwise such a fan-out is refused (use s3://).
         input_root: the directory a manifest's local videos must be in (default: a local manifest's own
             directory; an s3:// manifest names local videos only with it). A manifest's outputs must lie
             under `output`'s folder (a relative one is placed there).
-        limits: as for `video_to_video`, for every item.
+        settings: as for `video_to_video`, for every item. A spend cap (`max_usd`, `max_credits`) is for
+            the whole batch: items that could pass it are not sent (`skipped (budget)` in the table);
+            `budget` names it to share it with other runs (default: this batch alone).
     """
     from prefect.runtime import flow_run
 
@@ -330,23 +268,21 @@ async def video_to_video_batch(
         raise InvalidInputError("Give either `items` or `manifest` (not both).")
     if max_concurrency < 1:
         raise InvalidInputError("max_concurrency must be at least 1.")
+    shared = shared_budget(RunSettings.parse(settings), f"batch-{flow_run.id}")
     request = request_model(model)
     batch = parse_items(items, request) if items is not None else await load_manifest(
-        manifest, aws_credentials, request, output_root=output_root(output), input_root=input_root)
+        manifest, shared.aws_credentials, request, output_root=output_root(output), input_root=input_root)
     if not batch:
         raise InvalidInputError("The batch is empty.")
-    missing = [i for i, item in enumerate(batch) if not (getattr(item, "prompt", None) or prompt)]
+    own = chosen_fields(request, overrides, prompt=prompt, strength=strength, seed=seed,
+                        enable_prompt_expansion=enable_prompt_expansion)
+    missing = [i for i, item in enumerate(batch) if not (getattr(item, "prompt", None) or own.get("prompt"))]
     if missing:
         raise InvalidInputError(f"Items {missing[:10]} have no prompt and the batch has no default `prompt`.")
-    chosen = dict(prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion)
-    defaults = dict(
-        **{name: value for name, value in chosen.items() if name in request.model_fields}, model=model,
-        credentials=credentials, output=output, output_storage=output_storage, aws_credentials=aws_credentials,
-        timeout_seconds=timeout_seconds, poll_policy=poll_policy, reconcile_grace_seconds=reconcile_grace_seconds,
-        submissions=submissions, limits=limits, **spend_cap(max_usd, max_credits, budget, f"batch-{flow_run.id}"),
-    )
+    arguments = dict(model=model, credentials=credentials, output=output, overrides=own)
     rows = await run_items(
-        batch, defaults, scope=f"batch:{flow_run.id}", scope_owned=True, concurrency_limit=concurrency_limit,
-        max_concurrency=max_concurrency, deployment=deployment, workers_share_disk=workers_share_disk,
+        batch, arguments, shared, scope=f"batch:{flow_run.id}", scope_owned=True,
+        concurrency_limit=concurrency_limit, max_concurrency=max_concurrency, deployment=deployment,
+        workers_share_disk=workers_share_disk,
     )
-    return await report(rows, tolerate_failures=tolerate_failures, budget=await budget_line(defaults))
+    return await report(rows, tolerate_failures=tolerate_failures, budget=await budget_line(shared))

@@ -6,9 +6,9 @@
 * `defer(work)`: a child's summary artifact is created alongside, not before, the end of its run;
   the batch waits for all of them (`finish_deferred`) before it reports. A child otherwise waits
   out one more Prefect API round trip just when every child is finishing and the server is at its
-  busiest (1.2-1.9 s each, measured at N=100 on 2 cores), and the batch waits for the slowest.
+  busiest (seconds each in a batch of 100: `benchmarks/README.md`), and the batch waits for the slowest.
   The batch sends them through a Prefect client of its own (`batch_client()`), at most
-  `DEFERRED_AT_ONCE` at a time: each summary carries its strip (~34 KB of base64 out, the same
+  `DEFERRED_AT_ONCE` at a time: each summary carries its strip (tens of KB of base64 out, the same
   back), and sent through the client the children share they queued in its 16 connections ahead of
   the requests that start and finish the other children (or, held back to a few at a time there,
   piled up for the batch's end).

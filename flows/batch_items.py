@@ -49,6 +49,15 @@ def batch_item_model(request: type[VideoRequest]) -> type[ItemBase]:
 BatchItem = batch_item_model(GenerationParams)
 
 
+def child_arguments(arguments: dict[str, Any], item: ItemBase) -> dict[str, Any]:
+    """One child's `video_to_video` arguments: the batch's, then the item's video, output and key;
+    the item's request fields join the batch's `overrides` and win over them, so any model's fields
+    reach the child without being parameters of the flow."""
+    own = item.model_dump(exclude_none=True)
+    fields = {name: own.pop(name) for name in list(own) if name not in ItemBase.model_fields}
+    return {**arguments, **own, "overrides": {**(arguments.get("overrides") or {}), **fields}}
+
+
 class BatchItemResult(BaseModel):
     index: int
     video: str

@@ -19,7 +19,7 @@ from prefect_aimlapi_video.api.models import Timing, VideoToVideoResult
 from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, REQUEST_MODELS
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.events import emit_generation_event
-from prefect_aimlapi_video.flows.settings import validate_settings
+from prefect_aimlapi_video.flows.settings import RunSettings, check_run
 from prefect_aimlapi_video.flows.summary import publish_result
 from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, tag_run
 from prefect_aimlapi_video.media.strip import MEDIA_TYPE as STRIP_MEDIA_TYPE
@@ -28,7 +28,6 @@ from prefect_aimlapi_video.storage.destinations import resolve_output
 from prefect_aimlapi_video.storage.record_store import default_location
 from prefect_aimlapi_video.storage.templates import template_fields
 from prefect_aimlapi_video.submission.learned_polling import LearnedPollPolicy
-from prefect_aimlapi_video.submission.polling import DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.submission.record import StoreRef, SubmittedGeneration
 from prefect_aimlapi_video.tasks.steps import download_video, wait_for_generation
 
@@ -46,20 +45,16 @@ async def collect_generation(
     generation_id: str,
     credentials: str | AimlApiCredentials = DEFAULT_CREDENTIALS_BLOCK,
     output: str | None = None,
-    output_storage: str | None = None,
-    aws_credentials: str | None = None,
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-    poll_policy: PollPolicy | None = None,
-    submissions: str | None = None,
+    settings: RunSettings | None = None,
 ) -> VideoToVideoResult:
     """Wait for generation `generation_id` if it is still running, then download it; no new charge.
 
     Args:
         generation_id: the id a summary, a log line or the dashboard names.
-        output, output_storage, aws_credentials, timeout_seconds, poll_policy: as for `video_to_video`
-            (`{stem}` is "collected"; `{generation}` is the id's first part).
-        submissions: the record store the generation's run used (default as for `video_to_video`): it
-            tells whether another run's events already reported this generation's charge.
+        output: as for `video_to_video` (`{stem}` is "collected"; `{generation}` is the id's first part).
+        settings: as for `video_to_video`; what a collect uses of it: `output_storage`, `aws_credentials`,
+            `timeout_seconds`, `poll_policy`, and `submissions`, the record store the generation's run used,
+            which tells whether another run's events already reported this generation's charge.
     """
     from prefect.runtime import flow_run
 
@@ -68,8 +63,7 @@ async def collect_generation(
     generation_id = generation_id.strip()
     started = time.time()
     run_id = str(flow_run.id) if flow_run.id else None
-    settings = validate_settings(output=output, output_storage=output_storage, aws_credentials=aws_credentials,
-                                 timeout_seconds=timeout_seconds, poll_policy=poll_policy, submissions=submissions)
+    settings = check_run(settings, output=output)
     creds = await AimlApiCredentials.resolve(credentials)
     await creds.check_access()
     target = await resolve_output(settings.output, settings.output_storage, settings.aws_credentials)

@@ -47,7 +47,7 @@ from prefect.states import Crashed, Scheduled
 
 from prefect_aimlapi_video.api.errors import InvalidInputError
 from prefect_aimlapi_video.api.redact import redact
-from prefect_aimlapi_video.flows.batch_items import BatchItemResult, ItemBase, shown_video
+from prefect_aimlapi_video.flows.batch_items import BatchItemResult, ItemBase, child_arguments, shown_video
 from prefect_aimlapi_video.storage.record_store import SUBMISSIONS_ENV
 
 TICK_SECONDS = 2.0
@@ -131,7 +131,7 @@ async def run_on_work_pool(
     while waiting or running:
         while waiting and len(running) < max_concurrency:
             index, item = waiting.pop(0)
-            arguments = {**defaults, **item.model_dump(exclude_none=True)}
+            arguments = child_arguments(defaults, item)
             arguments.setdefault("idempotency_key", f"{scope}:item-{index}")
             run = await run_deployment(deployment, parameters=_json_ready(arguments), timeout=0, as_subflow=True,
                                        idempotency_key=f"{parent}:item-{index}")

@@ -15,24 +15,18 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from prefect_aimlapi_video.api.errors import InvalidInputError
-from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, DEFAULTS, VideoRequest, request_model
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, VideoRequest, request_model
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.batch import (
-    DEFAULT_CONCURRENCY_LIMIT,
-    DEFAULT_MAX_CONCURRENCY,
-    budget_line,
-    report,
-    run_items,
-    spend_cap,
-)
+from prefect_aimlapi_video.flows.batch import DEFAULT_CONCURRENCY_LIMIT, DEFAULT_MAX_CONCURRENCY, run_items
 from prefect_aimlapi_video.flows.batch_items import BatchItemResult, ItemBase, batch_item_model, load_manifest
-from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK, parse_overrides
-from prefect_aimlapi_video.media.limits import InputLimits
+from prefect_aimlapi_video.flows.batch_report import budget_line, report, shared_budget
+from prefect_aimlapi_video.flows.choices import chosen_fields, parse_overrides
+from prefect_aimlapi_video.flows.settings import RunSettings
+from prefect_aimlapi_video.flows.video_to_video import DEFAULT_CREDENTIALS_BLOCK
 from prefect_aimlapi_video.storage.s3 import head_object, list_objects, object_exists, object_version, s3_identity
 from prefect_aimlapi_video.storage.s3_requests import object_idempotency_key, overrides_from_metadata
 from prefect_aimlapi_video.storage.sources import VIDEO_SUFFIXES, file_stem
 from prefect_aimlapi_video.storage.templates import TEMPLATE_FIELDS
-from prefect_aimlapi_video.submission.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 
 # Fields that stay the same from run to run for one object and one request: outputs named with
 # them can be found again by the next run (and by the upload trigger, which uses the same names).
@@ -110,32 +104,25 @@ async def _discover(source: str, output_prefix: str, output_name: str, request: 
     return found
 
 
-@flow(name="aimlapi-video-to-video-folder")
+@flow(name="aimlapi-video-to-video-folder", validate_parameters=False)
 async def video_to_video_folder(
     source: str,
     output_prefix: str,
-    prompt: str,
-    strength: float = DEFAULTS["strength"],
-    seed: int | None = DEFAULTS["seed"],
-    enable_prompt_expansion: bool = DEFAULTS["enable_prompt_expansion"],
+    prompt: str | None = None,
+    strength: float | None = None,
+    seed: int | None = None,
+    enable_prompt_expansion: bool | None = None,
     output_name: str = "{stem}.mp4",
     credentials: str | AimlApiCredentials = DEFAULT_CREDENTIALS_BLOCK,
-    aws_credentials: str | None = None,
+    overrides: dict[str, Any] | str | None = None,
+    model: str = DEFAULT_MODEL,
     concurrency_limit: str | None = DEFAULT_CONCURRENCY_LIMIT,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     tolerate_failures: bool = False,
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-    poll_policy: PollPolicy | None = None,
-    reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
-    submissions: str | None = None,
-    model: str = DEFAULT_MODEL,
     deployment: str | None = None,
-    max_usd: float | None = None,
-    max_credits: float | None = None,
-    budget: str | None = None,
     workers_share_disk: bool = False,
     input_root: str | None = None,
-    limits: InputLimits | None = None,
+    settings: RunSettings | None = None,
 ) -> list[BatchItemResult]:
     """Restyle each video under `source` whose output under `output_prefix` does not exist yet.
 
@@ -146,11 +133,12 @@ async def video_to_video_folder(
         output_name: file name under `output_prefix`: {stem}, {seed}, {strength} and (for s3://
             sources) {fingerprint}, which stay the same for the same object and request, so the next
             run, and the upload trigger when its `output` is `output_prefix` + `output_name`, find it.
-        reconcile_grace_seconds, submissions: as for `video_to_video` (use a shared s3:// store when
-            the upload trigger's runs may run on other hosts).
-        deployment, max_usd, max_credits, budget, workers_share_disk, input_root, limits: as for
-            `video_to_video_batch` (a spend cap per sweep, or per named budget; a manifest's outputs stay
-            under `output_prefix`).
+        prompt, strength, seed, enable_prompt_expansion, overrides, model: the sweep's request, as for
+            `video_to_video` (an object's metadata wins over it).
+        concurrency_limit, max_concurrency, tolerate_failures, deployment, workers_share_disk,
+            input_root: as for `video_to_video_batch` (a manifest's outputs stay under `output_prefix`).
+        settings: as for `video_to_video_batch` (a spend cap per sweep, or per named `budget`); use a
+            shared s3:// `submissions` store when the upload trigger's runs may run on other hosts.
 
     Each S3 object runs as the upload trigger would run it: its metadata overrides
     (x-amz-meta-aimlapi-prompt, ...), its object+etag idempotency key, the same output name. So an
@@ -160,10 +148,11 @@ async def video_to_video_folder(
 
     logger = get_run_logger()
     _check_output_name(output_name, source)
+    shared = shared_budget(RunSettings.parse(settings), f"sweep-{flow_run.id}")
+    aws_credentials = shared.aws_credentials
     request = request_model(model)
-    chosen = dict(prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion)
-    defaults = {name: value for name, value in chosen.items() if name in request.model_fields}
-    request.validated(**defaults)
+    defaults = request.validated(**chosen_fields(request, overrides, prompt=prompt, strength=strength, seed=seed,
+                                                 enable_prompt_expansion=enable_prompt_expansion)).model_dump()
     rows: list[BatchItemResult] = []
     todo: list[ItemBase] = []
     for found in await _discover(source, output_prefix, output_name, request, defaults, aws_credentials, input_root):
@@ -175,14 +164,9 @@ async def video_to_video_folder(
         else:
             todo.append(found)
     logger.info("%d videos to restyle, %d already done or refused.", len(todo), len(rows))
-    arguments: dict[str, Any] = dict(
-        **defaults, model=model, credentials=credentials, aws_credentials=aws_credentials,
-        timeout_seconds=timeout_seconds, poll_policy=poll_policy, reconcile_grace_seconds=reconcile_grace_seconds,
-        submissions=submissions, limits=limits, **spend_cap(max_usd, max_credits, budget, f"sweep-{flow_run.id}"),
-    )
     if todo:
-        rows += await run_items(todo, arguments, scope="folder", concurrency_limit=concurrency_limit,
-                                max_concurrency=max_concurrency, deployment=deployment,
-                                workers_share_disk=workers_share_disk)
+        rows += await run_items(todo, dict(model=model, credentials=credentials, overrides=defaults), shared,
+                                scope="folder", concurrency_limit=concurrency_limit, max_concurrency=max_concurrency,
+                                deployment=deployment, workers_share_disk=workers_share_disk)
     rows = [row.model_copy(update={"index": i}) for i, row in enumerate(rows)]
-    return await report(rows, tolerate_failures=tolerate_failures, budget=await budget_line(arguments))
+    return await report(rows, tolerate_failures=tolerate_failures, budget=await budget_line(shared))

@@ -24,45 +24,66 @@ from prefect_aimlapi_video.submission.polling import DEFAULT_RECONCILE_SECONDS, 
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # S3's limit for SigV4 presigned URLs
 Scope = Literal["flow-run", "request"]
 class RunSettings(BaseModel):
-    """How to run one generation: where things go, how long to wait, what counts as the same generation."""
+    """The advanced options every flow shares: where things go besides `output`, how long to wait,
+    what counts as the same generation, what it may cost. One parameter (`settings`), a form in the
+    UI; a dict or JSON text of its fields is accepted too (deployments, trigger templates)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    output: str | None = None
-    output_storage: str | None = None
-    aws_credentials: str | None = None
-    stage_to: str | None = None
-    presign_expiry_seconds: int = Field(default=DEFAULT_PRESIGN_SECONDS, gt=0, le=MAX_PRESIGN_SECONDS)
-    idempotency_key: str | None = Field(default=None, max_length=512)
-    idempotency_scope: Scope = "flow-run"
-    submissions: str | None = None
-    timeout_seconds: float = Field(default=DEFAULT_TIMEOUT_SECONDS, gt=0)
-    reconcile_grace_seconds: float = Field(default=DEFAULT_RECONCILE_SECONDS, ge=0)
-    poll_policy: PollPolicy | None = None  # None: learned from past generations (see `submission.learned_polling`)
-    max_usd: float | None = Field(default=None, gt=0)
-    max_credits: float | None = Field(default=None, gt=0)
-    budget: str | None = Field(default=None, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")
-    limits: InputLimits = Field(default_factory=InputLimits)
+    output_storage: str | None = Field(None, description="A writable filesystem block, `block-type-slug/name`, "
+                                       "that `output` is a path in.")
+    aws_credentials: str | None = Field(None, description="An AwsCredentials block name for s3:// inputs, outputs "
+                                        "and records (default: the AWS default chain).")
+    stage_to: str | None = Field(None, description="An S3Bucket block (`s3-bucket/name`) to upload local files "
+                                 "above the inline cap to.")
+    presign_expiry_seconds: int = Field(DEFAULT_PRESIGN_SECONDS, gt=0, le=MAX_PRESIGN_SECONDS,
+                                        description="Lifetime of the presigned URL the API fetches an S3 input with.")
+    idempotency_scope: Scope = Field("flow-run", description="Without an idempotency key, what counts as the same "
+                                     "generation: this flow run and its retries, or the request itself in any run.")
+    submissions: str | None = Field(None, description="Where the exactly-once records live: a directory (one host) "
+                                    "or s3://bucket/prefix (every worker); default AIMLAPI_SUBMISSIONS_DIR, else "
+                                    "$PREFECT_HOME/aimlapi/submissions.")
+    timeout_seconds: float = Field(DEFAULT_TIMEOUT_SECONDS, gt=0, description="Stop waiting after this long (the "
+                                   "generation may still finish: run again to resume, or collect it).")
+    reconcile_grace_seconds: float = Field(DEFAULT_RECONCILE_SECONDS, ge=0, description="The longest a POST with an "
+                                           "unknown outcome waits to show in the usage log before it is sent again "
+                                           "(less where this account's log has been learned).")
+    poll_policy: PollPolicy | None = Field(None, description="The polling schedule; default: learned from past "
+                                           "generations (`submission.learned_polling`).")
+    max_usd: float | None = Field(None, gt=0, description="A spend cap in USD for the budget (see `budget`).")
+    max_credits: float | None = Field(None, gt=0, description="A spend cap in credits (2,000,000 = $1).")
+    budget: str | None = Field(None, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$", description="The name of the "
+                               "budget a cap applies to, shared by every run naming it; default: this run (or batch).")
+    limits: InputLimits = Field(default_factory=InputLimits, description="What an input may be and what one "
+                                "generation may cost, checked before paying.")
+
+    @classmethod
+    def parse(cls, value: Any) -> RunSettings:
+        """From a flow parameter: None (the defaults), the model, a dict or JSON text; `InvalidInputError`."""
+        if isinstance(value, cls):
+            return value
+        if value in (None, ""):
+            value = {}
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise InvalidInputError(f"settings is not JSON: {value[:100]!r}") from None
+        if isinstance(value, BaseModel):
+            value = value.model_dump(exclude_unset=True)
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"settings must be an object of {', '.join(cls.model_fields)}.")
+        return _validated(cls, value)
 
     @field_validator("limits", mode="before")
     @classmethod
     def _limits(cls, value: Any) -> InputLimits:
         return InputLimits.parse(value)
 
-    @field_validator("output", "output_storage", "aws_credentials", "stage_to", "submissions", "idempotency_key",
-                     "budget", mode="before")
+    @field_validator("output_storage", "aws_credentials", "stage_to", "submissions", "budget", mode="before")
     @classmethod
     def _text_or_none(cls, value: Any) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise ValueError(f"must be text, got {type(value).__name__}")
-        return value.strip() or None
-
-    @field_validator("output")
-    @classmethod
-    def _template(cls, value: str | None) -> str | None:
-        return None if value is None else check_template(value)
+        return _text(value)
 
     @field_validator("submissions")
     @classmethod
@@ -70,7 +91,6 @@ class RunSettings(BaseModel):
         if value is not None and "://" in value and not value.startswith("s3://"):
             raise ValueError(f"{value!r}: use a local directory or s3://bucket/prefix")
         return value
-
     @field_validator("timeout_seconds", "reconcile_grace_seconds", mode="before")
     @classmethod
     def _finite_number(cls, value: Any) -> float:
@@ -108,10 +128,40 @@ class RunSettings(BaseModel):
         return value
 
 
-def validate_settings(**values: Any) -> RunSettings:
-    """`RunSettings` from flow parameters, or `InvalidInputError` naming every field that is wrong."""
+class CheckedRun(RunSettings):
+    """A run's settings with the flow's own `output` and `idempotency_key`, all checked together."""
+
+    output: str | None = None
+    idempotency_key: str | None = Field(None, max_length=512)
+
+    @field_validator("output", "idempotency_key", mode="before")
+    @classmethod
+    def _own_text(cls, value: Any) -> str | None:
+        return _text(value)
+
+    @field_validator("output")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
+
+def check_run(settings: Any = None, **own: Any) -> CheckedRun:
+    """The run's settings (`settings`: anything `RunSettings.parse` takes) with the flow's own
+    `output` and `idempotency_key`, or `InvalidInputError` naming every field that is wrong."""
+    return _validated(CheckedRun, {**RunSettings.parse(settings).model_dump(exclude_unset=True), **own})
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"must be text, got {type(value).__name__}")
+    return value.strip() or None
+
+
+def _validated(model: type[RunSettings], values: dict[str, Any]) -> Any:
     try:
-        return RunSettings(**values)
+        return model(**values)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import shlex
 import time
 from typing import Any
@@ -17,25 +16,24 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from prefect_aimlapi_video.api.errors import AimlApiError, DeliveryFailed, GenerationFailedError, InvalidInputError
+from prefect_aimlapi_video.api.errors import AimlApiError, BudgetExceeded, DeliveryFailed, GenerationFailedError
 from prefect_aimlapi_video.api.models import Timing, VideoToVideoResult
 from prefect_aimlapi_video.api.redact import redact
-from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, DEFAULTS, VideoRequest, request_model
+from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, VideoRequest
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.batch_context import defer, in_batch, owns_key
+from prefect_aimlapi_video.flows.choices import build_request
 from prefect_aimlapi_video.flows.events import emit_generation_event
-from prefect_aimlapi_video.flows.settings import RunSettings, Scope, validate_settings
+from prefect_aimlapi_video.flows.settings import CheckedRun, RunSettings, check_run
 from prefect_aimlapi_video.flows.summary import publish_result, publish_summary
-from prefect_aimlapi_video.media.limits import InputLimits
 from prefect_aimlapi_video.media.strip import MEDIA_TYPE as STRIP_MEDIA_TYPE
 from prefect_aimlapi_video.media.strip import SUFFIX as STRIP_SUFFIX
 from prefect_aimlapi_video.storage.destinations import Destination, resolve_output
 from prefect_aimlapi_video.storage.record_store import RecordStore, open_store
-from prefect_aimlapi_video.storage.sources import DEFAULT_PRESIGN_SECONDS, VideoSource, file_stem, inspect_video
+from prefect_aimlapi_video.storage.sources import VideoSource, file_stem, inspect_video
 from prefect_aimlapi_video.storage.templates import template_fields
-from prefect_aimlapi_video.submission.budget import BudgetExceeded, BudgetRef, budget_summary, credits_cap
+from prefect_aimlapi_video.submission.budget import BudgetRef, budget_summary, credits_cap
 from prefect_aimlapi_video.submission.estimate import check_ceiling, estimate, learn_rate
-from prefect_aimlapi_video.submission.polling import DEFAULT_RECONCILE_SECONDS, DEFAULT_TIMEOUT_SECONDS, PollPolicy
 from prefect_aimlapi_video.tasks.steps import download_video, submit_generation, wait_for_generation
 
 DEFAULT_CREDENTIALS_BLOCK = "aimlapi"
@@ -58,25 +56,6 @@ def _run_name() -> str:
     return f"v2v-{video_label(parameters.get('video'))}-seed-{'random' if seed is None else seed}"
 
 
-def parse_overrides(overrides: dict[str, Any] | str | None, request: type[VideoRequest] | None = None) -> dict[str, Any]:
-    """Per-video values of the request's fields, typed; unknown keys are refused so a typo never passes."""
-    request = request or request_model(DEFAULT_MODEL)
-    if overrides in (None, "", "null"):
-        return {}
-    if isinstance(overrides, str):
-        try:
-            overrides = json.loads(overrides)
-        except json.JSONDecodeError:
-            raise InvalidInputError(f"overrides is not JSON: {overrides[:100]!r}") from None
-    allowed = request.field_names()
-    if not isinstance(overrides, dict):
-        raise InvalidInputError(f"overrides must be an object of {', '.join(allowed)}.")
-    unknown = sorted(set(overrides) - set(allowed))
-    if unknown:
-        raise InvalidInputError(f"overrides has unknown keys {unknown}; allowed: {', '.join(allowed)}.")
-    return request.from_text(overrides)
-
-
 async def tag_run() -> None:
     """Add our tags with one request, unless the run was created with them (as batch children are)."""
     from prefect.client.orchestration import get_client
@@ -97,71 +76,38 @@ async def tag_run() -> None:
 )
 async def video_to_video(
     video: str,
-    prompt: str,
-    strength: float = DEFAULTS["strength"],
-    seed: int | None = DEFAULTS["seed"],
-    enable_prompt_expansion: bool = DEFAULTS["enable_prompt_expansion"],
+    prompt: str | None = None,
+    strength: float | None = None,
+    seed: int | None = None,
+    enable_prompt_expansion: bool | None = None,
     credentials: str | AimlApiCredentials = DEFAULT_CREDENTIALS_BLOCK,
     output: str | None = None,
-    output_storage: str | None = None,
-    aws_credentials: str | None = None,
-    stage_to: str | None = None,
-    presign_expiry_seconds: int = DEFAULT_PRESIGN_SECONDS,
     idempotency_key: str | None = None,
-    idempotency_scope: Scope = "flow-run",
-    submissions: str | None = None,
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-    reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
-    poll_policy: PollPolicy | None = None,
     overrides: dict[str, Any] | str | None = None,
     model: str = DEFAULT_MODEL,
-    max_usd: float | None = None,
-    max_credits: float | None = None,
-    budget: str | None = None,
-    limits: InputLimits | None = None,
+    settings: RunSettings | None = None,
 ) -> VideoToVideoResult:
     """Restyle `video` with `prompt` through `krea/krea-wan-14b/video-to-video` (or another registered `model`).
 
     Args:
         video: an https URL, a `data:video/...;base64,` URI, a local file path or `s3://bucket/key`.
-        prompt: what the result should look like.
-        strength: 0 keeps the original, 1 remakes it (default 0.85).
+        prompt: what the result should look like (the model's required field; `overrides` may give it).
+        strength: 0 keeps the original, 1 remakes it (None: the model's default, 0.85 for Krea).
         seed: fix it to make a result reproducible; None lets the provider choose.
-        enable_prompt_expansion: let the provider expand the prompt (default on).
+        enable_prompt_expansion: let the provider expand the prompt (None: the model's default, on).
+            These are the default model's fields; another model takes those it shares, and its own
+            through `overrides`.
         credentials: an `AimlApiCredentials` block or its name.
-        output: a local path or directory, `s3://bucket/key`, or (with `output_storage`) a path in that
-            block. May use {stem} {seed} {strength} {generation} {fingerprint} {flow_run} {date}.
-        output_storage: a writable filesystem block, `block-type-slug/block-name`.
-        aws_credentials: an `AwsCredentials` block name for s3:// input/output (default AWS chain if unset).
-        stage_to: an `S3Bucket` block (`s3-bucket/name`) to upload local files above the inline cap to.
-        presign_expiry_seconds: lifetime of the presigned URL the API fetches an S3 input with.
+        output: a local path or directory, `s3://bucket/key`, or (with `settings.output_storage`) a path
+            in that block. May use {stem} {seed} {strength} {generation} {fingerprint} {flow_run} {date}.
         idempotency_key: the same key (with the same request) never pays twice, across flow runs,
-            deployments and hosts that share `submissions`; default: see `idempotency_scope`.
-        idempotency_scope: without a key, what counts as the same generation: "flow-run" (this flow
-            run and its retries) or "request" (the same input content, choices and output, in any run:
-            what the CLI uses, so running a command again resumes it or returns its output).
-        submissions: where the exactly-once records live: a directory (one host) or s3://bucket/prefix
-            (all workers; uses `aws_credentials`). Default AIMLAPI_SUBMISSIONS_DIR, else
-            $PREFECT_HOME/aimlapi/submissions.
-        timeout_seconds: stop waiting after this long (the generation may still finish; re-run to resume).
-        reconcile_grace_seconds: how long a POST whose outcome is unclear (lost answer, gateway error)
-            must stay absent from the usage log before it is sent again (default 20 minutes: long
-            enough for a provider that lists a request only once its generation completes).
-        poll_policy: polling schedule (default: every ~1 s for 12 s, then backing off to 10 s); a
-            PollPolicy, or a dict / JSON object of its fields.
-        overrides: per-video values of the request's fields (prompt / strength / seed /
-            enable_prompt_expansion) that win over the arguments above, e.g. an S3 object's metadata
-            passed by the event bridge. A JSON string is accepted (trigger templates render text).
-        model: the model on the provider's video endpoint; its request class (`api.requests`)
-            decides the fields and their limits.
-        max_usd, max_credits: a spend cap (2,000,000 credits = $1): before the POST, what the budget
-            spent plus what is in flight plus this generation's estimate must stay within it, or
-            nothing is sent (the run ends Failed: skipped (budget)).
-        budget: the name of the budget the cap applies to, shared by every run (and worker, with a
-            shared `submissions` store) that names it; default: this flow run alone.
-        limits: what an input may be and what one generation may cost, checked before the POST
-            (`InputLimits`: duration, frame size, bytes, the per-generation ceiling in USD, the
-            input fetch deadline); default: its defaults.
+            deployments and hosts that share the records; default: `settings.idempotency_scope`.
+        overrides: per-video values of the request's fields (any registered model's) that win over the
+            arguments above, e.g. an S3 object's metadata passed by the event bridge; JSON text accepted.
+        model: the model on the provider's video endpoint; its request class (`api.requests`) decides
+            the fields and their limits.
+        settings: the advanced options (`RunSettings`: output storage, AWS credentials, records, waits,
+            polling, spend caps, input limits), a dict or JSON text of its fields accepted.
     """
     from prefect.runtime import flow_run
 
@@ -169,17 +115,9 @@ async def video_to_video(
     started = time.time()
     run_id = str(flow_run.id) if flow_run.id else None
 
-    request = request_model(model)
-    chosen = dict(prompt=prompt, strength=strength, seed=seed, enable_prompt_expansion=enable_prompt_expansion)
-    params = request.validated(**{**{k: v for k, v in chosen.items() if k in request.model_fields},
-                                  **parse_overrides(overrides, request)})
-    settings = validate_settings(
-        output=output, output_storage=output_storage, aws_credentials=aws_credentials, stage_to=stage_to,
-        presign_expiry_seconds=presign_expiry_seconds, idempotency_key=idempotency_key,
-        idempotency_scope=idempotency_scope, submissions=submissions, timeout_seconds=timeout_seconds,
-        reconcile_grace_seconds=reconcile_grace_seconds, poll_policy=poll_policy, max_usd=max_usd,
-        max_credits=max_credits, budget=budget, limits=limits,
-    )
+    params = build_request(model, overrides, prompt=prompt, strength=strength, seed=seed,
+                           enable_prompt_expansion=enable_prompt_expansion)
+    settings = check_run(settings, output=output, idempotency_key=idempotency_key)
     spend = budget_ref(settings, f"flow-run-{run_id}")
     creds = await AimlApiCredentials.resolve(credentials)
     await creds.check_access()
@@ -252,7 +190,7 @@ async def video_to_video(
     return result
 
 
-def _scope(settings: RunSettings, params: VideoRequest, source: VideoSource, run_id: str | None) -> tuple[str, bool]:
+def _scope(settings: CheckedRun, params: VideoRequest, source: VideoSource, run_id: str | None) -> tuple[str, bool]:
     """What counts as the same logical generation, and whether another run may share it.
 
     An explicit key is taken as is (a trigger's object+etag, a batch item). The request scope is
@@ -299,7 +237,7 @@ async def budget_text(spend: BudgetRef | None, settings: RunSettings) -> str | N
     return f"{spend.name}: {budget_summary(await spend.open(store).state(), spend.cap_credits)}"
 
 
-def _collect_command(result: VideoToVideoResult, credentials: Any, settings: RunSettings) -> str | None:
+def _collect_command(result: VideoToVideoResult, credentials: Any, settings: CheckedRun) -> str | None:
     """The command that downloads an accepted generation later, at no new cost."""
     if not result.generation_id:
         return None

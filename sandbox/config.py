@@ -37,3 +37,8 @@ class SandboxConfig(BaseModel):
     fetch_timeout_seconds: float = Field(30.0, gt=0)
     result_url_ttl_seconds: float = Field(3600.0, gt=0)
     public_base_url: str | None = Field(None, description="base of result URLs; None = the URL the client used")
+    extra_models: list[str] = Field(
+        default_factory=list,
+        description="other models the endpoint answers to, as the provider's serves many: a test of a second "
+        "model adds its name; their requests are the Krea model's fields plus any others (kept in the ledger)",
+    )

@@ -6,8 +6,9 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -22,7 +23,7 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
-    model: Literal["krea/krea-wan-14b/video-to-video"]
+    model: str
     prompt: str = Field(min_length=1)
     video_url: str
     strength: float = Field(0.85, ge=0, le=1)
@@ -58,10 +59,12 @@ class Submission:
     request: GenerationRequest
     inline_video: bytes | None  # decoded data URI, None for a URL
     fingerprint: str  # sha256 of the canonical JSON body
+    extra: dict[str, Any] = field(default_factory=dict)  # an extra model's own fields
 
 
-def parse_submission(raw: bytes, max_data_uri_bytes: int) -> Submission:
-    """Validate a POST body, decode a data URI, fingerprint the request; raises BodyError."""
+def parse_submission(raw: bytes, max_data_uri_bytes: int, extra_models: Sequence[str] = ()) -> Submission:
+    """Validate a POST body, decode a data URI, fingerprint the request; raises BodyError. The model
+    must be Krea's, or one of `extra_models` (whose other fields are kept in `Submission.extra`)."""
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -72,6 +75,9 @@ def parse_submission(raw: bytes, max_data_uri_bytes: int) -> Submission:
         request = GenerationRequest.model_validate(body)
     except ValidationError as exc:
         raise BodyError(field_errors(exc)) from None
+    if request.model != MODEL and request.model not in extra_models:
+        raise BodyError([{"field": "model", "message": f"Input should be '{MODEL}'"}])
+    extra = {k: v for k, v in body.items() if k not in GenerationRequest.model_fields} if request.model != MODEL else {}
     inline = None
     if request.video_url[:5].lower() == "data:":
         try:
@@ -79,12 +85,12 @@ def parse_submission(raw: bytes, max_data_uri_bytes: int) -> Submission:
         except ValueError as exc:
             raise BodyError([{"field": "video_url", "message": str(exc)}]) from None
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return Submission(request, inline, hashlib.sha256(canonical.encode()).hexdigest())
+    return Submission(request, inline, hashlib.sha256(canonical.encode()).hexdigest(), extra)
 
 
-def new_generation_id() -> str:
+def new_generation_id(model: str = MODEL) -> str:
     """Ids look like the provider's: ``<uuid4>:<model>`` (so they hold ':' and '/')."""
-    return f"{uuid.uuid4()}:{MODEL}"
+    return f"{uuid.uuid4()}:{model}"
 
 
 def error_body(status: int, message: str, path: str, request_id: str, **extra: Any) -> dict[str, Any]:

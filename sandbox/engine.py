@@ -94,7 +94,9 @@ class Engine:
         """Record a paid generation and start it; from here on the POST counts as charged."""
         request = submission.request
         entry = LedgerEntry(
-            generation_id=new_generation_id(),
+            generation_id=new_generation_id(request.model),
+            model=request.model,
+            fields=submission.extra,
             request_fingerprint=submission.fingerprint,
             client_request_id=client_request_id,
             prompt=request.prompt,

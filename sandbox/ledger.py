@@ -29,6 +29,8 @@ class LedgerEntry(BaseModel):
 
     generation_id: str
     request_fingerprint: str
+    model: str = MODEL
+    fields: dict[str, Any] = Field(default_factory=dict)  # an extra model's own fields, as sent
     client_request_id: str | None = None
     prompt: str
     strength: float
@@ -59,7 +61,7 @@ def log_row(entry: LedgerEntry, shape: str = "standard") -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": entry.row_id,
         "time": iso_utc(entry.accepted_at),
-        "model": MODEL,
+        "model": entry.model,
         "status": LOG_STATUS[entry.status],
         "client_request_id": entry.client_request_id,
         "credits": entry.credits,

@@ -1,9 +1,12 @@
 """Prefect 3 flows, tasks and blocks for the AI/ML API video-to-video model `krea/krea-wan-14b/video-to-video`.
 
-This is the one import package of the `prefect-aimlapi-video` distribution. Its subpackages are
-the repository's top-level folders (`blocks/`, `flows/`, `deployments/`, `sandbox/`), mapped in
-by setuptools' `package-dir`, so a Prefect project with its own `flows` or `blocks` packages
-never collides with ours.
+This is the one import package of the `prefect-aimlapi-video` distribution, so a Prefect project
+with its own `flows` or `blocks` packages never collides with ours. Its layers, each a folder,
+import only the layers before them: `api` (the HTTP client, its answers and errors), `media`
+(probing, strips), `blocks`, `storage` (S3, sources, destinations, record stores), `submission`
+(exactly-once, budget, polling), `tasks`, `flows`, `deployments` (CLI, serve, the S3 bridge).
+`blocks/`, `flows/`, `deployments/` and `sandbox/` are the repository's top-level folders,
+mapped in by setuptools' `package-dir`; the others live under `src/prefect_aimlapi_video/`.
 
 Everything in `__all__` can be imported from here. The block is imported eagerly, because Prefect
 loads this package as a collection (`prefect.collections` entry point) whenever it looks up a
@@ -37,6 +40,8 @@ _LAZY: dict[str, str] = {
     "GenerationParams": "prefect_aimlapi_video.api.requests",
     "KreaWan14bVideoToVideo": "prefect_aimlapi_video.api.requests",
     "PollPolicy": "prefect_aimlapi_video.submission.polling",
+    "RunSettings": "prefect_aimlapi_video.flows.settings",
+    "InputLimits": "prefect_aimlapi_video.media.limits",
     "BatchItem": "prefect_aimlapi_video.flows.batch_items",
     "BatchItemResult": "prefect_aimlapi_video.flows.batch_items",
     # the plain async client (no Prefect inside)
@@ -52,7 +57,15 @@ _LAZY: dict[str, str] = {
     "UnidentifiedGenerationError": "prefect_aimlapi_video.api.errors",
     "ReconciliationUnavailable": "prefect_aimlapi_video.api.errors",
     "DownloadError": "prefect_aimlapi_video.api.errors",
-    "BatchFailedError": "prefect_aimlapi_video.flows.batch",
+    "DeliveryFailed": "prefect_aimlapi_video.api.errors",
+    "GenerationNotRecorded": "prefect_aimlapi_video.api.errors",
+    "ProviderSubmitError": "prefect_aimlapi_video.api.errors",
+    "TransientApiError": "prefect_aimlapi_video.api.errors",
+    "RateLimitedError": "prefect_aimlapi_video.api.errors",
+    "InvalidRequestError": "prefect_aimlapi_video.api.errors",
+    "NotFoundError": "prefect_aimlapi_video.api.errors",
+    "BudgetExceeded": "prefect_aimlapi_video.api.errors",
+    "BatchFailedError": "prefect_aimlapi_video.api.errors",
 }
 
 __all__ = ["AimlApiCredentials", "__version__", *_LAZY]

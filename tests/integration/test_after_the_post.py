@@ -88,8 +88,8 @@ async def test_the_heartbeat_failing_during_the_post_costs_one_charge_and_delive
                         "script": [{"route": "submit", "kind": "slow_response"}]})
     run = asyncio.ensure_future(video_to_video(
         video=str(clips["small"]), prompt="etching", seed=1, credentials=fast_credentials(sandbox, timeout_seconds=15),
-        output=str(tmp_path / "out.mp4"), poll_policy=fast_polls(), submissions=store, aws_credentials=proxied_aws,
-        reconcile_grace_seconds=5))
+        output=str(tmp_path / "out.mp4"), settings={"poll_policy": fast_polls(), "submissions": store,
+                                                    "aws_credentials": proxied_aws, "reconcile_grace_seconds": 5}))
     await when_accepted(sandbox, lambda: proxy.fail(methods=("PUT",), seconds=12))
     result = await asyncio.wait_for(run, 240)
 
@@ -109,8 +109,8 @@ async def test_the_record_failing_for_30_s_after_acceptance_costs_one_charge_and
     started = time.monotonic()
     run = asyncio.ensure_future(video_to_video(
         video=str(clips["small"]), prompt="etching", seed=2, credentials=fast_credentials(sandbox, timeout_seconds=10),
-        output=str(tmp_path / "out.mp4"), poll_policy=fast_polls(), submissions=records("thirty"),
-        aws_credentials=proxied_aws, reconcile_grace_seconds=5))
+        output=str(tmp_path / "out.mp4"), settings={"poll_policy": fast_polls(), "submissions": records("thirty"),
+                                                    "aws_credentials": proxied_aws, "reconcile_grace_seconds": 5}))
     await when_accepted(sandbox, lambda: proxy.fail(methods=("PUT",), seconds=30))
     result = await asyncio.wait_for(run, 240)
 
@@ -133,7 +133,7 @@ async def test_a_record_that_never_gets_written_fails_naming_the_command_that_co
     sandbox.set_faults({"slow_seconds": 2, "script": [{"route": "submit", "kind": "slow_response"}]})
     run = asyncio.ensure_future(video_to_video(
         video=str(clips["small"]), prompt="etching", seed=3, credentials=block, output=output,
-        poll_policy=fast_polls(), submissions=records("never"), aws_credentials=proxied_aws))
+        settings={"poll_policy": fast_polls(), "submissions": records("never"), "aws_credentials": proxied_aws}))
     await when_accepted(sandbox, lambda: proxy.fail(methods=("PUT",)))
     with pytest.raises(GenerationNotRecorded) as caught:
         await asyncio.wait_for(run, 120)
@@ -163,7 +163,7 @@ async def test_twenty_generations_reserve_and_settle_one_budget_at_once(prefect_
     rows = await video_to_video_batch(
         items=[{"video": str(clips["small"]), "seed": i, "output": str(tmp_path / f"{i}.mp4")} for i in range(20)],
         prompt="mosaic", credentials=fast_credentials(sandbox), concurrency_limit=None, max_concurrency=20,
-        poll_policy=fast_polls(), submissions=store, budget=name, max_credits=cap)
+        settings={"poll_policy": fast_polls(), "submissions": store, "budget": name, "max_credits": cap})
 
     ledger = sandbox.ledger()
     assert [r.status for r in rows] == ["completed"] * 20 and len(ledger) == 20
@@ -178,8 +178,8 @@ async def test_a_store_that_ignores_conditional_writes_is_refused_before_any_pos
     proxy.drop_request_headers = {ignored}
     with pytest.raises(InvalidInputError, match=f"does not compare and swap.*{ignored}"):
         await video_to_video(video=str(clips["small"]), prompt="etching", credentials=fast_credentials(sandbox),
-                             output=str(tmp_path / "out.mp4"), submissions=records("pretends"),
-                             aws_credentials=proxied_aws)
+                             output=str(tmp_path / "out.mp4"),
+                             settings={"submissions": records("pretends"), "aws_credentials": proxied_aws})
     assert sandbox.ledger() == [] and not (tmp_path / "out.mp4").exists()
 
 
@@ -192,8 +192,8 @@ async def test_a_provider_500_after_acceptance_with_rows_at_completion_is_paid_o
                         "script": [{"route": "submit", "kind": "accept_then_500"}]})
     result = await video_to_video(
         video=str(clips["small"]), prompt="etching", seed=4, credentials=fast_credentials(sandbox),
-        output=str(tmp_path / "out.mp4"), poll_policy=fast_polls(), submissions=str(tmp_path / "records"),
-        reconcile_grace_seconds=60)
+        output=str(tmp_path / "out.mp4"),
+        settings={"poll_policy": fast_polls(), "submissions": str(tmp_path / "records"), "reconcile_grace_seconds": 60})
     (entry,) = sandbox.ledger()
     assert result.generation_id == entry.generation_id and result.resumed
     assert sha256_file(result.output) == entry.output_sha256
@@ -206,7 +206,8 @@ async def test_a_gateway_503_the_log_lists_as_failed_is_resent_within_seconds(pr
     started = time.monotonic()
     result = await video_to_video(
         video=str(clips["small"]), prompt="etching", seed=5, credentials=fast_credentials(sandbox),
-        output=str(tmp_path / "out.mp4"), poll_policy=fast_polls(), submissions=str(tmp_path / "records"))
+        output=str(tmp_path / "out.mp4"),
+        settings={"poll_policy": fast_polls(), "submissions": str(tmp_path / "records")})
     (entry,) = sandbox.ledger()
     assert time.monotonic() - started < 30
     assert result.generation_id == entry.generation_id and entry.client_request_id.endswith("-a2")
@@ -224,12 +225,12 @@ async def test_an_unknown_outcome_on_an_account_listing_at_acceptance_resolves_i
         for seed in range(3):
             await video_to_video(video=str(clips["small"]), prompt="etching", seed=seed,
                                  credentials=fast_credentials(sandbox), output=str(tmp_path / f"{seed}.mp4"),
-                                 poll_policy=fast_polls(), submissions=store)
+                                 settings={"poll_policy": fast_polls(), "submissions": store})
         sandbox.set_faults({"script": [{"route": "submit", "kind": "server_error_502"}]})
         started = time.monotonic()
         result = await video_to_video(video=str(clips["small"]), prompt="etching", seed=9,
                                       credentials=fast_credentials(sandbox), output=str(tmp_path / "9.mp4"),
-                                      poll_policy=fast_polls(), submissions=store)
+                                      settings={"poll_policy": fast_polls(), "submissions": store})
         took = time.monotonic() - started
         ledger = sandbox.ledger()
     assert took < 60 and len(ledger) == 4 and result.client_request_id.endswith("-a2")
@@ -288,7 +289,7 @@ async def test_a_host_paused_between_its_claim_and_its_post_sends_nothing(prefec
         result = await video_to_video(  # host B: this process, its own flow run
             video=str(clips["small"]), prompt="etching", seed=7, idempotency_key=key,
             credentials=fast_credentials(sandbox, timeout_seconds=5), output=str(tmp_path / "b.mp4"),
-            poll_policy=fast_polls(), submissions=store, reconcile_grace_seconds=5)
+            settings={"poll_policy": fast_polls(), "submissions": store, "reconcile_grace_seconds": 5})
         waited = time.monotonic() - started
         assert sandbox.ledger()[0].client_request_id.endswith("-a2")  # B's own attempt, after the takeover
     finally:

@@ -28,7 +28,7 @@ import pytest
 
 from prefect_aimlapi_video.api.errors import AuthenticationError, InvalidInputError
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.deployments.cli import LIMIT_FLAGS
+from prefect_aimlapi_video.deployments.cli_options import LIMIT_FLAGS
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from prefect_aimlapi_video.media.video_checks import MAX_DATA_URI_BYTES
 from prefect_aimlapi_video.sandbox import make_test_clip
@@ -113,19 +113,19 @@ CASES: dict[str, Case] = {
     "wrong key": Case(lambda c: dict(credentials="wrong key"), r"rejected the API key", error=AuthenticationError),
     "bad output template": Case(lambda c: dict(output=str(c.tmp / "{nope}.mp4")), r"unknown field 'nope'"),
     # settings, as a deployment, the UI or a trigger may send them: refused before anything is paid
-    "zero timeout": Case(lambda c: dict(timeout_seconds=0), r"timeout_seconds: .*greater than 0"),
-    "negative timeout": Case(lambda c: dict(timeout_seconds=-5), r"timeout_seconds: .*greater than 0"),
-    "timeout text": Case(lambda c: dict(timeout_seconds="soon"), r"timeout_seconds: must be a number",
+    "zero timeout": Case(lambda c: dict(settings=dict(timeout_seconds=0)), r"timeout_seconds: .*greater than 0"),
+    "negative timeout": Case(lambda c: dict(settings=dict(timeout_seconds=-5)), r"timeout_seconds: .*greater than 0"),
+    "timeout text": Case(lambda c: dict(settings=dict(timeout_seconds="soon")), r"timeout_seconds: must be a number",
                          via_cli=False),
-    "poll policy not json": Case(lambda c: dict(poll_policy="every second"), r"poll_policy: must be a PollPolicy",
-                                 via_cli=False),
-    "poll policy bad field": Case(lambda c: dict(poll_policy={"initial_seconds": -1}),
+    "poll policy not json": Case(lambda c: dict(settings=dict(poll_policy="every second")),
+                                 r"poll_policy: must be a PollPolicy", via_cli=False),
+    "poll policy bad field": Case(lambda c: dict(settings=dict(poll_policy={"initial_seconds": -1})),
                                   r"poll_policy.initial_seconds: .*greater than 0", via_cli=False),
-    "negative reconcile wait": Case(lambda c: dict(reconcile_grace_seconds=-1),
+    "negative reconcile wait": Case(lambda c: dict(settings=dict(reconcile_grace_seconds=-1)),
                                     r"reconcile_grace_seconds: .*greater than or equal to 0", via_cli=False),
-    "presign beyond s3 limit": Case(lambda c: dict(presign_expiry_seconds=10**7),
+    "presign beyond s3 limit": Case(lambda c: dict(settings=dict(presign_expiry_seconds=10**7)),
                                     r"presign_expiry_seconds: .*less than or equal to 604800", via_cli=False),
-    "unknown record store": Case(lambda c: dict(submissions="gs://bucket/records"),
+    "unknown record store": Case(lambda c: dict(settings=dict(submissions="gs://bucket/records")),
                                  r"submissions:? 'gs://bucket/records': use a local directory or s3://bucket/prefix"),
     # outputs: whatever would fail after paying is tried first
     "output under a file": Case(lambda c: dict(output=str(c.files["text"] / "out.mp4")), r"cannot write to"),
@@ -144,10 +144,11 @@ CASES: dict[str, Case] = {
     "two-hour input": Case(lambda c: dict(video=str(c.files["long"])), r"7,201\.0 s long, above max_duration_seconds"),
     "8K frame": Case(lambda c: dict(video=str(c.files["8k"])), r"8192x4320, above 1920x1080"),
     "oversize S3 object": Case(lambda c: dict(video=f"s3://{c.bucket}/present/clip.mp4",
-                                              limits={"max_input_bytes": 1000}), r"above max_input_bytes"),
-    "estimate above the ceiling": Case(lambda c: dict(limits={"max_generation_usd": 0.001}),
+                                              settings={"limits": {"max_input_bytes": 1000}}),
+                               r"above max_input_bytes"),
+    "estimate above the ceiling": Case(lambda c: dict(settings={"limits": {"max_generation_usd": 0.001}}),
                                        r"estimated at \$0\.02 .*above max_generation_usd"),
-    "negative duration limit": Case(lambda c: dict(limits={"max_duration_seconds": -1}),
+    "negative duration limit": Case(lambda c: dict(settings={"limits": {"max_duration_seconds": -1}}),
                                     r"limits.max_duration_seconds: .*greater than 0",
                                     cli_match=r"limits.max_duration_seconds: .*greater than 0"),
     "control characters in prompt": Case(lambda c: dict(prompt="ink\x1b[31mred"), r"control characters \(U\+001B\)"),
@@ -165,7 +166,8 @@ CASES: dict[str, Case] = {
                                   via_cli=False),
     "idempotency key too long": Case(lambda c: dict(idempotency_key="k" * 600),
                                      r"idempotency_key: .*at most 512 characters"),
-    "budget name with spaces": Case(lambda c: dict(budget="my budget"), r"budget: .*match pattern", via_cli=False),
+    "budget name with spaces": Case(lambda c: dict(settings=dict(budget="my budget")), r"budget: .*match pattern",
+                                    via_cli=False),
     "base url not a url": Case(lambda c: {}, r"base_url must be an https URL.*'not a url'", via_flow=False,
                                cli_extra=("--base-url", "not a url")),
     "base url plain http off loopback": Case(lambda c: {}, r"base_url must be an https URL.*'http://example.com'",
@@ -254,14 +256,17 @@ def cli_invocation(ctx: Ctx, name: str) -> tuple[list[str], dict[str, str]]:
         command = [sys.executable, "-c", CLI_WITH_LOWER_CAP]
         video = _oversized_data_uri(CLI_INLINE_CAP)
     argv = [*command, "run", video, "--prompt", arguments["prompt"], "--output", arguments["output"]]
-    for option, flag in (("strength", "--strength"), ("seed", "--seed"), ("timeout_seconds", "--timeout"),
-                         ("submissions", "--submissions"), ("model", "--model"),
+    for option, flag in (("strength", "--strength"), ("seed", "--seed"), ("model", "--model"),
                          ("idempotency_key", "--idempotency-key")):
         if option in arguments:
             argv += [flag, str(arguments[option])]
+    settings = arguments.get("settings", {})
+    for option, flag in (("timeout_seconds", "--timeout"), ("submissions", "--submissions")):
+        if option in settings:
+            argv += [flag, str(settings[option])]
     for flag, limit in LIMIT_FLAGS.items():
-        if limit in arguments.get("limits", {}):
-            argv += [flag, str(arguments["limits"][limit])]
+        if limit in settings.get("limits", {}):
+            argv += [flag, str(settings["limits"][limit])]
     env = {"AIMLAPI_API_KEY": ctx.api_key}
     if CASES[name].cli_extra:
         argv += list(CASES[name].cli_extra)

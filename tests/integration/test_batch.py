@@ -10,9 +10,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-from prefect_aimlapi_video.api.errors import AuthenticationError, InvalidInputError
+from prefect_aimlapi_video.api.errors import AuthenticationError, BatchFailedError, InvalidInputError
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.batch import BatchFailedError, video_to_video_batch
+from prefect_aimlapi_video.flows.batch import video_to_video_batch
 from prefect_aimlapi_video.storage.record_store import LocalRecordStore
 from prefect_aimlapi_video.submission import log_visibility
 from tests.support import prefect_api
@@ -45,7 +45,7 @@ async def test_batch_of_ten_with_two_failures(prefect_server, sandbox, clips, tm
 
     with pytest.raises(BatchFailedError, match="2 of 10 generations failed"):
         await video_to_video_batch(items=items, prompt="charcoal drawing", credentials=credentials(sandbox),
-                                   concurrency_limit=None, max_concurrency=10, submissions=str(records))
+                                   concurrency_limit=None, max_concurrency=10, settings={"submissions": str(records)})
 
     ledger = sandbox.ledger()
     assert len(ledger) == 10

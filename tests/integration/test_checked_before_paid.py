@@ -63,7 +63,7 @@ async def test_a_drip_fed_download_fails_at_its_deadline_with_the_collect_comman
     started = time.monotonic()
     with pytest.raises(DownloadError, match="did not finish within its 3 s deadline") as caught:
         await video_to_video(video=str(clips["small"]), prompt="ink", credentials=fast_credentials(
-            sandbox, download_deadline_seconds=3), output=output, poll_policy=fast_polls())
+            sandbox, download_deadline_seconds=3), output=output, settings={"poll_policy": fast_polls()})
     (entry,) = sandbox.ledger()
     assert time.monotonic() - started < 40  # four attempts of 3 s, not a drip of a byte a second
     assert f"Collect it without a new charge: aimlapi-video collect {entry.generation_id} --output {output}" in str(
@@ -71,7 +71,7 @@ async def test_a_drip_fed_download_fails_at_its_deadline_with_the_collect_comman
 
     sandbox.set_faults({})
     collected = await collect_generation(entry.generation_id, credentials=fast_credentials(sandbox), output=output,
-                                         poll_policy=fast_polls())
+                                         settings={"poll_policy": fast_polls()})
     assert len(sandbox.ledger()) == 1 and sha256_file(collected.output) == entry.output_sha256
 
 

@@ -29,6 +29,7 @@ from prefect_aimlapi_video.api.client import AimlApiClient
 from prefect_aimlapi_video.api.errors import UnidentifiedGenerationError
 from prefect_aimlapi_video.api.requests import GenerationParams
 from prefect_aimlapi_video.flows.collect import collect_generation
+from prefect_aimlapi_video.flows.settings import RunSettings
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
 from prefect_aimlapi_video.storage.record_store import open_store
@@ -56,7 +57,8 @@ HOST_SCRIPT = textwrap.dedent(
     credentials = AimlApiCredentials(api_key=config.pop("api_key"), base_url=config.pop("base_url"),
                                      timeout_seconds=5, connect_timeout_seconds=2)
     result = asyncio.run(video_to_video(**config, credentials=credentials,
-                                        poll_policy=PollPolicy(initial_seconds=0.25, fast_phase_seconds=60)))
+                                        settings={"poll_policy": PollPolicy(initial_seconds=0.25,
+                                                                            fast_phase_seconds=60)}))
     print("RESULT " + result.model_dump_json())
     """
 )
@@ -160,9 +162,11 @@ def _fingerprint(clips, prompt: str, seed: int, strength: float = 0.85) -> str:
 
 
 def run_args(clips, tmp_path, sandbox, **overrides):
+    """The flow's arguments; an override that is a setting (`RunSettings`) goes into `settings`."""
+    settings = dict(poll_policy=fast_polls(), reconcile_grace_seconds=60)
+    settings.update({name: overrides.pop(name) for name in list(overrides) if name in RunSettings.model_fields})
     arguments = dict(video=str(clips["small"]), prompt="gouache landscape", strength=0.7, seed=5,
-                     credentials=fast_credentials(sandbox), output=str(tmp_path / "out.mp4"), poll_policy=fast_polls(),
-                     reconcile_grace_seconds=60)
+                     credentials=fast_credentials(sandbox), output=str(tmp_path / "out.mp4"), settings=settings)
     arguments.update(overrides)
     return arguments
 
@@ -261,7 +265,8 @@ async def test_log_reads_of_a_batch_are_shared_and_stay_under_the_rate_limit(pre
     items = [{"video": str(clips["small"]), "seed": i, "idempotency_key": f"log-share-{uuid.uuid4().hex[:6]}-{i}",
               "output": str(tmp_path / f"{i}.mp4")} for i in range(24)]
     rows = await video_to_video_batch(items=items, prompt="ink wash", credentials=fast_credentials(sandbox),
-                                      concurrency_limit=None, max_concurrency=24, poll_policy=fast_polls())
+                                      concurrency_limit=None, max_concurrency=24,
+                                      settings={"poll_policy": fast_polls()})
     assert [r.status for r in rows] == ["completed"] * 24 and len(sandbox.ledger()) == 24
     reads = sandbox.log_reads()
     assert reads["rate_limited"] == 0
@@ -281,8 +286,8 @@ async def test_charged_credits_summed_over_a_resumed_generations_events_equal_th
     resumed = finish(second.start(slow_sandbox, video=str(clips["small"]), prompt="charcoal sketch", seed=17,
                                   idempotency_key=key, output=str(second.dir / "out.mp4")))
     collected = await collect_generation(entry.generation_id, credentials=fast_credentials(slow_sandbox),
-                                         output=str(tmp_path / "again.mp4"), submissions=record_bucket,
-                                         poll_policy=fast_polls())
+                                         output=str(tmp_path / "again.mp4"),
+                                         settings={"submissions": record_bucket, "poll_policy": fast_polls()})
     (charged,) = slow_sandbox.ledger()
     assert resumed["resumed"] and collected.charged_credits == 0 and "resumed: no new charge" in collected.one_line()
 

@@ -91,8 +91,8 @@ async def test_hundred_generations_under_twenty_percent_faults(prefect_server, s
 
     rows = await video_to_video_batch(
         items=items, prompt="stained glass", credentials=fast_credentials(sandbox), concurrency_limit=None,
-        max_concurrency=20, tolerate_failures=True, timeout_seconds=180, poll_policy=fast_polls(),
-        reconcile_grace_seconds=RECONCILE_SECONDS,
+        max_concurrency=20, tolerate_failures=True,
+        settings={"timeout_seconds": 180, "poll_policy": fast_polls(), "reconcile_grace_seconds": RECONCILE_SECONDS},
     )
     injected = sandbox.faults_injected()
     sandbox.set_faults({})  # stop injecting before reading back
@@ -148,7 +148,7 @@ async def test_two_runs_writing_one_output_path_do_not_corrupt_it(prefect_server
     target = tmp_path / "shared" / "result.mp4"
     results = await asyncio.gather(*(
         video_to_video(video=str(clips["small"]), prompt="linocut", seed=seed, credentials=fast_credentials(sandbox),
-                       output=str(target), poll_policy=fast_polls())
+                       output=str(target), settings={"poll_policy": fast_polls()})
         for seed in (301, 302)
     ))
 
@@ -170,7 +170,7 @@ async def test_result_above_the_download_cap_is_refused_without_partial_files(
     capped = fast_credentials(sandbox, max_download_bytes=1000)
     with pytest.raises(DownloadError, match="above the 1000-byte download limit|exceeded the 1000-byte"):
         await video_to_video(video=str(clips["small"]), prompt="x", credentials=capped,
-                             output=str(tmp_path / "big.mp4"), poll_policy=fast_polls())
+                             output=str(tmp_path / "big.mp4"), settings={"poll_policy": fast_polls()})
     (entry,) = sandbox.ledger()
     assert entry.status == "completed" and entry.output_bytes > 1000
     assert list(tmp_path.iterdir()) == []
@@ -186,7 +186,7 @@ async def test_truncated_and_dropped_downloads_never_leave_a_file(
                                    {"route": "download", "kind": "drop_connection", "times": 2}]})
     with pytest.raises(DownloadError) as caught:
         await video_to_video(video=str(clips["small"]), prompt="x", credentials=fast_credentials(sandbox),
-                             output=str(tmp_path / "o.mp4"), poll_policy=fast_polls())
+                             output=str(tmp_path / "o.mp4"), settings={"poll_policy": fast_polls()})
     assert "truncated" in str(caught.value) or "RemoteProtocolError" in str(caught.value)
     assert "Signature=" not in str(caught.value) and "Expires=" not in str(caught.value)
     assert list(tmp_path.iterdir()) == []
@@ -205,8 +205,9 @@ HOST_BATCH = textwrap.dedent(
                                      download_deadline_seconds=10)
     rows = asyncio.run(video_to_video_batch(
         items=config["items"], prompt="stained glass", credentials=credentials, concurrency_limit=None,
-        max_concurrency=20, tolerate_failures=True, timeout_seconds=180, submissions=config["store"],
-        poll_policy=PollPolicy(initial_seconds=0.25, fast_phase_seconds=30), reconcile_grace_seconds=5))
+        max_concurrency=20, tolerate_failures=True,
+        settings={"timeout_seconds": 180, "submissions": config["store"], "reconcile_grace_seconds": 5,
+                  "poll_policy": PollPolicy(initial_seconds=0.25, fast_phase_seconds=30)}))
     print("ROWS " + json.dumps([row.model_dump(mode="json") for row in rows]), flush=True)
     """
 )

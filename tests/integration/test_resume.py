@@ -26,6 +26,7 @@ import pytest
 import prefect_aimlapi_video.flows.video_to_video as v2v_module
 from prefect_aimlapi_video.api.errors import ReconciliationUnavailable
 from prefect_aimlapi_video.api.requests import GenerationParams
+from prefect_aimlapi_video.flows.settings import RunSettings
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from prefect_aimlapi_video.storage.record_store import LocalRecordStore, default_location
 from prefect_aimlapi_video.storage.sources import sha256_file as input_sha256
@@ -46,10 +47,12 @@ pytestmark = pytest.mark.integration
 
 
 def run_args(clips, tmp_path, sandbox, **overrides):
+    """The flow's arguments; an override that is a setting (`RunSettings`) goes into `settings`."""
+    settings = dict(poll_policy=fast_polls(), reconcile_grace_seconds=1)
+    settings.update({name: overrides.pop(name) for name in list(overrides) if name in RunSettings.model_fields})
     arguments = dict(
         video=str(clips["small"]), prompt="gouache landscape", strength=0.7, seed=5,
-        credentials=fast_credentials(sandbox), output=str(tmp_path / "out.mp4"), poll_policy=fast_polls(),
-        reconcile_grace_seconds=1,
+        credentials=fast_credentials(sandbox), output=str(tmp_path / "out.mp4"), settings=settings,
     )
     arguments.update(overrides)
     return arguments

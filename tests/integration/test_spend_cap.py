@@ -14,7 +14,8 @@ import uuid
 
 import pytest
 
-from prefect_aimlapi_video.flows.batch import BatchFailedError, video_to_video_batch
+from prefect_aimlapi_video.api.errors import BatchFailedError
+from prefect_aimlapi_video.flows.batch import video_to_video_batch
 from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
 from prefect_aimlapi_video.storage.record_store import LocalRecordStore, default_location
 from prefect_aimlapi_video.submission.budget import Budget
@@ -37,8 +38,9 @@ def items(clips, tmp_path, count: int, tag: str) -> list[dict]:
 
 async def test_a_cap_that_admits_five_of_ten(prefect_server, slow_sandbox, clips, tmp_path):
     cap_usd = 5.5 * ESTIMATE / 2_000_000  # $0.0866: five estimates fit, six do not
-    arguments = dict(items=items(clips, tmp_path, 10, "a"), prompt="gouache", credentials=fast_credentials(slow_sandbox),
-                     concurrency_limit=None, max_concurrency=10, poll_policy=fast_polls(), max_usd=cap_usd)
+    arguments = dict(items=items(clips, tmp_path, 10, "a"), prompt="gouache",
+                     credentials=fast_credentials(slow_sandbox), concurrency_limit=None, max_concurrency=10,
+                     settings={"poll_policy": fast_polls(), "max_usd": cap_usd})
     with pytest.raises(BatchFailedError, match="0 of 10 generations failed and 5 were skipped \\(budget\\)"):
         await video_to_video_batch(**arguments)
     assert len(slow_sandbox.ledger()) == 5 and all(e.status == "completed" for e in slow_sandbox.ledger())
@@ -67,8 +69,8 @@ async def test_two_concurrent_batches_under_one_cap_never_pass_it_together(prefe
     async def batch(tag: str):
         return await video_to_video_batch(
             items=items(clips, tmp_path, 4, tag), prompt="ink", credentials=fast_credentials(slow_sandbox),
-            concurrency_limit=None, max_concurrency=4, poll_policy=fast_polls(), max_credits=cap_credits,
-            budget=name, tolerate_failures=True)
+            concurrency_limit=None, max_concurrency=4, tolerate_failures=True,
+            settings={"poll_policy": fast_polls(), "max_credits": cap_credits, "budget": name})
 
     first, second = await asyncio.gather(batch("x"), batch("y"))
     completed = [r for r in first + second if r.status == "completed"]

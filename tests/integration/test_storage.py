@@ -74,7 +74,7 @@ async def test_output_to_s3_bucket_block_with_aws_credentials_block(prefect_serv
 
     result = await video_to_video(
         video=str(clips["small"]), prompt="pencil sketch", seed=9, credentials=credentials(sandbox),
-        output_storage="s3-bucket/studio-it", output="{stem}/{seed}.mp4",
+        settings={"output_storage": "s3-bucket/studio-it"}, output="{stem}/{seed}.mp4",
     )
 
     assert result.output == "s3://studio/renders/small/9.mp4"
@@ -94,8 +94,8 @@ async def test_local_file_above_inline_cap_is_staged_through_s3(prefect_server, 
     with pytest.raises(InvalidInputError, match="stage_to"):
         await video_to_video(video=str(clips["small"]), prompt="x", credentials=credentials(sandbox))
     result = await video_to_video(
-        video=str(clips["small"]), prompt="x", credentials=credentials(sandbox), stage_to="s3-bucket/staging-it",
-        output=str(tmp_path / "out.mp4"),
+        video=str(clips["small"]), prompt="x", credentials=credentials(sandbox),
+        settings={"stage_to": "s3-bucket/staging-it"}, output=str(tmp_path / "out.mp4"),
     )
     (entry,) = sandbox.ledger()
     assert entry.output_sha256 == result.sha256
@@ -111,9 +111,10 @@ async def test_local_file_above_inline_cap_is_staged_through_s3(prefect_server, 
         (dict(video="s3://no-such-bucket/clip.mp4"), "bucket does not exist|no such object"),
         (dict(video="s3://media-in/notes.txt"), "is not a video"),
         (dict(video="s3://media-in/empty.mp4"), "is empty"),
-        (dict(video="s3://media-in/clip.mp4", aws_credentials="no-such-aws-block"), "No AwsCredentials block"),
+        (dict(video="s3://media-in/clip.mp4", settings={"aws_credentials": "no-such-aws-block"}),
+         "No AwsCredentials block"),
         (dict(video="s3://media-in/clip.mp4", output="s3://no-such-out-bucket/x.mp4"), "bucket does not exist"),
-        (dict(video="s3://media-in/clip.mp4", output_storage="s3-bucket/no-such-block"), "no block"),
+        (dict(video="s3://media-in/clip.mp4", settings={"output_storage": "s3-bucket/no-such-block"}), "no block"),
     ],
 )
 async def test_s3_problems_fail_before_any_post(prefect_server, sandbox, s3, clips, arguments, message):

@@ -30,7 +30,7 @@ async def test_the_strip_renders_in_the_artifacts_tab(prefect_server, sandbox, c
 
     result = await video_to_video(video=str(clips["odd"]), prompt="ink wash", seed=8,
                                   credentials=fast_credentials(sandbox), output=str(tmp_path / "out.mp4"),
-                                  poll_policy=fast_polls())
+                                  settings={"poll_policy": fast_polls()})
     ui = prefect_server.removesuffix("/api")
     shot = tmp_path / "artifacts-tab.png"
     async with playwright_api.async_playwright() as playwright:

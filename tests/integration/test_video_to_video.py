@@ -161,7 +161,7 @@ async def test_poll_timeout_names_the_generation(prefect_server, sandbox, clips,
     sandbox.set_faults({"unknown_status_seconds": 30, "script": [{"route": "submit", "kind": "unknown_status"}]})
     with pytest.raises(GenerationTimeoutError) as caught:
         await video_to_video(video=str(clips["small"]), prompt="x", credentials=credentials(sandbox),
-                             timeout_seconds=1.5, output=str(tmp_path / "o.mp4"))
+                             settings={"timeout_seconds": 1.5}, output=str(tmp_path / "o.mp4"))
     (entry,) = sandbox.ledger()
     assert entry.generation_id in str(caught.value)
     assert "re-run this flow run to resume" in str(caught.value)
@@ -206,7 +206,8 @@ async def test_output_to_a_local_filesystem_block(prefect_server, sandbox, clips
 
     await LocalFileSystem(basepath=str(tmp_path / "renders")).asave("renders-it", overwrite=True)
     result = await video_to_video(video=str(clips["small"]), prompt="gouache", seed=5, credentials=credentials(sandbox),
-                                  output_storage="local-file-system/renders-it", output="{date}/{stem}-{seed}.mp4")
+                                  settings={"output_storage": "local-file-system/renders-it"},
+                                  output="{date}/{stem}-{seed}.mp4")
 
     (entry,) = sandbox.ledger()
     (stored,) = (tmp_path / "renders").rglob("small-5.mp4")
@@ -219,14 +220,16 @@ async def test_output_to_a_local_filesystem_block(prefect_server, sandbox, clips
 async def test_settings_sent_as_json_by_a_deployment_are_coerced(prefect_server, sandbox, clips, tmp_path):
     """A deployment, the UI or a trigger template sends a poll policy as an object or JSON text and
     numbers as text: the flow runs with them (parameter validation is off, so the flow coerces)."""
-    from prefect_aimlapi_video.flows.settings import validate_settings
+    from prefect_aimlapi_video.flows.settings import RunSettings
 
     result = await video_to_video(
         video=str(clips["small"]), prompt="sumi-e", credentials=credentials(sandbox), output=str(tmp_path / "a.mp4"),
-        poll_policy={"initial_seconds": 0.2, "fast_phase_seconds": 30}, timeout_seconds="120",
-        presign_expiry_seconds="3600",
+        settings={"poll_policy": {"initial_seconds": 0.2, "fast_phase_seconds": 30}, "timeout_seconds": "120",
+                  "presign_expiry_seconds": "3600"},
     )
     assert result.status == "completed" and result.polls >= 1
     assert len(sandbox.ledger()) == 1
-    text = validate_settings(poll_policy='{"initial_seconds": 0.5, "max_seconds": 4}')
+    text = RunSettings.parse({"poll_policy": '{"initial_seconds": 0.5, "max_seconds": 4}'})
     assert (text.poll_policy.initial_seconds, text.poll_policy.max_seconds) == (0.5, 4)
+    whole = RunSettings.parse('{"poll_policy": {"initial_seconds": 0.5, "max_seconds": 4}, "timeout_seconds": "120"}')
+    assert (whole.poll_policy.initial_seconds, whole.poll_policy.max_seconds, whole.timeout_seconds) == (0.5, 4, 120.0)

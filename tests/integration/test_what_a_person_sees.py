@@ -49,7 +49,7 @@ async def test_summary_shows_a_strip_keyed_artifacts_and_events(prefect_server, 
     since = datetime.now(timezone.utc) - timedelta(seconds=5)
     result = await video_to_video(video=str(clips["small"]), prompt="ink wash", seed=4,
                                   credentials=fast_credentials(sandbox), output=str(tmp_path / "out.mp4"),
-                                  poll_policy=fast_polls())
+                                  settings={"poll_policy": fast_polls()})
     (entry,) = sandbox.ledger()
 
     # the strip: next to the output and the sidecar, and inline in the summary
@@ -99,7 +99,7 @@ async def test_a_failed_generation_event_fires_an_automation(prefect_server, san
         sandbox.set_faults({"seed": 1, "script": [{"route": "submit", "kind": "generation_error"}]})
         with pytest.raises(GenerationFailedError):
             await video_to_video(video=str(clips["small"]), prompt="ink", credentials=fast_credentials(sandbox),
-                                 output=str(tmp_path / "out.mp4"), poll_policy=fast_polls())
+                                 output=str(tmp_path / "out.mp4"), settings={"poll_policy": fast_polls()})
         (entry,) = sandbox.ledger()
         failed = await _events(since, "aimlapi.generation.failed")
         assert failed[0].resource.id == f"aimlapi.generation.{entry.generation_id}"
@@ -123,7 +123,7 @@ async def test_a_run_that_stopped_waiting_names_the_command_that_collects_it(pre
         output = tmp_path / "late.mp4"
         with pytest.raises(GenerationTimeoutError):
             await video_to_video(video=str(clips["small"]), prompt="ink", credentials=fast_credentials(slow),
-                                 output=str(output), timeout_seconds=1, poll_policy=fast_polls())
+                                 output=str(output), settings={"timeout_seconds": 1, "poll_policy": fast_polls()})
         (entry,) = slow.ledger()
         run = await prefect_api.latest_flow_run("aimlapi-video-to-video")
         summary = next(a.data for a in await prefect_api.artifacts(run.id) if a.type == "markdown")
@@ -148,7 +148,7 @@ async def test_completed_generations_teach_the_poll_schedule(prefect_server, san
     before = await store.read(DURATIONS_KEY)
     count = len(json.loads(before[0])) if before else 0
     await video_to_video(video=str(clips["small"]), prompt="ink", seed=91, credentials=fast_credentials(sandbox),
-                         output=str(tmp_path / "out.mp4"), poll_policy=fast_polls())
+                         output=str(tmp_path / "out.mp4"), settings={"poll_policy": fast_polls()})
     durations = json.loads((await store.read(DURATIONS_KEY))[0])
     assert len(durations) == min(count + 1, 200) and 0 < durations[-1] < 60
 

@@ -84,8 +84,9 @@ async def test_a_batch_over_two_workers_one_killed_mid_batch(prefect_server, poo
             batch = asyncio.ensure_future(video_to_video_batch(
                 items=[{"video": str(clips["small"]), "seed": i, "output": str(tmp_path / "out" / f"{i}.mp4")}
                        for i in range(ITEMS)],
-                prompt="woodcut", credentials=block, deployment=deployment, max_concurrency=ITEMS, tolerate_failures=True,
-                poll_policy={"initial_seconds": 0.5, "fast_phase_seconds": 60}, submissions=str(records),
+                prompt="woodcut", credentials=block, deployment=deployment, max_concurrency=ITEMS,
+                tolerate_failures=True, settings={"poll_policy": {"initial_seconds": 0.5, "fast_phase_seconds": 60},
+                                                  "submissions": str(records)},
                 workers_share_disk=True,  # both workers run on this host
             ))
             # Worker a is killed (with its flow runs) once it holds generations that are still processing.
@@ -153,8 +154,8 @@ async def test_a_retried_parent_creates_no_new_children_and_pays_nothing_more(pr
             flow = video_to_video_batch.with_options(retries=1, retry_delay_seconds=0)
             rows = await flow(items=[{"video": str(clips["small"]), "seed": i, "output": str(tmp_path / f"{i}.mp4")}
                                      for i in range(4)],
-                              prompt="ink", credentials=block, deployment=deployment, submissions=str(records),
-                              workers_share_disk=True)
+                              prompt="ink", credentials=block, deployment=deployment,
+                              settings={"submissions": str(records)}, workers_share_disk=True)
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(30)

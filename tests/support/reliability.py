@@ -20,7 +20,7 @@ from uuid import UUID
 
 REPO = Path(__file__).resolve().parents[2]
 
-# `v2v-<32 hex>-a<N>`: one logical generation, N-th posting attempt (see flows.submissions).
+# `v2v-<32 hex>-a<N>`: one logical generation, N-th posting attempt (see submission.protocol).
 CLIENT_REQUEST_ID = re.compile(r"^(?P<logical>v2v-[0-9a-f]{32})-a(?P<attempt>[1-9][0-9]*)$")
 # Files a download or an atomic move may leave behind if it does not clean up.
 TEMP_NAME = re.compile(r"(\.part$|\.download\.mp4$|\.tmp$|^\.)")
@@ -108,7 +108,7 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.2, what: str 
 
 
 def submission_records(directory: str | Path | None = None) -> list[dict[str, Any]]:
-    """The durable submission records (flows.submissions), as dicts."""
+    """The durable submission records (submission.protocol), as dicts."""
     from prefect_aimlapi_video.storage.record_store import LocalRecordStore
 
     store = LocalRecordStore(directory or os.environ["AIMLAPI_SUBMISSIONS_DIR"])

@@ -1,4 +1,4 @@
-"""deployments.local_services' helpers, without starting PostgreSQL, Prefect or moto: free loopback
+"""tests.support.local_services' helpers, without starting PostgreSQL, Prefect or moto: free loopback
 ports, finding a PostgreSQL install, waiting for a started service (up, crashed, too slow) and
 stopping one that ignores SIGTERM."""
 

@@ -19,7 +19,7 @@ MAX_LINES = 300
 # A module's layer is its folder; lower layers never import higher ones. The package's own
 # `__init__` (the public names) sits above them all; the sandbox stands apart (it is the remote side).
 LAYER_ORDER = ("api", "media", "blocks", "storage", "submission", "tasks", "flows", "deployments")
-LAZY_ALLOWED = {"deployments.cli"}  # imports inside functions: the CLI answers --help and bad input fast
+LAZY_ALLOWED = {"deployments.cli", "deployments.cli_options"}  # imports inside functions: the CLI answers --help and bad input fast
 
 
 def _modules() -> dict[str, Path]:
@@ -118,3 +118,23 @@ def test_imports_inside_functions_only_where_startup_time_asks_for_them():
 def test_no_module_past_its_seams():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_every_module_lives_in_its_layers_folder():
+    homeless = sorted(name for name in _modules() if name != "__init__" and layer_of(name) is None
+                      and not name.startswith("sandbox"))
+    assert homeless == []
+
+
+def test_unit_tests_mirror_the_layers():
+    """A unit test sits in its module's layer folder; only tests of the whole house stay at the top."""
+    unit = REPO / "tests" / "unit"
+    folders = {p.name for p in unit.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    assert folders <= set(LAYER_ORDER)
+    assert {p.name for p in unit.glob("test_*.py")} == {"test_structure_unit.py", "test_packaging_unit.py",
+                                                        "test_local_services_unit.py"}
+    for folder in folders:
+        modules = {name.rsplit(".", 1)[-1] for name in _modules() if name.startswith(f"{folder}.") or name == folder}
+        strays = [p.name for p in (unit / folder).glob("test_*.py")
+                  if not any(p.name.removeprefix("test_").startswith(m) for m in modules)]
+        assert strays == [], f"tests/unit/{folder}: no module of that layer matches {strays}"

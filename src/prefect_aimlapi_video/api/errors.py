@@ -1,7 +1,29 @@
 """What can go wrong, as exception types a caller (or a retry policy) can act on.
 
 Each message says what happened and what to do. None of them ever holds the API key, a signed
-URL or a data URI: messages are built from safe fields and passed through `redact`.
+URL or a data URI: messages are built from safe fields and passed through `redact`. Every one is
+exported from `prefect_aimlapi_video`. `retryable` tells a task's retry policy whether trying
+again can help; a paid one (`generation_id` set) names the collect command once the flow knows it.
+
+    AimlApiError                      the base: catch this for anything of ours
+    |- InvalidInputError (ValueError) bad input, refused before anything is paid
+    |- BudgetExceeded                 would pass the spend cap: not sent, nothing charged
+    |- AuthenticationError            the key was refused (401/403): nothing sent
+    |- OutOfCreditsError              the account has run out of credits
+    |- InvalidRequestError            the provider refused the request (400/422): nothing charged
+    |- NotFoundError                  no such generation (404)
+    |- RateLimitedError               429: retryable, after `retry_after`
+    |- TransientApiError              network faults and 5xx where no POST is in doubt: retryable
+    |- SubmissionOutcomeUnknown       a POST may or may not have been accepted: reconciled, never resent blind
+    |  `- ProviderSubmitError         the provider's own 500/503 to a POST
+    |- UnidentifiedGenerationError    accepted, but the answer carried no generation id
+    |- ReconciliationUnavailable      the usage log cannot tell whether a POST was accepted
+    |- GenerationNotRecorded          accepted, but the record could not be written: collect it
+    |- GenerationFailedError          the provider says the generation failed
+    |- GenerationTimeoutError         still running when the wait ended: run again, or collect it
+    |- DownloadError                  the result could not be fetched (retryable unless `permanent`)
+    |- DeliveryFailed                 paid, but storing the result failed: collect it
+    `- BatchFailedError               some generations of a batch failed (the others were kept)
 """
 
 from __future__ import annotations
@@ -186,3 +208,15 @@ class DeliveryFailed(AimlApiError):
         self.generation_id = generation_id
         super().__init__(f"Generation {generation_id} is paid for, but storing it failed: {type(cause).__name__}: "
                          f"{cause}.")
+
+
+class BudgetExceeded(AimlApiError):
+    """Sending this generation could pass the spend cap: it was not sent (and nothing was charged)."""
+
+    def __init__(self, message: str, *, spent: float, reserved: float, estimate: float, cap: float) -> None:
+        super().__init__(message)
+        self.spent, self.reserved, self.estimate, self.cap = spent, reserved, estimate, cap
+
+
+class BatchFailedError(AimlApiError):
+    """Some generations of a batch failed (the others completed and were kept)."""

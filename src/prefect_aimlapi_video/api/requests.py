@@ -83,7 +83,8 @@ class VideoRequest(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))} is required" if e["type"] == "missing"
+                                 else str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
             raise InvalidInputError(f"Invalid parameters: {problems}") from None
 
 

@@ -30,21 +30,13 @@ from collections.abc import Awaitable
 
 from pydantic import BaseModel, Field
 
-from prefect_aimlapi_video.api.errors import AimlApiError, TransientApiError
+from prefect_aimlapi_video.api.errors import BudgetExceeded, TransientApiError
 from prefect_aimlapi_video.api.models import CREDITS_PER_USD
 from prefect_aimlapi_video.storage.record_store import RecordStore
 
 DEFAULT_ESTIMATE_CREDITS = 315_000  # the provider's sample quote (~$0.16 for a 5 s clip)
 CONTENTION_DEADLINE_SECONDS = 120.0
 _FIRST_PAUSE_SECONDS, _MAX_PAUSE_SECONDS = 0.02, 2.0
-
-
-class BudgetExceeded(AimlApiError):
-    """Sending this generation could pass the spend cap: it was not sent (and nothing was charged)."""
-
-    def __init__(self, message: str, *, spent: float, reserved: float, estimate: float, cap: float) -> None:
-        super().__init__(message)
-        self.spent, self.reserved, self.estimate, self.cap = spent, reserved, estimate, cap
 
 
 class BudgetState(BaseModel):

@@ -94,7 +94,7 @@ class Submission:
         self.budget = budget
         self.fingerprint = params.fingerprint(video_identity)
         self.scope = scope
-        self.key = record_key(self.fingerprint, scope)
+        self.record_key = record_key(self.fingerprint, scope)
         self.reconcile_seconds = reconcile_seconds
         self.may_repeat = may_repeat
         self.logger = logger
@@ -108,11 +108,11 @@ class Submission:
     # -- reading -----------------------------------------------------------------------------------
 
     async def _read(self) -> tuple[SubmissionRecord, str] | None:
-        found = await self.store.read(self.key)
+        found = await self.store.read(self.record_key)
         return None if found is None else (load_record(found[0]), found[1])
 
     async def _find(self, record: SubmissionRecord | None) -> Finding:
-        return await look_up(self.log, self.client, self.key, record)
+        return await look_up(self.log, self.client, self.record_key, record)
 
     # -- the decision --------------------------------------------------------------------------------
 
@@ -144,14 +144,14 @@ class Submission:
         """No record here. Unless this is provably the first attempt, ask the log before posting."""
         attempt = 1
         now = time.time()
-        fresh = SubmissionRecord(key=self.key, fingerprint=self.fingerprint, scope=self.scope, created_at=now,
+        fresh = SubmissionRecord(key=self.record_key, fingerprint=self.fingerprint, scope=self.scope, created_at=now,
                                  updated_at=now)
         if self.may_repeat:
             finding = await self._find(None)
             if finding.live is not None:
                 adopted = fresh.model_copy(update=acceptance(finding.live.generation_id, None, "queued", None))
                 adopted.attempt = max(1, attempt_of(finding.live.client_request_id))
-                if await self.store.create(self.key, dump_record(adopted)) is None:
+                if await self.store.create(self.record_key, dump_record(adopted)) is None:
                     raise _Restart
                 self.logger.info("Adopted generation %s found in the usage log (client request id %s); no new "
                                  "request sent.", adopted.generation_id, finding.live.client_request_id)
@@ -159,7 +159,7 @@ class Submission:
             attempt = finding.highest_attempt + 1
         fresh = fresh.model_copy(update=dict(attempt=attempt, outcome="in_flight", owner=self.owner,
                                              lease_seconds=self.lease_seconds))
-        version = await self.store.create(self.key, dump_record(fresh))
+        version = await self.store.create(self.record_key, dump_record(fresh))
         if version is None:
             raise _Restart  # created by another attempt a moment ago
         return await self._send(fresh, version)
@@ -205,9 +205,9 @@ class Submission:
         """Take over a claim whose holder stopped refreshing it: from now on its outcome is unknown (it
         may have sent its POST), and the holder, if it wakes, fails to renew and sends nothing."""
         expired = record.model_copy(update=dict(outcome="unknown", owner=None, updated_at=time.time()))
-        if await self.store.replace(self.key, dump_record(expired), version) is not None:
+        if await self.store.replace(self.record_key, dump_record(expired), version) is not None:
             self.logger.warning("Record %s was not refreshed by its holder for %.0f s: taking it over; its POST, if "
-                                "sent, is reconciled through the usage log.", self.key[:12], silent)
+                                "sent, is reconciled through the usage log.", self.record_key[:12], silent)
         raise _Restart
 
     async def _unknown_wait(self) -> Wait:
@@ -221,7 +221,7 @@ class Submission:
         assert finding.live is not None and finding.live.generation_id
         adopted = record.model_copy(update=acceptance(finding.live.generation_id, None, "queued", None))
         adopted.attempt = attempt_of(finding.live.client_request_id) or record.attempt
-        if await self.store.replace(self.key, dump_record(adopted), version) is None:
+        if await self.store.replace(self.record_key, dump_record(adopted), version) is None:
             raise _Restart
         self.logger.info("Adopted generation %s found in the usage log (client request id %s); no new request sent.",
                          adopted.generation_id, finding.live.client_request_id)
@@ -239,7 +239,7 @@ class Submission:
             generation_id=None, request_id=None, attempt=max(record.attempt, finding.highest_attempt) + 1,
             updated_at=time.time(),
         ))
-        claimed = await self.store.replace(self.key, dump_record(claim), version)
+        claimed = await self.store.replace(self.record_key, dump_record(claim), version)
         if claimed is None:
             raise _Restart  # another attempt claimed it first: it posts, we see what it did
         return await self._send(claim, claimed)

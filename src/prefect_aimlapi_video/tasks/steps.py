@@ -79,7 +79,7 @@ async def submit_generation(
     params: VideoRequest,
     video: str | VideoSource,
     credentials: str | AimlApiCredentials,
-    idempotency_key: str,
+    scope: str,
     reconcile_grace_seconds: float = DEFAULT_RECONCILE_SECONDS,
     submissions: str | None = None,
     aws_credentials: str | None = None,
@@ -87,9 +87,11 @@ async def submit_generation(
     budget: BudgetRef | None = None,
     estimate_credits: float | None = None,
 ) -> SubmittedGeneration:
-    """POST one generation at most once for `idempotency_key` (see `submission.protocol`).
+    """POST one generation at most once in `scope` (see `submission.protocol`).
 
-    `video`: a checked source, or anything `video_to_video` takes (checked here). `submissions`:
+    `scope`: what counts as the same generation: a user's idempotency key, `flow-run:<id>`, or
+    `request:<digest>` (the flows make it); with the request's fingerprint it names the record
+    (`record_key`). `video`: a checked source, or anything `video_to_video` takes (checked here). `submissions`:
     where the records live (a directory or s3://bucket/prefix; default `AIMLAPI_SUBMISSIONS_DIR`
     or `$PREFECT_HOME/aimlapi/submissions`). `shared_scope`: False only for a scope no other run
     can share (this flow run's own): then the first attempt of its first run needs no log read.
@@ -109,7 +111,7 @@ async def submit_generation(
     async with creds.get_client() as client:
         try:
             submitted = await submit_once(
-                client, store, params, source.identity, idempotency_key, source.video_url,
+                client, store, params, source.identity, scope, source.video_url,
                 reconcile_seconds=reconcile_grace_seconds, may_repeat=may_repeat, logger=get_run_logger(),
                 budget=budget.open(store) if budget else None, estimate_credits=estimate_credits,
             )

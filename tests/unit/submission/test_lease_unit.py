@@ -1,4 +1,4 @@
-"""flows.lease: a claim on a record, kept fresh by a heartbeat, renewed right before the POST, measured
+"""submission.lease: a claim on a record, kept fresh by a heartbeat, renewed right before the POST, measured
 by whoever would take it over on their own clock."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""flows.probe: a video's shape read with PyAV, without decoding pictures; non-videos refused."""
+"""media.probe: a video's shape read with PyAV, without decoding pictures; non-videos refused."""
 
 from __future__ import annotations
 

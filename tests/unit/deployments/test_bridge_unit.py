@@ -23,6 +23,7 @@ from botocore.exceptions import (
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from prefect_aimlapi_video.deployments import bridge as bridge_module
+from prefect_aimlapi_video.deployments import receive_loop
 from prefect_aimlapi_video.deployments.bridge import S3EventBridge, build_parser, main
 from prefect_aimlapi_video.deployments.event_emitter import EmitError
 from prefect_aimlapi_video.deployments.s3_messages import Filters
@@ -356,7 +357,7 @@ async def test_a_message_that_could_not_be_deleted_comes_back_as_a_duplicate(sto
 
 
 async def test_after_a_failure_run_probes_the_api_with_an_empty_batch_before_receiving_again(store, monkeypatch):
-    monkeypatch.setattr(bridge_module, "MAX_BACKOFF_SECONDS", 0.0)  # no waiting between attempts
+    monkeypatch.setattr(receive_loop, "MAX_BACKOFF_SECONDS", 0.0)  # no waiting between attempts
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 

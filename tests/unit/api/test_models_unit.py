@@ -1,4 +1,4 @@
-"""flows.requests (strict GenerationParams, the Krea request) and flows.models (lenient Generation, credits)."""
+"""api.requests (strict GenerationParams, the Krea request) and api.models (lenient Generation, credits)."""
 
 from __future__ import annotations
 

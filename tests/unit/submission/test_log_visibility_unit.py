@@ -1,4 +1,4 @@
-"""flows.log_visibility: how long an unknown outcome waits, learned from when this account's usage log
+"""submission.log_visibility: how long an unknown outcome waits, learned from when this account's usage log
 listed past requests; and the watcher that learns it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""flows.artifacts.summary_markdown: the run summary shown in the Prefect UI, where what others wrote
+"""flows.summary.summary_markdown: the run summary shown in the Prefect UI, where what others wrote
 (the prompt, names, errors: flows.markdown) shows as text; the output link."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""flows.budget: a spend cap kept by compare-and-swap beside the records, never passed by racing reservers."""
+"""submission.budget: a spend cap kept by compare-and-swap beside the records, never passed by racing reservers."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
+from prefect_aimlapi_video.api.errors import BudgetExceeded
 from prefect_aimlapi_video.storage.record_store import LocalRecordStore
 from prefect_aimlapi_video.submission.budget import (
     DEFAULT_ESTIMATE_CREDITS,
     Budget,
-    BudgetExceeded,
     budget_summary,
     credits_cap,
 )

@@ -1,4 +1,4 @@
-"""flows.redact and the secret-free messages of flows.errors."""
+"""api.redact and the secret-free messages of api.errors."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_generation_failed_and_timeout_messages():
 
 
 def test_generation_failed_error_holds_no_signed_url():
-    # flows.errors promises that no exception ever holds a signed URL; `error_message` is copied into
+    # api.errors promises that no exception ever holds a signed URL; `error_message` is copied into
     # the flow result and its summary artifact, so it must be as clean as str(exc).
     failed = GenerationFailedError("gen-1", "FetchError", f"could not download {SIGNED_S3}")
     assert "0123abcdSIGNATURE" not in str(failed)

@@ -1,4 +1,4 @@
-"""flows.fetch_guard: every hop of every fetch for a user's or a result's URL is checked before any
+"""api.fetch_guard: every hop of every fetch for a user's or a result's URL is checked before any
 connection; FFmpeg reads remote videos only through `RangeFile`. No socket is opened here: names go
 to the resolver stub (tests/unit/conftest.py) and requests to a MockTransport that records them."""
 

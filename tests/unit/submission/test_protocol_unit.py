@@ -488,7 +488,8 @@ async def test_two_attempts_released_together_on_a_stale_record_never_both_post(
 
 
 async def test_a_generation_that_could_pass_the_spend_cap_is_never_sent(client, store, fake):
-    from prefect_aimlapi_video.submission.budget import DEFAULT_ESTIMATE_CREDITS, Budget, BudgetExceeded
+    from prefect_aimlapi_video.api.errors import BudgetExceeded
+    from prefect_aimlapi_video.submission.budget import DEFAULT_ESTIMATE_CREDITS, Budget
 
     budget = Budget(store, "cap", cap_credits=1.5 * DEFAULT_ESTIMATE_CREDITS)
     first = await submit_once(client, store, PARAMS, IDENTITY, "run-1", VideoUrl(), budget=budget)

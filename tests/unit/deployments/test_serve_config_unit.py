@@ -6,7 +6,7 @@ import pytest
 
 from prefect_aimlapi_video.api.errors import InvalidInputError
 from prefect_aimlapi_video.deployments.serve import load_deployments
-from prefect_aimlapi_video.flows.video_to_video import parse_overrides
+from prefect_aimlapi_video.flows.choices import parse_overrides
 
 
 def test_prefect_yaml_defines_a_triggered_and_a_scheduled_deployment(monkeypatch):

@@ -1,4 +1,4 @@
-"""flows.s3: the plain S3 facts and messages that need no S3 (the rest runs against moto's server)."""
+"""storage.s3: the plain S3 facts and messages that need no S3 (the rest runs against moto's server)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""flows.artifacts.ProgressArtifact: at most one request per interval, finals and exits sent at once."""
+"""tasks.progress.ProgressArtifact: at most one request per interval, finals and exits sent at once."""
 
 from __future__ import annotations
 

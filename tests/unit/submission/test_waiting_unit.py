@@ -1,4 +1,4 @@
-"""flows.waiting: the poll loop as a plain async generator, driven by a fake client (no Prefect)."""
+"""submission.waiting: the poll loop as a plain async generator, driven by a fake client (no Prefect)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""flows.requests: the request declared once, and a second model being one class and `@register`.
+"""api.requests: the request declared once, and a second model being one class and `@register`.
 
 `Acme` below is a test-only model on the same endpoint with a field of its own (`style`). Nothing
 else in the product knows it, yet the overrides, batch items, S3 metadata names, CLI options and
@@ -26,8 +26,8 @@ from prefect_aimlapi_video.api.requests import (
     request_model,
 )
 from prefect_aimlapi_video.flows.batch_items import batch_item_model
+from prefect_aimlapi_video.flows.choices import parse_overrides
 from prefect_aimlapi_video.flows.summary import request_rows
-from prefect_aimlapi_video.flows.video_to_video import parse_overrides
 from prefect_aimlapi_video.storage.s3_requests import overrides_from_metadata
 
 
@@ -78,12 +78,12 @@ def test_everything_derived_from_the_request_picks_up_a_new_field(acme):
 
 
 def test_cli_options_come_from_the_registered_models(acme):
-    from prefect_aimlapi_video.deployments.cli import _request_options, _request_values
+    from prefect_aimlapi_video.deployments.cli_options import _request_options, request_values
 
     parser = argparse.ArgumentParser()
     _request_options(parser)
     args = parser.parse_args(["--prompt", "ink", "--style", "noir", "--no-prompt-expansion", "--model", acme.MODEL])
-    values: dict[str, Any] = _request_values(args)
+    values: dict[str, Any] = request_values(args)
     assert values["prompt"] == "ink" and values["enable_prompt_expansion"] is False
     assert values["model"] == acme.MODEL and values["overrides"] == {"style": "noir"}  # not a flow parameter
 

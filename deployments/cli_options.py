@@ -1,0 +1,117 @@
+"""The `aimlapi-video` command line's options: one per request field of every registered model,
+one per input limit, and the run's settings (`flows.settings.RunSettings`) they make.
+
+Kept apart from the commands (`deployments.cli`) so the flags and what each becomes are read in one
+place: a flag not given leaves the flow's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def run_parser(sub: Any) -> None:
+    run = sub.add_parser("run", help="Restyle one video (a flow run on your Prefect server).")
+    run.add_argument("video", help="https URL, data URI, local file or s3://bucket/key")
+    _request_options(run)
+    run.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
+    run.add_argument("--output-storage", default=None, help="writable filesystem block, slug/name")
+    who = run.add_mutually_exclusive_group()
+    who.add_argument("--credentials", default=None, help="AimlApiCredentials block name")
+    who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
+    run.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
+    run.add_argument("--stage-to", default=None, help="S3Bucket block (s3-bucket/name) for big local files")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--idempotency-key", default=None,
+                       help="generations with the same key (and request) are paid once; default: the request itself")
+    again.add_argument("--new", action="store_true",
+                       help="a fresh, paid generation even if this exact request ran before")
+    run.add_argument("--submissions", default=None,
+                     help="exactly-once records: a directory or s3://bucket/prefix (default AIMLAPI_SUBMISSIONS_DIR)")
+    run.add_argument("--timeout", type=float, default=None, help="seconds to wait for the generation")
+    _limit_options(run)
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flow's `settings` (`RunSettings` fields) the flags give; a flag not given is left out."""
+    values = {"output_storage": args.output_storage, "aws_credentials": args.aws_credentials,
+              "stage_to": getattr(args, "stage_to", None), "submissions": args.submissions,
+              "timeout_seconds": args.timeout, "limits": _limits(args) if hasattr(args, "max_duration_seconds") else None}
+    return {name: value for name, value in values.items() if value not in (None, {})}
+
+
+# `--max-duration` -> InputLimits.max_duration_seconds, and so on: each limit checked before paying.
+LIMIT_FLAGS = {"--max-duration": "max_duration_seconds", "--max-long-side": "max_long_side",
+               "--max-short-side": "max_short_side", "--max-input-bytes": "max_input_bytes",
+               "--max-generation-usd": "max_generation_usd"}
+
+
+def _limit_options(run: argparse.ArgumentParser) -> None:
+    from prefect_aimlapi_video.media.limits import InputLimits
+
+    group = run.add_argument_group("limits, checked before anything is paid (the provider publishes none)")
+    for flag, name in LIMIT_FLAGS.items():
+        field = InputLimits.model_fields[name]
+        group.add_argument(flag, dest=name, type=field.annotation, default=None,
+                           help=f"{field.description} Default {field.default:g}.")
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in LIMIT_FLAGS.values() if getattr(args, name) is not None}
+
+
+def _flag(name: str, default: Any) -> str:
+    """`--strength` for `strength`; `--no-prompt-expansion` for `enable_prompt_expansion` (default on)."""
+    if default is True:
+        return "--no-" + name.removeprefix("enable_").replace("_", "-")
+    return "--" + name.replace("_", "-")
+
+
+def _request_options(run: argparse.ArgumentParser) -> None:
+    """One option per field of the registered request models (`api.requests`), typed from the
+    field; an option not given leaves the model's default."""
+    from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, REQUEST_MODELS
+
+    run.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(REQUEST_MODELS), help="the provider's model")
+    seen: set[str] = set()
+    for request in REQUEST_MODELS.values():
+        for name, field in request.model_fields.items():
+            if name in seen:
+                continue
+            seen.add(name)
+            flag = _flag(name, field.default)
+            help_text = f"turn off: {field.description}" if field.default is True else field.description
+            if field.default is True or field.default is False:
+                run.add_argument(flag, dest=name, action="store_const", const=not field.default, default=None,
+                                 help=help_text)
+                continue
+            kind = next((k for k in (int, float) if k in (getattr(field.annotation, "__args__", ()) or
+                                                           (field.annotation,))), str)
+            run.add_argument(flag, dest=name, type=kind, default=None, required=field.is_required() and
+                             request.MODEL == DEFAULT_MODEL, help=help_text)
+
+
+def request_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields given on the command line: the default model's as the flow's own
+    parameters, any other model's fields as `overrides`; a field not given takes its model's default."""
+    from prefect_aimlapi_video.api.requests import GenerationParams, request_fields
+
+    given = {name: getattr(args, name) for name in request_fields() if getattr(args, name, None) is not None}
+    own = {name: value for name, value in given.items() if name in GenerationParams.model_fields}
+    others = {name: value for name, value in given.items() if name not in own}
+    return {**own, "model": args.model, **({"overrides": others} if others else {})}
+
+
+def collect_parser(sub: Any) -> None:
+    collect = sub.add_parser("collect", help="Download a generation already paid for, by id (no new charge).")
+    collect.add_argument("generation_id", help="the id a run's summary or log names")
+    collect.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
+    collect.add_argument("--output-storage", default=None, help="writable filesystem block, slug/name")
+    who = collect.add_mutually_exclusive_group()
+    who.add_argument("--credentials", default=None, help="AimlApiCredentials block name")
+    who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
+    collect.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
+    collect.add_argument("--timeout", type=float, default=None, help="seconds to wait if it is still running")
+    collect.add_argument("--submissions", default=None,
+                         help="the record store its run used (default AIMLAPI_SUBMISSIONS_DIR): a charge is reported once")
