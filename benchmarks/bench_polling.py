@@ -40,13 +40,10 @@ import asyncio
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
 
 from prefect_aimlapi_video.api.client import AimlApiClient
 from prefect_aimlapi_video.api.errors import TransientApiError

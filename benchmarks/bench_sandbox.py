@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import av
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
 
 from prefect_aimlapi_video.sandbox.media import add_h264_stream, frame_rate, make_test_clip, open_video, probe_video
 from prefect_aimlapi_video.sandbox.transform import transform_video

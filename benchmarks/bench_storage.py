@@ -50,7 +50,9 @@ from pathlib import Path
 import boto3
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clean clone without installing
+# The repository root, for the test services (`tests.support`); the package is the installed one, as
+# nothing at the root shadows it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefect_aimlapi_video.api.client import AimlApiClient
 from prefect_aimlapi_video.storage.destinations import S3Destination

@@ -2,7 +2,7 @@
 
 The look is a posterised, gamma-shifted luma with a three-colour gradient map on the chroma,
 picked from a hash of (seed, prompt). It works directly on yuv420p planes with 256-entry lookup
-tables and integer blending (no colour conversion, ~1.5 ms per 832x480 frame), and the whole run
+tables and integer blending (no colour conversion; `benchmarks/bench_sandbox.py` times it), and the whole run
 is bit-for-bit repeatable. ``strength`` blends input and look linearly: 0 returns the decoded
 input unchanged.
 """

@@ -16,8 +16,8 @@ DEFAULT_BASE_URL = "https://api.aimlapi.com"
 
 @functools.cache
 def shared_ssl_context() -> ssl.SSLContext:
-    """One TLS context per process: building one costs ~20 ms of CPU, and a batch makes thousands
-    of clients (four per generation)."""
+    """One TLS context per process: building one costs milliseconds of CPU (loading the CA bundle),
+    and a batch makes thousands of clients (four per generation)."""
     return httpx.create_ssl_context()
 
 

@@ -2,9 +2,9 @@
 
 A restyle is easiest to judge by eye, and the Prefect UI shows markdown, not video; one small JPEG
 (inline in the artifact, and written next to the output) shows what changed without downloading
-anything. JPEG, not PNG: video frames are photographs, which PNG stores at ~7x the bytes (~180 KB
-against ~25 KB for a 660x204 strip) and ~15x the CPU; in a batch every child sends its strip to the
-Prefect server inside its summary, so both add up. It is best effort: an unreadable video, or a strip that cannot fit the byte cap, gives
+anything. JPEG, not PNG: video frames are photographs, which PNG stores at several times the bytes
+and the CPU (`benchmarks/README.md`); in a batch every child sends its strip to the Prefect server
+inside its summary, so both add up. It is best effort: an unreadable video, or a strip that cannot fit the byte cap, gives
 None and a log line, never an exception, so a generation cannot fail because of it.
 
 Only PyAV (its bundled FFmpeg) is used, to decode, scale and encode the JPEG: no imaging library.

@@ -2,18 +2,17 @@
 
 Why a process, not a thread: PyAV lets go of the GIL around each decode and scale call and takes it
 back after. In a worker running a batch's child flow runs, every one of those hand-backs waits for
-the busy event loop, and holds it up in turn. Measured with `benchmarks/bench_batch.py` at N=100 in
-one session: with the strip made in a thread the batch took 1.28x Prefect's floor and the worker
-11.6 s of CPU; with the strip made in another process, 1.14x and 8.8 s. A crash of FFmpeg on a
-hostile file also ends the helper, not the flow run.
+the busy event loop, and holds it up in turn: a batch runs closer to Prefect's floor and its worker
+spends less CPU with the strips made in another process (`benchmarks/README.md` has the figures). A
+crash of FFmpeg on a hostile file also ends the helper, not the flow run.
 
-In-process batches use it (`flows/results.py`); a flow run alone in its process (a single run, a
-work-pool child) makes its strip in a thread, as starting a helper (~0.25 s of CPU) would cost more
+In-process batches use it (`download_video(strip_in_helper=True)`); a flow run alone in its process
+(a single run, a work-pool child) makes its strip in a thread, as starting a helper would cost more
 than the strip. One helper per process, started on first use, makes one strip at a time; requests
 and answers are JSON lines on its stdin and stdout. It exits when its stdin closes, so it never
 outlives the process that started it, even one that was SIGKILLed. It imports the strip's own
-modules only: not the package's `__init__`, which imports Prefect for the block (~1 s and ~50 MB
-more per helper).
+modules only: not the package's `__init__`, which imports Prefect for the block (a second's start
+and tens of MB more per helper).
 
 Best effort, like the strip itself: when the helper cannot be started, the strip is made in a thread
 as before; when it dies on a file or gives no answer within `TIMEOUT_SECONDS`, that generation gets
