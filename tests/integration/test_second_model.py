@@ -1,6 +1,6 @@
-"""A second model, declared in this one file, reaches the three flows and the CLI unchanged.
+"""A second model, declared in one file, reaches the three flows and the CLI unchanged.
 
-`Acme` is one `VideoRequest` subclass with a field the Krea model lacks (`style`) and its own
+`Acme` (tests/support/acme_model.py, the only file it touches) is one `VideoRequest` subclass with a field the Krea model lacks (`style`) and its own
 default `strength`. Registering it is all it takes: the single flow takes its fields through
 `overrides`, a batch through its items' columns, a sweep through a manifest's columns, the CLI
 through the `--style` option made from the field. A sandbox that also answers to the model's name
@@ -13,18 +13,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
-from pydantic import Field
 
-from prefect_aimlapi_video.api import requests as requests_module
-from prefect_aimlapi_video.api.requests import VideoRequest, register
+from prefect_aimlapi_video.api.requests import VideoRequest
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.batch import video_to_video_batch
 from prefect_aimlapi_video.flows.folder import video_to_video_folder
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
+from tests.support.acme_model import Acme, acme_registered
 from tests.support.reliability import last_line, subprocess_env
 
 pytestmark = pytest.mark.integration
@@ -32,26 +30,10 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Acme(VideoRequest):
-    """A made-up model on the same endpoint: a prompt, its own default strength, and a `style`."""
-
-    MODEL: ClassVar[str] = "acme/style-v2v"
-    EXPECTED_SECONDS: ClassVar[float] = 30.0
-
-    prompt: str
-    strength: float = 0.5
-    style: str = Field("plain", description="A house style.")
-
-
-def register_acme() -> type[VideoRequest]:
-    """What a second model takes: this class, registered (the CLI's subprocess calls it too)."""
-    return register(Acme)
-
-
 @pytest.fixture
 def acme() -> Iterator[type[VideoRequest]]:
-    yield register_acme()
-    requests_module.REQUEST_MODELS.pop(Acme.MODEL)
+    with acme_registered() as model:
+        yield model
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +87,7 @@ async def test_a_sweep_takes_the_fields_as_manifest_columns(prefect_server, acme
 
 def test_the_cli_has_an_option_per_field_and_sends_it(prefect_server, acme_sandbox, creds, clips, tmp_path):
     program = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
-               "from tests.integration.test_second_model import register_acme; register_acme(); "
+               "from tests.support.acme_model import register_acme; register_acme(); "
                "from prefect_aimlapi_video.deployments.cli import main; raise SystemExit(main(sys.argv[1:]))")
     command = [sys.executable, "-c", program, str(ROOT), "run", str(clips["small"]), "--model", Acme.MODEL,
                "--prompt", "ink", "--style", "noir", "--base-url", acme_sandbox.base_url,

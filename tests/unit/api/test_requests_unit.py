@@ -1,6 +1,6 @@
 """api.requests: the request declared once, and a second model being one class and `@register`.
 
-`Acme` below is a test-only model on the same endpoint with a field of its own (`style`). Nothing
+`Acme` (tests/support/acme_model.py) is a test-only model on the same endpoint with a field of its own (`style`). Nothing
 else in the product knows it, yet the overrides, batch items, S3 metadata names, CLI options and
 summary rows all pick it up from its class.
 """
@@ -8,20 +8,16 @@ summary rows all pick it up from its class.
 from __future__ import annotations
 
 import argparse
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
-from pydantic import Field
 
-from prefect_aimlapi_video.api import requests as requests_module
 from prefect_aimlapi_video.api.errors import InvalidInputError
 from prefect_aimlapi_video.api.models import VideoToVideoResult
 from prefect_aimlapi_video.api.requests import (
     DEFAULT_MODEL,
     DEFAULTS,
     KreaWan14bVideoToVideo,
-    VideoRequest,
-    register,
     request_fields,
     request_model,
 )
@@ -29,23 +25,13 @@ from prefect_aimlapi_video.flows.batch_items import batch_item_model
 from prefect_aimlapi_video.flows.choices import parse_overrides
 from prefect_aimlapi_video.flows.summary import request_rows
 from prefect_aimlapi_video.storage.s3_requests import overrides_from_metadata
-
-
-class Acme(VideoRequest):
-    """A made-up model: a prompt, a strength with its own default, and a `style` the Krea model lacks."""
-
-    MODEL: ClassVar[str] = "acme/style-v2v"
-    EXPECTED_SECONDS: ClassVar[float] = 30.0
-
-    prompt: str
-    strength: float = 0.5
-    style: str = Field("plain", description="A house style.")
+from tests.support.acme_model import acme_registered
 
 
 @pytest.fixture
 def acme():
-    yield register(Acme)
-    requests_module.REQUEST_MODELS.pop(Acme.MODEL)
+    with acme_registered() as model:
+        yield model
 
 
 def test_the_krea_model_is_the_default_and_declares_its_defaults():
