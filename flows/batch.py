@@ -170,6 +170,7 @@ async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: s
             error = await state.aresult(raise_on_failure=False)
             status = SKIPPED_BUDGET if isinstance(error, BudgetExceeded) else state.name.lower()
             return row.model_copy(update={"status": status, "error": redact(state.message or state.name)[:300],
+                                          "generation_id": getattr(error, "generation_id", None),
                                           "collect_command": getattr(error, "collect_command", None)})
         result = await state.aresult()
         return row.model_copy(update={

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from prefect_aimlapi_video.api.errors import InvalidInputError
 from prefect_aimlapi_video.api.redact import safe_url
 from prefect_aimlapi_video.api.requests import GenerationParams, VideoRequest
+from prefect_aimlapi_video.flows.choices import NAMED_FIELDS
 from prefect_aimlapi_video.media.video_checks import scheme_of
 from prefect_aimlapi_video.storage.s3 import read_object
 
@@ -50,12 +51,14 @@ BatchItem = batch_item_model(GenerationParams)
 
 
 def child_arguments(arguments: dict[str, Any], item: ItemBase) -> dict[str, Any]:
-    """One child's `video_to_video` arguments: the batch's, then the item's video, output and key;
-    the item's request fields join the batch's `overrides` and win over them, so any model's fields
-    reach the child without being parameters of the flow."""
+    """One child's `video_to_video` arguments: the batch's, then the item's video, output and key.
+    The item's request fields win over the batch's; those the flow names (`NAMED_FIELDS`: its run
+    name and the UI show them) go as its parameters, any other model's in `overrides`."""
     own = item.model_dump(exclude_none=True)
-    fields = {name: own.pop(name) for name in list(own) if name not in ItemBase.model_fields}
-    return {**arguments, **own, "overrides": {**(arguments.get("overrides") or {}), **fields}}
+    fields = {**(arguments.get("overrides") or {}),
+              **{name: own.pop(name) for name in list(own) if name not in ItemBase.model_fields}}
+    named = {name: fields.pop(name) for name in NAMED_FIELDS if name in fields}
+    return {**arguments, **own, **named, "overrides": fields or None}
 
 
 class BatchItemResult(BaseModel):

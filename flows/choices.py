@@ -14,6 +14,10 @@ from typing import Any
 from prefect_aimlapi_video.api.errors import InvalidInputError
 from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, VideoRequest, request_model
 
+# The request fields `video_to_video` takes as named parameters (the default model's); the rest of
+# any model's fields travel in `overrides`.
+NAMED_FIELDS = ("prompt", "strength", "seed", "enable_prompt_expansion")
+
 
 def parse_overrides(overrides: dict[str, Any] | str | None, request: type[VideoRequest] | None = None) -> dict[str, Any]:
     """Per-video values of the request's fields, typed; unknown keys are refused so a typo never passes.

@@ -62,18 +62,7 @@ class RunSettings(BaseModel):
         """From a flow parameter: None (the defaults), the model, a dict or JSON text; `InvalidInputError`."""
         if isinstance(value, cls):
             return value
-        if value in (None, ""):
-            value = {}
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise InvalidInputError(f"settings is not JSON: {value[:100]!r}") from None
-        if isinstance(value, BaseModel):
-            value = value.model_dump(exclude_unset=True)
-        if not isinstance(value, dict):
-            raise InvalidInputError(f"settings must be an object of {', '.join(cls.model_fields)}.")
-        return _validated(cls, value)
+        return _validated(cls, _given(value))
 
     @field_validator("limits", mode="before")
     @classmethod
@@ -148,7 +137,23 @@ class CheckedRun(RunSettings):
 def check_run(settings: Any = None, **own: Any) -> CheckedRun:
     """The run's settings (`settings`: anything `RunSettings.parse` takes) with the flow's own
     `output` and `idempotency_key`, or `InvalidInputError` naming every field that is wrong."""
-    return _validated(CheckedRun, {**RunSettings.parse(settings).model_dump(exclude_unset=True), **own})
+    return _validated(CheckedRun, {**_given(settings), **own})
+
+
+def _given(value: Any) -> dict[str, Any]:
+    """The fields a `settings` parameter gives, unchecked: None, the model, a dict or JSON text."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise InvalidInputError(f"settings is not JSON: {value[:100]!r}") from None
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_unset=True)
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"settings must be an object of {', '.join(RunSettings.model_fields)}.")
+    return value
 
 
 def _text(value: Any) -> str | None:

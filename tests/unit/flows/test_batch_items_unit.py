@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prefect_aimlapi_video.api.errors import InvalidInputError
-from prefect_aimlapi_video.flows.batch_items import BatchItem, load_manifest, parse_items
+from prefect_aimlapi_video.flows.batch_items import BatchItem, ItemBase, child_arguments, load_manifest, parse_items
 
 
 async def test_csv_manifest_typed_from_text(tmp_path):
@@ -84,3 +84,11 @@ async def test_an_s3_output_root_keeps_a_manifests_outputs_under_it():
     assert confined("s3://media/out/a/b.mp4", "s3://media/out/", "output") == "s3://media/out/a/b.mp4"
     with pytest.raises(InvalidInputError, match="not under"):
         confined("s3://media/out/../secret.mp4", "s3://media/out/", "output")
+
+
+def test_a_child_gets_the_named_fields_as_parameters_and_the_others_as_overrides():
+    item = BatchItem(video="a.mp4", seed=3, output="o.mp4")
+    batch = {"model": "m", "credentials": "c", "overrides": {"prompt": "ink", "style": "noir", "seed": 1}}
+    assert child_arguments(batch, item) == {"model": "m", "credentials": "c", "video": "a.mp4", "output": "o.mp4",
+                                            "prompt": "ink", "seed": 3, "overrides": {"style": "noir"}}
+    assert child_arguments({"credentials": "c"}, ItemBase(video="b.mp4"))["overrides"] is None

@@ -61,3 +61,9 @@ def test_all_problems_in_one_message():
     with pytest.raises(InvalidInputError) as info:
         check_run({"timeout_seconds": -1, "reconcile_grace_seconds": -1})
     assert "timeout_seconds" in str(info.value) and "reconcile_grace_seconds" in str(info.value)
+
+
+def test_the_flows_own_fields_and_the_settings_are_checked_together():
+    with pytest.raises(InvalidInputError) as info:
+        check_run({"timeout_seconds": -1}, output=5, idempotency_key="k" * 600)
+    assert all(name in str(info.value) for name in ("timeout_seconds", "output", "idempotency_key"))
