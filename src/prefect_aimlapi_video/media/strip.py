@@ -7,7 +7,8 @@ and the CPU (`benchmarks/README.md`); in a batch every child sends its strip to 
 inside its summary, so both add up. It is best effort: an unreadable video, or a strip that cannot fit the byte cap, gives
 None and a log line, never an exception, so a generation cannot fail because of it.
 
-Only PyAV (its bundled FFmpeg) is used, to decode, scale and encode the JPEG: no imaging library.
+Only PyAV (its bundled FFmpeg) is used, to decode, scale and encode the JPEG; the grid is laid out
+by copying bytes between frames' planes: no imaging or array library (numpy is not a dependency).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from prefect_aimlapi_video.api.redact import redact
@@ -168,40 +168,54 @@ def _pick(path: Path, fractions: Sequence[float]) -> tuple[list[av.VideoFrame], 
         return frames, times, sar
 
 
-def _tiles(frames: Sequence[av.VideoFrame], sar: Fraction, height: int) -> list[np.ndarray]:
-    """RGB tiles `height` px high at the frames' display aspect ratio; shared frames scaled once."""
-    scaled: dict[int, np.ndarray] = {}
+def _rows_of(frame: av.VideoFrame) -> tuple[memoryview, int]:
+    """A packed frame's first plane and its line size (FFmpeg may pad each line past width * 3 bytes)."""
+    plane = frame.planes[0]
+    return memoryview(plane), plane.line_size
+
+
+def _tiles(frames: Sequence[av.VideoFrame], sar: Fraction, height: int) -> list[av.VideoFrame]:
+    """RGB24 tiles `height` px high at the frames' display aspect ratio; shared frames scaled once."""
+    scaled: dict[int, av.VideoFrame] = {}
     for frame in frames:
         if id(frame) not in scaled:
             width = _even(frame.width * sar * height / frame.height)
-            scaled[id(frame)] = frame.reformat(
-                width=width, height=height, format="rgb24", interpolation="AREA"
-            ).to_ndarray()
+            scaled[id(frame)] = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
     return [scaled[id(frame)] for frame in frames]
 
 
-def _grid(rows: Sequence[Sequence[np.ndarray]], height: int) -> np.ndarray:
-    """Rows of tiles on a grey canvas: columns as wide as their widest tile, each tile centred."""
+def _grid(rows: Sequence[Sequence[av.VideoFrame]], height: int) -> av.VideoFrame:
+    """Rows of tiles on a grey RGB24 canvas: columns as wide as their widest tile, each tile centred.
+
+    Plain byte copies, a tile's line at a time, between the frames' own planes: no array library.
+    """
     columns = len(rows[0])
-    cell = max(tile.shape[1] for row in rows for tile in row)
-    canvas = np.empty((GAP + len(rows) * (height + GAP), GAP + columns * (cell + GAP), 3), dtype=np.uint8)
-    canvas[:] = GAP_COLOUR
+    cell = max(tile.width for row in rows for tile in row)
+    canvas = av.VideoFrame(GAP + columns * (cell + GAP), GAP + len(rows) * (height + GAP), "rgb24")
+    out, stride = _rows_of(canvas)
+    grey = bytes(GAP_COLOUR) * canvas.width
+    for y in range(canvas.height):
+        out[y * stride : y * stride + len(grey)] = grey
     for r, row in enumerate(rows):
         y = GAP + r * (height + GAP)
         for c, tile in enumerate(row):
-            x = GAP + c * (cell + GAP) + (cell - tile.shape[1]) // 2
-            canvas[y : y + height, x : x + tile.shape[1]] = tile
+            x = GAP + c * (cell + GAP) + (cell - tile.width) // 2
+            pixels, line_size = _rows_of(tile)
+            span = tile.width * 3
+            for line in range(height):
+                at = (y + line) * stride + x * 3
+                out[at : at + span] = pixels[line * line_size : line * line_size + span]
     return canvas
 
 
-def _jpeg(rgb: np.ndarray) -> bytes:
+def _jpeg(rgb: av.VideoFrame) -> bytes:
     """JPEG bytes from FFmpeg's `mjpeg` encoder at a fixed quality (one frame in, one packet out)."""
-    chroma = "yuvj420p" if rgb.shape[0] % 2 == 0 and rgb.shape[1] % 2 == 0 else "yuvj444p"
+    chroma = "yuvj420p" if rgb.height % 2 == 0 and rgb.width % 2 == 0 else "yuvj444p"
     codec = av.CodecContext.create("mjpeg", "w")
-    codec.width, codec.height, codec.pix_fmt = rgb.shape[1], rgb.shape[0], chroma
+    codec.width, codec.height, codec.pix_fmt = rgb.width, rgb.height, chroma
     codec.time_base = Fraction(1, 1)
     codec.options = {"qmin": str(JPEG_QUALITY), "qmax": str(JPEG_QUALITY)}
-    packets = codec.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=chroma))
+    packets = codec.encode(rgb.reformat(format=chroma))
     packets += codec.encode(None)
     return b"".join(bytes(packet) for packet in packets)
 
@@ -232,7 +246,7 @@ def make_strip(
             image = _jpeg(rgb)
             if len(image) <= max_bytes:
                 return Strip(
-                    image=image, width=rgb.shape[1], height=rgb.shape[0], frames=columns,
+                    image=image, width=rgb.width, height=rgb.height, frames=columns,
                     times=[round(seconds, 3) for seconds in times], rows=len(picked),
                 )
             smaller = _even(height * SHRINK)
@@ -260,7 +274,7 @@ def write_strip(strip: Strip, path: Path) -> Path:
     """Write the image via a temporary file in the same folder, so no reader ever sees half an image.
 
     The temporary is opened normally (not with `mkstemp`, whose 0600 mode would then stick to the
-    PNG), so the strip gets the same permissions as the output video beside it.
+    image), so the strip gets the same permissions as the output video beside it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -248,3 +248,24 @@ def test_a_file_whose_name_holds_a_colon_gets_its_strip(tmp_path: Path) -> None:
     after = make_test_clip(tmp_path / "take:2.mp4", width=64, height=48, seconds=0.5, fps=12)
     strip = make_strip(before, after, columns=2, tile_height=32)
     assert strip is not None and strip.rows == 2
+
+
+def test_the_strip_needs_no_numpy(clips: dict[str, Path]) -> None:
+    """numpy is not a runtime dependency (only the sandbox extra has it): with it unimportable, the
+    strip is made all the same, byte for byte."""
+    import json
+    import subprocess
+    import sys
+
+    from prefect_aimlapi_video.media.strip_helper import STAND_IN
+
+    script = STAND_IN + (
+        "sys.modules['numpy'] = None  # any `import numpy` now raises ImportError\n"
+        "from pathlib import Path\n"
+        "from prefect_aimlapi_video.media.strip import make_strip\n"
+        f"print(make_strip(Path({str(clips['before'])!r}), Path({str(clips['after'])!r})).model_dump_json())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    expected = make_strip(clips["before"], clips["after"])
+    assert expected is not None
+    assert Strip.model_validate(json.loads(out.stdout)) == expected
