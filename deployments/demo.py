@@ -3,6 +3,9 @@
 No key and no setup: the sandbox (a local stand-in of the AI/ML API that really transforms
 video) starts on a free loopback port, a sample clip is made, and the `video_to_video` flow runs
 on your Prefect server (PREFECT_API_URL) or, if none is configured, on a temporary one.
+
+The sandbox comes with the `sandbox` extra; without it the demo fails with one line saying how to
+install it.
 """
 
 from __future__ import annotations
@@ -14,8 +17,17 @@ from pathlib import Path
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.deployments.terminal import fail
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
-from prefect_aimlapi_video.sandbox import SandboxConfig, make_test_clip, run_sandbox
+
+try:
+    from prefect_aimlapi_video.sandbox import SandboxConfig, make_test_clip, run_sandbox
+except ImportError as exc:  # no sandbox extra: `run_demo` says so in one line instead of a traceback
+    if "prefect-aimlapi-video[sandbox]" not in str(exc):
+        raise
+    NO_SANDBOX: str | None = str(exc)
+else:
+    NO_SANDBOX = None
 
 DEMO_PROMPT = "a watercolor painting, soft pastel palette"
 
@@ -32,6 +44,8 @@ def _where_to_look(flow_run_id: str | None) -> str:
 
 
 def run_demo(output_dir: Path | None = None, processing_seconds: float = 3.0) -> int:
+    if NO_SANDBOX is not None:
+        return fail(NO_SANDBOX, 1)
     output_dir = (output_dir or Path("aimlapi-outputs")).absolute()
     with tempfile.TemporaryDirectory(prefix="aimlapi-demo-") as scratch, run_sandbox(
         SandboxConfig(processing_seconds=processing_seconds)

@@ -97,3 +97,60 @@ def test_nothing_at_the_repository_root_shadows_the_installed_package() -> None:
     would hide the installed one (a regular install could not import its subpackages)."""
     assert not (REPO / PACKAGE).exists()
     assert (REPO / "src" / PACKAGE / "__init__.py").is_file()
+
+
+SANDBOX_ONLY = ("numpy", "uvicorn", "starlette")
+SANDBOX_EXTRA = "pip install 'prefect-aimlapi-video[sandbox]'"
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
+
+
+def test_runtime_dependencies_leave_what_only_the_sandbox_needs_to_its_extra() -> None:
+    project = _pyproject()["project"]
+    runtime = {_name(d) for d in project["dependencies"]}
+    assert runtime == {"prefect", "prefect-aws", "httpx", "pydantic", "av"}
+    extras = project["optional-dependencies"]
+    assert {_name(d) for d in extras["sandbox"]} == set(SANDBOX_ONLY)
+    assert "prefect-aimlapi-video[sandbox]" in extras["test"]  # the tests start the sandbox
+    assert "pillow" in {_name(d) for d in extras["test"]}  # Prefect's block suite checks the logo with it
+
+
+def test_only_the_sandbox_imports_what_its_extra_installs() -> None:
+    offenders = []
+    for folder in ("src", "blocks", "flows", "deployments"):
+        for source in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text(), str(source))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                offenders += [f"{source.relative_to(REPO)}:{node.lineno} {n}" for n in names
+                              if n.split(".")[0] in SANDBOX_ONLY]
+    assert offenders == []
+
+
+def test_without_the_sandbox_extra_the_sandbox_and_the_demo_say_how_to_install_it() -> None:
+    """numpy made unimportable stands in for an install without the extra (uvicorn and Starlette
+    come with Prefect today): importing the sandbox names the install command, and the demo says it
+    in one `error:` line, exit code 1, no traceback."""
+    import subprocess
+    import sys
+
+    block_numpy = "import sys\nsys.modules['numpy'] = None\n"
+    expected = f"The sandbox needs numpy, which cannot be imported: {SANDBOX_EXTRA}"
+    imported = subprocess.run(
+        [sys.executable, "-c", block_numpy + "try:\n    import prefect_aimlapi_video.sandbox\n"
+         "except ImportError as exc:\n    print(exc)\n"],
+        capture_output=True, text=True, timeout=120, check=True)
+    assert imported.stdout.strip() == expected
+    demo = subprocess.run(
+        [sys.executable, "-c", block_numpy + "from prefect_aimlapi_video.deployments.cli import main\n"
+         "sys.exit(main(['demo']))\n"],
+        capture_output=True, text=True, timeout=120)
+    assert demo.returncode == 1, demo.stderr
+    assert demo.stderr.strip().splitlines()[-1] == f"error: {expected}"
+    assert "Traceback" not in demo.stderr
