@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from prefect_aimlapi_video.submission.protocol import StoreRef, SubmittedGenerat
 from prefect_aimlapi_video.submission.record import read_durations
 from prefect_aimlapi_video.submission.waiting import Tracker, observe
 from prefect_aimlapi_video.tasks.bookkeeping import LastSeen, after_completion, after_failure, watch_listing_of
+from prefect_aimlapi_video.tasks.output_path import check_path_choice, render_output_path
 from prefect_aimlapi_video.tasks.progress import ProgressArtifact
 
 STILL_WAITING_EVERY_SECONDS = 30.0
@@ -207,16 +209,43 @@ async def wait_for_generation(
     cache_policy=NO_CACHE,
 )
 async def download_video(
-    generation_id: str, credentials: str | AimlApiCredentials, target: str | Destination, path: str,
-    before: str | None = None, strip_in_helper: bool = False,
+    generation_id: str, credentials: str | AimlApiCredentials, target: str | Destination, path: str | None = None,
+    before: str | None = None, strip_in_helper: bool = False, fields: Mapping[str, Any] | None = None,
 ) -> StoredVideo:
-    """Stream the result to `path` of `target` (an output template or a checked destination),
-    verified (length, MP4, decodable) and atomic, with a before/after strip (`before`: the input
-    as a local file, if at hand). `strip_in_helper`: make the strip in this process's strip helper
-    rather than a thread (for many runs sharing one event loop: a batch's children)."""
-    from prefect.runtime import task_run
+    """Stream the result to `target`, verified (length, MP4, decodable) and atomic, with a before/after strip.
 
+    Where it goes is said once, either way:
+
+    * leave `path` out (recommended): `target`'s template is rendered, as `video_to_video` renders
+      its `output`. `{generation}`, `{flow_run}` and `{date}` are filled in here; the request's own
+      fields come from `fields` (`{"stem": video, "seed": 42}`: `stem` may be the input as given, a
+      path or URL, and becomes its name without the suffix, as in the flows). A field the template
+      uses but nobody gave is refused by name (`InvalidInputError`).
+    * or pass `path`, a finished location in `target` (a local file path; a key from the root of
+      `target`'s bucket; a path in its block), used exactly as given. It is never rendered: a `{...}`
+      in it is refused (`InvalidInputError`), and so is a `target` written as a template (with `{...}`)
+      together with a `path`, whose template would go unused.
+
+    Args:
+        generation_id: the completed generation (`wait_for_generation(...).generation_id`).
+        credentials: an `AimlApiCredentials` block or its name.
+        target: where results go: a local path or directory, `s3://bucket/key`, with template
+            fields as `video_to_video`'s `output` takes them, or a checked destination.
+        path: a finished path in `target` instead of rendering its template (see above).
+        before: the input as a local file, if at hand, for the top row of the strip.
+        strip_in_helper: make the strip in this process's strip helper rather than a thread (for
+            many runs sharing one event loop: a batch's children).
+        fields: values of the template's request fields (`stem`, `seed`, `strength`, `fingerprint`).
+
+    These refusals come after the generation was paid for (it stays collectable by its id, at no
+    new charge); `video_to_video` checks its template before paying.
+    """
+    from prefect.runtime import flow_run, task_run
+
+    check_path_choice(target, path)
     destination = target if isinstance(target, Destination) else await resolve_output(target)
+    if path is None:
+        path = render_output_path(destination, generation_id, str(flow_run.id) if flow_run.id else None, fields)
     creds = await AimlApiCredentials.resolve(credentials)
     async with creds.get_client() as client:
         stored = await store_result(client, generation_id, destination, path, fresh_ok=task_run.run_count <= 1,
