@@ -9,23 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shlex
 import time
 from typing import Any
 
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from prefect_aimlapi_video.api.errors import AimlApiError, BudgetExceeded, DeliveryFailed, GenerationFailedError
-from prefect_aimlapi_video.api.models import Timing, VideoToVideoResult
-from prefect_aimlapi_video.api.redact import redact
+from prefect_aimlapi_video.api.models import VideoToVideoResult
 from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, VideoRequest
 from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.batch_context import defer, in_batch, owns_key
 from prefect_aimlapi_video.flows.choices import build_request
 from prefect_aimlapi_video.flows.events import emit_generation_event
+from prefect_aimlapi_video.flows.publish import (
+    DEFAULT_CREDENTIALS_BLOCK,
+    new_result,
+    note_outcome,
+    note_stored,
+    note_submitted,
+    report_failure,
+)
+from prefect_aimlapi_video.flows.publish import (
+    SKIPPED_BUDGET as SKIPPED_BUDGET,  # where the batch reads it
+)
 from prefect_aimlapi_video.flows.settings import CheckedRun, RunSettings, check_run
-from prefect_aimlapi_video.flows.summary import publish_result, publish_summary
+from prefect_aimlapi_video.flows.summary import publish_result
 from prefect_aimlapi_video.media.strip import MEDIA_TYPE as STRIP_MEDIA_TYPE
 from prefect_aimlapi_video.media.strip import SUFFIX as STRIP_SUFFIX
 from prefect_aimlapi_video.storage.destinations import Destination, resolve_output
@@ -36,8 +44,6 @@ from prefect_aimlapi_video.submission.budget import BudgetRef, budget_summary, c
 from prefect_aimlapi_video.submission.estimate import check_ceiling, estimate, learn_rate
 from prefect_aimlapi_video.tasks.steps import download_video, submit_generation, wait_for_generation
 
-DEFAULT_CREDENTIALS_BLOCK = "aimlapi"
-SKIPPED_BUDGET = "skipped (budget)"
 RUN_TAGS = ("aimlapi", "video-to-video")
 
 
@@ -134,32 +140,23 @@ async def video_to_video(
                 source.info.describe() if source.info else "not probed", target.kind)
     logger.info("Estimate before paying: %s.", cost.describe())
 
-    result = VideoToVideoResult(status="submitting", model=params.MODEL, input=source.display, input_info=source.info,
-                                flow_run_id=run_id, estimate_credits=round(cost.credits), **params.model_dump())
+    result = new_result(params, source.display, info=source.info, flow_run_id=run_id,
+                        estimate_credits=round(cost.credits))
     try:
         scope, shared = _scope(settings, params, source, run_id)
         submitted = await submit_generation(params, source, creds, scope, settings.reconcile_grace_seconds,
                                             settings.submissions, settings.aws_credentials, shared, spend, cost.credits)
-        result.generation_id = submitted.generation_id
-        result.client_request_id = submitted.client_request_id
-        result.resumed = submitted.resumed
-        result.request_ids = [r for r in [submitted.request_id] if r]
+        note_submitted(result, submitted)
         emit_generation_event("submitted", result)
         # A batch's children show no progress of their own and share one strip helper (flows.batch_context).
         outcome = await wait_for_generation(submitted, creds, settings.timeout_seconds, settings.poll_policy,
                                             progress=not in_batch())
-        result.timeline, result.polls = outcome.timeline, outcome.polls
-        result.request_ids += [r for r in outcome.request_ids if r not in result.request_ids]
-        result.credits, result.charged_credits = outcome.credits, outcome.charged_credits
+        note_outcome(result, outcome)
         path = _output_path(target, source, params, outcome.generation_id, run_id)
         with source.local_copy() as before:
             stored = await download_video(outcome.generation_id, creds, target, path, str(before) if before else None,
                                           strip_in_helper=in_batch())
-        result.status = outcome.status
-        result.output, result.output_info = stored.location, stored.info
-        result.sha256, result.size_bytes = stored.sha256, stored.size_bytes
-        result.timing = Timing(queued_s=outcome.queued_s, generating_s=outcome.generating_s,
-                               download_s=stored.download_s, total_s=time.time() - started)
+        note_stored(result, outcome, stored, started)
         result.sidecar = target.location(f"{path}.json")
         if stored.strip is not None:
             result.strip = await target.write_bytes(f"{path}{STRIP_SUFFIX}", stored.strip.image,
@@ -171,14 +168,8 @@ async def video_to_video(
             defer(publish_result(result, stored.strip, stored.location)),
         )
     except BaseException as exc:  # a failure, or a cancellation: say what became of any paid generation
-        result.generation_id = result.generation_id or getattr(exc, "generation_id", None)
-        collect = _collect_command(result, credentials, settings)
-        failure = exc
-        if result.generation_id and isinstance(exc, Exception) and not isinstance(exc, AimlApiError):
-            failure = DeliveryFailed(result.generation_id, exc)  # an OSError storing it: paid, not lost
-        await _report_failure(result, failure, started, collect)
-        if collect and isinstance(failure, AimlApiError) and not isinstance(failure, GenerationFailedError):
-            failure.name_collect_command(collect)
+        failure = await report_failure(result, exc, started, credentials, output=settings.output,
+                                       submissions=settings.submissions, aws_credentials=settings.aws_credentials)
         if failure is not exc:
             raise failure from exc
         raise
@@ -235,43 +226,3 @@ async def budget_text(spend: BudgetRef | None, settings: RunSettings) -> str | N
         return None
     store = await open_store(settings.submissions, settings.aws_credentials)
     return f"{spend.name}: {budget_summary(await spend.open(store).state(), spend.cap_credits)}"
-
-
-def _collect_command(result: VideoToVideoResult, credentials: Any, settings: CheckedRun) -> str | None:
-    """The command that downloads an accepted generation later, at no new cost."""
-    if not result.generation_id:
-        return None
-    parts = ["aimlapi-video", "collect", result.generation_id]
-    if settings.output:
-        parts += ["--output", settings.output]
-    if settings.submissions:
-        parts += ["--submissions", settings.submissions]
-    if settings.aws_credentials:
-        parts += ["--aws-credentials", settings.aws_credentials]
-    if isinstance(credentials, str) and credentials != DEFAULT_CREDENTIALS_BLOCK:
-        parts += ["--credentials", credentials]
-    return " ".join(shlex.quote(part) for part in parts)
-
-
-async def _report_failure(result: VideoToVideoResult, exc: BaseException, started: float, collect: str | None) -> None:
-    """Leave a summary (and an event) that says why, then let the exception end the run.
-
-    An accepted generation that did not fail at the provider (we stopped waiting, the run was
-    cancelled, the download failed) is paid or about to be: the summary names it and the exact
-    command that collects it without a new charge.
-    """
-    result.status = "failed" if isinstance(exc, Exception) else "cancelled"
-    if isinstance(exc, BudgetExceeded):
-        result.status = SKIPPED_BUDGET
-        result.error_name, result.error_message = type(exc).__name__, str(exc)
-    elif isinstance(exc, GenerationFailedError):
-        result.error_name, result.error_message = exc.error_name, exc.error_message
-    else:
-        result.error_name, result.error_message = type(exc).__name__, redact(str(exc)) or type(exc).__name__
-        result.collect_command = collect
-    result.timing = Timing(total_s=time.time() - started)
-    try:
-        await asyncio.wait_for(asyncio.shield(publish_summary(result)), 10)
-        emit_generation_event("skipped" if result.status == SKIPPED_BUDGET else "failed", result)
-    except Exception as report_error:  # the run's own failure is what matters; never hide it
-        get_run_logger().warning("Could not publish the failure summary: %s", report_error)

@@ -35,6 +35,8 @@ _LAZY: dict[str, str] = {
     "submit_generation": "prefect_aimlapi_video.tasks.steps",
     "wait_for_generation": "prefect_aimlapi_video.tasks.steps",
     "download_video": "prefect_aimlapi_video.tasks.steps",
+    # ... and publishing what they returned as video_to_video does (summary, link, events)
+    "publish_generation": "prefect_aimlapi_video.flows.publish",
     # what the flows and tasks take and return
     "VideoToVideoResult": "prefect_aimlapi_video.api.models",
     "GenerationParams": "prefect_aimlapi_video.api.requests",
