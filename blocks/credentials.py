@@ -23,6 +23,14 @@ from prefect_aimlapi_video.api.errors import InvalidInputError, TransientApiErro
 
 ACCESS_CHECK_TTL_SECONDS = 60.0
 
+# PLACEHOLDER, declared here once: our documentation site (mkdocs.yml, docs/) is not hosted anywhere
+# yet, and Prefect takes only an http(s) URL for a block type's documentation (its BlockType model
+# validates `_documentation_url` as an HttpUrl, so no relative or repository path). `.invalid` is a
+# reserved top-level domain (RFC 2606, never resolves): this points at nobody's site until the real
+# host replaces it. The path is the page of the site that documents the block (docs/reference/client.md).
+DOCS_SITE = "https://prefect-aimlapi-video.invalid"
+DOCUMENTATION_URL = f"{DOCS_SITE}/reference/client/"
+
 
 class AimlApiCredentials(CredentialsBlock):
     """Credentials and connection settings for the AI/ML API (https://aimlapi.com).
@@ -38,10 +46,18 @@ class AimlApiCredentials(CredentialsBlock):
         ```
     """
 
-    _block_type_name = "AimlApi Credentials"
+    # The provider's name is "AI/ML API", but Prefect refuses "/" (and "%&><") in a block type's
+    # name, on the client and the server alike; the description keeps the slash.
+    _block_type_name = "AIML API Credentials"
+    # Explicit, because the slug is how saved blocks find their type and Prefect would otherwise
+    # derive it from the name (here "aiml-api-credentials"): a new name must never move the slug.
     _block_type_slug = "aimlapi-credentials"
     _description = "API key and connection settings for the AI/ML API video-to-video model."
-    _documentation_url = "https://docs.aimlapi.com/api-references/video-models/krea/krea-wan-14b-video-to-video"
+    _documentation_url = DOCUMENTATION_URL
+    # No logo yet: Prefect takes only an http(s) URL the UI loads (a data: URI fails its HttpUrl
+    # validation at registration), and nothing of ours is served. The logo to publish is
+    # blocks/logo.png (256 px square, as Prefect's block test suite wants); set its URL here then.
+    _logo_url = None
 
     api_key: SecretStr = Field(description="Your AI/ML API key (https://aimlapi.com/app/keys).")
     base_url: str = Field(
