@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect_aimlapi_video.deployments.cli_options import collect_parser, request_values, run_parser, run_settings
-from prefect_aimlapi_video.deployments.terminal import OneLineErrors, fail, flush_prefect, quiet_console
+from prefect_aimlapi_video.deployments.terminal import (
+    OneLineErrors,
+    fail,
+    flush_prefect,
+    note_temporary_server,
+    quiet_console,
+)
 
 KEY_ENV_VARS = ("AIMLAPI_API_KEY", "AIML_API_KEY")
 
@@ -102,6 +108,7 @@ def _report(flow_run: Any, *, interrupted: str) -> int:
     `error:` line on stderr (2 for refused input, 1 for the rest, 130 for Ctrl-C)."""
     from prefect_aimlapi_video.api.errors import AimlApiError, InvalidInputError
 
+    note_temporary_server()
     try:
         result = asyncio.run(flow_run)
     except InvalidInputError as exc:
@@ -153,6 +160,7 @@ def cmd_save_key(args: argparse.Namespace) -> int:
     if not key:
         return fail("no key given (set AIMLAPI_API_KEY or type it at the prompt).", 2)
     block = AimlApiCredentials(api_key=key, **({"base_url": args.base_url} if args.base_url else {}))
+    note_temporary_server()
     block.save(args.name, overwrite=True)
     print(f"Saved AimlApiCredentials block {args.name!r} ({block.base_url}).")
     return 0

@@ -30,6 +30,24 @@ def flush_prefect() -> None:
             server.stop()
 
 
+TEMPORARY_SERVER_NOTE = (
+    "note: no PREFECT_API_URL is set, so this starts a temporary Prefect server (15 s or more, every time). "
+    "To skip that: run `prefect server start` in another terminal, then "
+    "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`."
+)
+
+
+def note_temporary_server() -> bool:
+    """Say (one line, stderr) that a temporary Prefect server is about to start, and how to keep one
+    running instead. Prefect starts one when no API URL is configured (environment or profile)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return False
+    print(TEMPORARY_SERVER_NOTE, file=sys.stderr, flush=True)
+    return True
+
+
 def fail(message: str, code: int) -> int:
     flush_prefect()
     first_line = " ".join(str(message).split())

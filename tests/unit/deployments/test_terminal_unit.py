@@ -136,3 +136,19 @@ def test_quiet_console_wraps_prefects_console_handlers_once_and_no_other_handler
     assert isinstance(console.formatter, WithoutTracebacks) and console.formatter.inner is console_formatter
     assert console.format(failed_record()) == "ERROR Finished in state Failed"
     assert other.formatter is other_formatter
+
+
+def test_a_temporary_prefect_server_is_announced_with_how_to_keep_one_running(capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_aimlapi_video.deployments.terminal import TEMPORARY_SERVER_NOTE, note_temporary_server
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # nothing configured: Prefect starts one
+        assert note_temporary_server() is True
+    err = capsys.readouterr().err
+    assert err == TEMPORARY_SERVER_NOTE + "\n" and err.count("\n") == 1
+    assert "`prefect server start` in another terminal" in err
+    assert "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`" in err
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        assert note_temporary_server() is False
+    assert capsys.readouterr().err == ""
