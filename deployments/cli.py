@@ -1,7 +1,8 @@
 """The `aimlapi-video` console script: run one generation, start the sandbox, run the demo, and more.
 
-Every failure ends with one line on stderr saying why (`error: ...`) and a non-zero exit:
-2 for input we refused before anything was sent, 1 for everything else.
+Every failure ends with one line on stderr saying why (`error: ...`) and a non-zero exit, by one
+rule (`cli_options.EXIT_CODES`, decided by `exit_codes.exit_code`): 2 for a failure before anything
+was sent to the provider, 1 after a generation request was sent (or may have been), 130 for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from prefect_aimlapi_video.deployments.cli_options import collect_parser, request_values, run_parser, run_settings
+from prefect_aimlapi_video.deployments.cli_options import (
+    EXIT_CODES,
+    collect_parser,
+    request_values,
+    run_parser,
+    run_settings,
+)
 from prefect_aimlapi_video.deployments.terminal import (
     OneLineErrors,
     fail,
@@ -105,18 +112,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _report(flow_run: Any, *, interrupted: str) -> int:
     """Run one flow to its end and say how it went: its one-line result on stdout (exit 0), or one
-    `error:` line on stderr (2 for refused input, 1 for the rest, 130 for Ctrl-C)."""
-    from prefect_aimlapi_video.api.errors import AimlApiError, InvalidInputError
+    `error:` line on stderr (2 if nothing was sent to the provider, 1 after, 130 for Ctrl-C)."""
+    from prefect_aimlapi_video.api.errors import AimlApiError
+    from prefect_aimlapi_video.deployments.exit_codes import INTERRUPTED, exit_code
 
     note_temporary_server()
     try:
         result = asyncio.run(flow_run)
-    except InvalidInputError as exc:
-        return fail(str(exc), 2)
     except AimlApiError as exc:
-        return fail(str(exc), 1)
+        return fail(str(exc), exit_code(exc))
     except KeyboardInterrupt:
-        return fail(interrupted, 130)
+        return fail(interrupted, INTERRUPTED)
     flush_prefect()
     print(result.one_line(), flush=True)
     return 0
@@ -186,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from prefect_aimlapi_video.deployments.serve import main as serve_main
 
         return serve_main(argv[1:])
-    parser = OneLineErrors(prog="aimlapi-video", description=__doc__.splitlines()[0])
+    parser = OneLineErrors(prog="aimlapi-video", description=__doc__.splitlines()[0], epilog=EXIT_CODES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
     run_parser(sub)
     sub.add_parser("sandbox", help="Serve the local stand-in of the AI/ML API (see --help).")

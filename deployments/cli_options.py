@@ -10,9 +10,34 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+# The one exit-code rule of the commands that run flows, printed by `--help` (`deployments.exit_codes`
+# decides it: 2 only when nothing was sent, for certain).
+EXIT_CODES = """\
+exit codes:
+  0    done
+  2    refused before anything was sent to the provider, so nothing was charged: bad input or
+       settings, a missing block, the key refused by the free access check, the spend cap, an
+       output that cannot be written. Fix it and run the same command again.
+  1    failed after a generation request was sent (or may have been): the error line names the
+       generation id and the `aimlapi-video collect` command that fetches it at no new charge,
+       when there is one. Running the same command again never pays twice.
+  130  interrupted (Ctrl-C): run the same command again to resume without a new charge.
+"""
+
+COLLECT_EXIT_CODES = """\
+exit codes:
+  0    collected
+  2    refused before the provider was asked anything: a bad id or output, a missing block, the
+       key refused by the free access check
+  1    failed while collecting (no such generation, it failed, still running when the wait ended,
+       the download or storing it failed): run the same command again, it never pays
+  130  interrupted (Ctrl-C)
+"""
+
 
 def run_parser(sub: Any) -> None:
-    run = sub.add_parser("run", help="Restyle one video (a flow run on your Prefect server).")
+    run = sub.add_parser("run", help="Restyle one video (a flow run on your Prefect server).", epilog=EXIT_CODES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("video", help="https URL, data URI, local file or s3://bucket/key")
     _request_options(run)
     run.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
@@ -104,7 +129,8 @@ def request_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def collect_parser(sub: Any) -> None:
-    collect = sub.add_parser("collect", help="Download a generation already paid for, by id (no new charge).")
+    collect = sub.add_parser("collect", help="Download a generation already paid for, by id (no new charge).",
+                             epilog=COLLECT_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     collect.add_argument("generation_id", help="the id a run's summary or log names")
     collect.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
     collect.add_argument("--output-storage", default=None, help="writable filesystem block, slug/name")
