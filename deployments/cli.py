@@ -18,6 +18,7 @@ from typing import Any
 from prefect_aimlapi_video.deployments.cli_options import (
     EXIT_CODES,
     collect_parser,
+    first_hour_parsers,
     request_values,
     run_parser,
     run_settings,
@@ -198,8 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_parser(sub)
     sub.add_parser("sandbox", help="Serve the local stand-in of the AI/ML API (see --help).")
     sub.add_parser("s3-events", help="Bridge S3 notifications on an SQS queue to Prefect events (see --help).")
-    sub.add_parser("serve", help="Serve the deployments of deployments/prefect.yaml from this process.")
+    sub.add_parser("serve", help="Serve the bundled deployments (or --prefect-file) from this process (see --help).")
     sub.add_parser("demo", help="Run one generation against a throwaway sandbox, no key needed.")
+    first_hour_parsers(sub)
     collect_parser(sub)
     save = sub.add_parser("save-key", help="Save the key from AIMLAPI_API_KEY (or a prompt) as a block.")
     save.add_argument("--name", default="aimlapi")
@@ -211,6 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_save_key(args)
     if args.command == "collect":
         return cmd_collect(args)
+    if args.command == "init":
+        from prefect_aimlapi_video.deployments.init import run_init
+
+        return run_init(force=args.force)
+    if args.command == "sample-clip":
+        from prefect_aimlapi_video.deployments.sample_clip import run_sample_clip
+
+        return run_sample_clip(args.path, args.seconds, args.force)
     if args.command == "demo":
         from prefect_aimlapi_video.deployments.demo import run_demo
 

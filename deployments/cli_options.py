@@ -141,3 +141,16 @@ def collect_parser(sub: Any) -> None:
     collect.add_argument("--timeout", type=float, default=None, help="seconds to wait if it is still running")
     collect.add_argument("--submissions", default=None,
                          help="the record store its run used (default AIMLAPI_SUBMISSIONS_DIR): a charge is reported once")
+
+
+def first_hour_parsers(sub: Any) -> None:
+    """`init` (the bundled deployments into ./prefect.yaml) and `sample-clip` (a video to try things on)."""
+    init = sub.add_parser("init", help="Write the bundled deployments into ./prefect.yaml (your Prefect project).",
+                          description="Write the deployments this package ships into prefect.yaml in the current "
+                                      "folder, then print the commands that deploy them.")
+    init.add_argument("--force", action="store_true", help="replace an existing prefect.yaml")
+    clip = sub.add_parser("sample-clip", help="Write a small sample video to try the other commands on.",
+                          description="Write a small H.264 MP4 (480x272, moving colours) made locally, no network.")
+    clip.add_argument("path", nargs="?", default="sample.mp4", help="where to write it (default: sample.mp4)")
+    clip.add_argument("--seconds", type=float, default=2.0, help="its length, 0.1 to 30 (default 2)")
+    clip.add_argument("--force", action="store_true", help="replace an existing file")

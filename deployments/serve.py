@@ -1,21 +1,23 @@
-"""Serve the deployments of `deployments/prefect.yaml` from this process (`prefect.serve`).
+"""Serve the bundled deployments (the prefect.yaml installed with this package) from this process.
 
 For development and demos: the same deployments, triggers and schedules as `prefect deploy`
-creates, without a work pool or worker. The YAML is the one source; this reads it, fills in its
-`{{ $ENV_VAR }}` placeholders from the environment, and serves each entry.
+creates, without a work pool or worker (`prefect.serve`). The YAML is the one source; this reads it
+(the installed one, or `--prefect-file`, e.g. the copy `aimlapi-video init` wrote into a project),
+fills in its `{{ $ENV_VAR }}` placeholders from the environment, and serves each entry.
 
-    AIMLAPI_BUCKET=my-bucket python -m prefect_aimlapi_video.deployments.serve
+    AIMLAPI_BUCKET=my-bucket aimlapi-video serve
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from prefect_aimlapi_video.deployments.terminal import OneLineErrors, fail
 
 PREFECT_YAML = Path(__file__).with_name("prefect.yaml")
 _ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
@@ -64,14 +66,31 @@ def load_deployments(path: Path = PREFECT_YAML, names: list[str] | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aimlapi-video serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--prefect-file", type=Path, default=PREFECT_YAML)
+    parser = OneLineErrors(
+        prog="aimlapi-video serve", description="Serve the deployments of a prefect.yaml from this process "
+        "(prefect.serve): the same deployments, triggers and schedules as `prefect deploy` creates, without a "
+        "work pool or worker. The bundled file needs AIMLAPI_BUCKET set.")
+    where = str(PREFECT_YAML).replace("%", "%%")
+    parser.add_argument("--prefect-file", type=Path, default=PREFECT_YAML,
+                        help=f"the file to serve; default: the one installed with this package, {where} "
+                             "(`aimlapi-video init` copies it into your project)")
     parser.add_argument("--only", action="append", help="serve only this deployment (repeatable)")
     parser.add_argument("--limit", type=int, default=None, help="max concurrent flow runs")
     args = parser.parse_args(argv)
+    try:
+        deployments = load_deployments(args.prefect_file, args.only)
+    except SystemExit as exc:  # a placeholder's environment variable is not set: named, nothing started
+        if not isinstance(exc.code, str):
+            raise
+        return fail(exc.code.removeprefix("error: "), 2)
+    except OSError as exc:
+        return fail(f"--prefect-file {args.prefect_file}: {exc.strerror or exc}.", 2)
+    missing = sorted(set(args.only or ()) - {d.name for d in deployments})
+    if missing:
+        return fail(f"no deployment named {', '.join(missing)} in {args.prefect_file}.", 2)
     from prefect import serve
 
-    serve(*load_deployments(args.prefect_file, args.only), limit=args.limit)
+    serve(*deployments, limit=args.limit)
     return 0
 
 
