@@ -78,8 +78,9 @@ def _limit_options(run: argparse.ArgumentParser) -> None:
     group = run.add_argument_group("limits, checked before anything is paid (the provider publishes none)")
     for flag, name in LIMIT_FLAGS.items():
         field = InputLimits.model_fields[name]
+        default = f"{field.default:g}" if isinstance(field.default, float) else f"{field.default}"
         group.add_argument(flag, dest=name, type=field.annotation, default=None,
-                           help=f"{field.description} Default {field.default:g}.")
+                           help=f"{field.description} Default {default}.")
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
