@@ -140,7 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         sock = _bind(args.host, args.port)
     except (ValidationError, OSError) as exc:
         parser.error(str(exc))
-    print(f"AI/ML API sandbox at {_base_url(sock)}  (API key: {config.api_key}; Ctrl-C to stop)", flush=True)
+    import shlex  # here, not above: only this command prints shell lines
+
+    base_url = _base_url(sock)
+    # The lines a person runs next (save-key reads the key from AIMLAPI_API_KEY): a block of its own
+    # name, so a block holding a real key ("aimlapi", the flows' default) is never replaced by this one.
+    save_key = (f"AIMLAPI_API_KEY={shlex.quote(config.api_key)} aimlapi-video save-key --name sandbox "
+                f"--base-url {shlex.quote(base_url)}")
+    print(f"AI/ML API sandbox at {base_url}  (API key: {config.api_key}; Ctrl-C to stop)\n"
+          f"In another terminal, save its key as a block:\n  {save_key}\n"
+          "then restyle a video with it (sample-clip writes one if you have none):\n"
+          "  aimlapi-video sample-clip clip.mp4\n"
+          "  aimlapi-video run clip.mp4 --prompt 'a watercolor painting' --credentials sandbox",
+          flush=True)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that
     # was installed before it; a no-op handler there lets us return 0 instead of dying by signal.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
