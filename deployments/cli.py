@@ -173,6 +173,14 @@ def cmd_save_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_sandbox(exc: ImportError) -> int:
+    """Without the `sandbox` extra, importing the sandbox says how to install it, in one line: print it
+    as the command's one error line (nothing was sent anywhere: exit 2). Any other ImportError is a bug."""
+    if "prefect-aimlapi-video[sandbox]" not in str(exc):
+        raise exc
+    return fail(str(exc), 2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # A temporary Prefect server (no PREFECT_API_URL) would otherwise try to phone home, and log an
@@ -182,8 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 20 s Prefect waits for it by default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if argv and argv[0] == "sandbox":
-        from prefect_aimlapi_video.sandbox import main as sandbox_main
-
+        try:
+            from prefect_aimlapi_video.sandbox import main as sandbox_main
+        except ImportError as exc:
+            return _without_sandbox(exc)
         return sandbox_main(argv[1:])
     if argv and argv[0] == "s3-events":
         from prefect_aimlapi_video.deployments.bridge import main as bridge_main
@@ -218,8 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_init(force=args.force)
     if args.command == "sample-clip":
-        from prefect_aimlapi_video.deployments.sample_clip import run_sample_clip
-
+        try:
+            from prefect_aimlapi_video.deployments.sample_clip import run_sample_clip
+        except ImportError as exc:  # the clip maker is the sandbox's
+            return _without_sandbox(exc)
         return run_sample_clip(args.path, args.seconds, args.force)
     if args.command == "demo":
         from prefect_aimlapi_video.deployments.demo import run_demo

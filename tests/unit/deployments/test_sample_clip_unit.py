@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,4 +68,34 @@ def test_an_existing_file_is_kept_unless_forced(folder, capsys):
 def test_what_it_cannot_write_is_one_line_and_exit_2(folder, capsys, argv, reason):
     assert cli.main(["sample-clip", *argv]) == 2
     assert capsys.readouterr().err == f"error: {reason}\n"
+    assert list(folder.iterdir()) == []
+
+
+@pytest.fixture
+def no_sandbox_extra(monkeypatch):
+    """The sandbox's import fails as it does without the extra (numpy missing), with the one-line
+    message the sandbox package raises then; every cached import of it is forgotten meanwhile."""
+    from prefect_aimlapi_video.sandbox import SANDBOX_EXTRA
+
+    message = f"The sandbox needs numpy, which cannot be imported: {SANDBOX_EXTRA}"
+
+    class Finder:
+        def find_spec(self, name, path=None, target=None):
+            if name == "prefect_aimlapi_video.sandbox":
+                raise ImportError(message, name="numpy")
+            return None
+
+    for name in [n for n in sys.modules if n.startswith(("prefect_aimlapi_video.sandbox",
+                                                         "prefect_aimlapi_video.deployments.sample_clip"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
+    return message
+
+
+@pytest.mark.parametrize("argv", [["sample-clip", "clip.mp4"], ["sandbox", "--port", "0"]])
+def test_without_the_sandbox_extra_it_says_how_to_install_it_in_one_line(folder, capsys, no_sandbox_extra, argv):
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {no_sandbox_extra}\n" and captured.out == ""
+    assert "pip install 'prefect-aimlapi-video[sandbox]'" in captured.err
     assert list(folder.iterdir()) == []
