@@ -11,6 +11,7 @@ imports it, which Prefect's collection loading used to do.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -51,7 +52,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def user_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
-    """A fresh venv with the wheel and its dependencies (pip compiles bytecode, as users get it)."""
+    """A fresh venv with the wheel and its dependencies, no extras (pip compiles bytecode, as users get it).
+
+    No `[sandbox]`: the sandbox the deployment runs against is this process's (the `sandbox`
+    fixture), and the runtime must work without what only the sandbox needs (numpy)."""
     home = tmp_path_factory.mktemp("user-venv") / "venv"
     venv.create(home, with_pip=True)
     python = home / "bin" / "python"
@@ -73,6 +77,32 @@ def test_wheel_holds_one_top_level_import_package(wheel: Path) -> None:
     assert f"{PACKAGE}/deployments/prefect.yaml" in names
     assert f"prefect_aimlapi_video = {PACKAGE}" in entry_points
     assert f"aimlapi-video = {PACKAGE}.deployments.cli:main" in entry_points
+
+
+SANDBOX_EXTRA = "pip install 'prefect-aimlapi-video[sandbox]'"
+
+
+def test_without_extras_there_is_no_numpy_and_the_sandbox_commands_name_their_extra(
+    user_venv: Path, wheel: Path, tmp_path: Path
+) -> None:
+    env = {"PATH": f"{user_venv.parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    assert _run([str(user_venv), "-c", "import importlib.util as u; print(u.find_spec('numpy'))"],
+                cwd=tmp_path, env=env).strip() == "None"
+    cli = str(user_venv.with_name("aimlapi-video"))
+    demo = subprocess.run([cli, "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert demo.returncode == 1, (demo.stdout[-2000:], demo.stderr[-2000:])
+    assert demo.stderr.strip().splitlines()[-1] == (
+        f"error: The sandbox needs numpy, which cannot be imported: {SANDBOX_EXTRA}")
+    assert "Traceback" not in demo.stderr
+    sandbox = subprocess.run([cli, "sandbox"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert sandbox.returncode != 0 and SANDBOX_EXTRA in sandbox.stderr.strip().splitlines()[-1], sandbox.stderr[-2000:]
+    # the extra resolves to what the sandbox imports (resolved only: installing it would change this venv)
+    report = tmp_path / "sandbox-extra.json"
+    _run([str(user_venv), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report), f"{wheel}[sandbox]"],
+         cwd=tmp_path, env=env, timeout=600)
+    adds = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"numpy", "uvloop", "httptools"} <= adds
 
 
 def _user_project(root: Path, pool: str, block: str, output: Path) -> Path:
@@ -153,6 +183,8 @@ async def test_deploy_and_run_from_a_user_project_with_its_own_flows_and_blocks(
     (entry,) = sandbox.ledger()
     result = output / "small-restyled.mp4"
     assert result.is_file() and entry.prompt == "a linocut print" and entry.seed == 3
+    # the before/after strip, made by a worker whose venv has no numpy
+    assert result.with_name(result.name + ".strip.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
     artifacts = await prefect_api.artifacts(run.id, expect=3)
     assert any(a.type == "markdown" and a.data.startswith("# Video-to-video") and entry.generation_id in a.data
                for a in artifacts)
