@@ -14,7 +14,7 @@ from typing import ClassVar
 from urllib.parse import urlsplit
 
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 
 from prefect_aimlapi_video.api.client import AimlApiClient
 from prefect_aimlapi_video.api.connection import DEFAULT_BASE_URL, check_base_url, is_loopback
@@ -53,7 +53,7 @@ class AimlApiCredentials(CredentialsBlock):
     # derive it from the name (here "aiml-api-credentials"): a new name must never move the slug.
     _block_type_slug = "aimlapi-credentials"
     _description = "API key and connection settings for the AI/ML API video-to-video model."
-    _documentation_url = DOCUMENTATION_URL
+    _documentation_url = HttpUrl(DOCUMENTATION_URL)
     # No logo yet: Prefect takes only an http(s) URL the UI loads (a data: URI fails its HttpUrl
     # validation at registration), and nothing of ours is served. The logo to publish is
     # blocks/logo.png (256 px square, as Prefect's block test suite wants); set its URL here then.
@@ -103,7 +103,7 @@ class AimlApiCredentials(CredentialsBlock):
     @classmethod
     async def resolve(cls, credentials: str | AimlApiCredentials) -> AimlApiCredentials:
         """A block, or the block saved under that name; a missing one is an input error saying how to fix it."""
-        if isinstance(credentials, cls):
+        if isinstance(credentials, AimlApiCredentials):
             return credentials
         try:
             return await cls.aload(credentials)

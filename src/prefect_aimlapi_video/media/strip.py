@@ -61,7 +61,7 @@ class _Unusable(Exception):
     """A video PyAV opens but that cannot give frames (no video stream, no decodable picture)."""
 
 
-def _even(value: float) -> int:
+def _even(value: float | Fraction) -> int:
     return max(2, int(round(value / 2)) * 2)
 
 

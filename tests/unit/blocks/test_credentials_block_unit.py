@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from prefect.blocks import core as block_core
 from prefect.client.schemas.actions import BlockTypeCreate
 from prefect.client.schemas.objects import BlockDocument, BlockType
 from prefect.server.schemas.actions import BlockTypeCreate as ServerBlockTypeCreate
@@ -61,9 +62,12 @@ def test_the_name_is_the_providers_as_far_as_prefect_allows() -> None:
         ServerBlockTypeCreate(name="AI/ML API Credentials", slug=SLUG)
 
 
-async def test_a_block_saved_under_the_old_name_still_loads() -> None:
+async def test_a_block_saved_under_the_old_name_still_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Prefect finds a saved block by its type's slug, never by the type's name."""
     asked: list[tuple[str, str]] = []
+    events: list[str] = []
+    # the "loaded" event would start Prefect's events worker, and with it a temporary server
+    monkeypatch.setattr(block_core, "emit_event", lambda event, **_: events.append(event))
     schema = AimlApiCredentials._to_block_schema()
     old_type = BlockType(id=uuid.uuid4(), name=OLD_NAME, slug=SLUG)
 
@@ -77,12 +81,12 @@ async def test_a_block_saved_under_the_old_name_still_loads() -> None:
             )
 
     loaded = await AimlApiCredentials.aload("aimlapi", client=SavedUnderTheOldName())  # type: ignore[arg-type]
-    assert asked == [("aimlapi", SLUG)]
+    assert asked == [("aimlapi", SLUG)] and events == ["prefect.block.aimlapi-credentials.loaded"]
     assert isinstance(loaded, AimlApiCredentials) and loaded.api_key.get_secret_value() == "sk-saved-in-0.2"
 
 
 def test_the_documentation_url_is_one_placeholder_naming_the_blocks_page_of_our_site() -> None:
-    url = AimlApiCredentials._documentation_url
+    url = str(AimlApiCredentials._documentation_url)
     assert url == credentials_module.DOCUMENTATION_URL
     assert str(AimlApiCredentials._to_block_type().documentation_url) == url  # Prefect's HttpUrl takes it
     site = credentials_module.DOCS_SITE
