@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
 from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.deployments.exit_codes import NOTHING_SENT
 from prefect_aimlapi_video.deployments.terminal import fail
 from prefect_aimlapi_video.flows.video_to_video import video_to_video
 
@@ -45,7 +46,7 @@ def _where_to_look(flow_run_id: str | None) -> str:
 
 def run_demo(output_dir: Path | None = None, processing_seconds: float = 3.0) -> int:
     if NO_SANDBOX is not None:
-        return fail(NO_SANDBOX, 1)
+        return fail(NO_SANDBOX, NOTHING_SENT)  # nothing was sent anywhere: exit 2
     output_dir = (output_dir or Path("aimlapi-outputs")).absolute()
     with tempfile.TemporaryDirectory(prefix="aimlapi-demo-") as scratch, run_sandbox(
         SandboxConfig(processing_seconds=processing_seconds)
