@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from prefect.blocks import core as block_core
-from prefect.client.schemas.actions import BlockTypeCreate
+from prefect.client.schemas.actions import BlockTypeCreate, BlockTypeUpdate
 from prefect.client.schemas.objects import BlockDocument, BlockType
 from prefect.server.schemas.actions import BlockTypeCreate as ServerBlockTypeCreate
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
@@ -83,6 +83,14 @@ async def test_a_block_saved_under_the_old_name_still_loads(monkeypatch: pytest.
     loaded = await AimlApiCredentials.aload("aimlapi", client=SavedUnderTheOldName())  # type: ignore[arg-type]
     assert asked == [("aimlapi", SLUG)] and events == ["prefect.block.aimlapi-credentials.loaded"]
     assert isinstance(loaded, AimlApiCredentials) and loaded.api_key.get_secret_value() == "sk-saved-in-0.2"
+
+
+def test_a_server_that_registered_the_old_name_keeps_it() -> None:
+    """What the docs must say: `prefect block register` updates an existing block type's documentation
+    URL, logo, description and code example, never its name (Prefect's update has no name field), so a
+    server that registered "AimlApi Credentials" keeps showing that; only a new server shows the new name."""
+    assert "name" not in BlockTypeUpdate.updatable_fields()
+    assert {"documentation_url", "logo_url", "description"} <= BlockTypeUpdate.updatable_fields()
 
 
 def test_the_documentation_url_is_one_placeholder_naming_the_blocks_page_of_our_site() -> None:
