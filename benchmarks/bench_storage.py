@@ -224,7 +224,7 @@ def raw_download(url: str, destination: Path, verify: bool = False) -> int:
 
 async def _our_download(base: str, url: str, destination: Path, size: int) -> str:
     async with AimlApiClient("benchmark-key", base) as client:
-        result = await client.download(url, destination, max_bytes=max(size, client.max_download_bytes))
+        result = await client.download(url, destination, max_bytes=max(size, client.downloads.max_bytes))
     if result.size_bytes != size:
         raise RuntimeError(f"download returned {result.size_bytes} bytes, expected {size}")
     return result.sha256

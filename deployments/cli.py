@@ -182,13 +182,21 @@ def _without_sandbox(exc: ImportError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from prefect.settings import temporary_settings
+
     argv = list(sys.argv[1:] if argv is None else argv)
     # A temporary Prefect server (no PREFECT_API_URL) would otherwise try to phone home, and log an
-    # error on machines without internet. An explicit setting wins.
+    # error on machines without internet; the server's own process reads this. An explicit setting wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # A first temporary server migrates a fresh database (~25 s on a small machine): more than the
-    # 20 s Prefect waits for it by default.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # A first temporary server migrates a fresh database (tens of seconds on a small, busy machine):
+    # more than the 20 s Prefect waits for it by default. This process read its settings when the
+    # package was imported (the block imports Prefect), so the environment alone comes too late here.
+    wait = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or "120"
+    with temporary_settings(updates={"server.ephemeral.startup_timeout_seconds": int(float(wait))}):
+        return _dispatch(argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "sandbox":
         try:
             from prefect_aimlapi_video.sandbox import main as sandbox_main

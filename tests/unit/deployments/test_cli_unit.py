@@ -48,3 +48,19 @@ def test_argument_errors_are_one_line_and_exit_2(capsys):
     assert lines[-1].startswith("error: ") and "--prompt" in lines[-1]
     with pytest.raises(SystemExit):
         main(["run", "clip.mp4", "--prompt", "x", "--new", "--idempotency-key", "k"])  # not both
+
+
+def test_a_temporary_server_gets_two_minutes_to_start(monkeypatch):
+    """Prefect reads its settings at import, so the CLI sets the start-up wait as a setting, not only
+    in the environment (where it came too late: the first temporary server timed out after 20 s)."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    from prefect_aimlapi_video.deployments import cli
+
+    seen = []
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    monkeypatch.setattr(cli, "_dispatch", lambda argv: seen.append(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()) or 0)
+    assert cli.main(["demo"]) == 0
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "45")
+    cli.main(["demo"])
+    assert seen == [120, 45]
