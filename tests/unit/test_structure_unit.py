@@ -132,7 +132,7 @@ def test_unit_tests_mirror_the_layers():
     folders = {p.name for p in unit.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
     assert folders <= set(LAYER_ORDER)
     assert {p.name for p in unit.glob("test_*.py")} == {"test_structure_unit.py", "test_packaging_unit.py",
-                                                        "test_local_services_unit.py"}
+                                                        "test_local_services_unit.py", "test_docs_site_unit.py"}
     for folder in folders:
         modules = {name.rsplit(".", 1)[-1] for name in _modules() if name.startswith(f"{folder}.") or name == folder}
         strays = [p.name for p in (unit / folder).glob("test_*.py")
