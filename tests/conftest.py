@@ -1,4 +1,4 @@
-"""Shared fixtures: one real Prefect server per test session, the sandbox, sample clips.
+"""Shared fixtures: one real Prefect server per test session, the sandbox, sample clips, the wheel.
 
 Settings that Prefect reads at import time (PREFECT_HOME, logging) are set here, before any test
 module imports Prefect, so the suite never touches the developer's own Prefect profile.
@@ -48,6 +48,15 @@ def prefect_server() -> Iterator[str]:
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
         os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package's wheel, built once per session (PEP 517, isolated) from a copy of the repository,
+    never touching the checkout (tests/support/wheel_venv.py)."""
+    from tests.support.wheel_venv import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel-build"))
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,19 @@
 """As a user installs it: the built wheel in a fresh venv, inside a Prefect project that has its own
 `flows` and `blocks` packages.
 
-The wheel is built from a copy of the source (not an editable install) and installed with its
-dependencies into a new virtual environment. Everything after that runs with that venv's Python,
-from the user's project folder: their own `import flows.etl`, `prefect block register`, `prefect
-deploy` of a prefect.yaml that names our module entrypoint, and a process worker that runs the
-deployment against the sandbox. The user's `blocks/__init__.py` leaves a marker file if anything
-imports it, which Prefect's collection loading used to do.
+The wheel is built from a copy of the source (not an editable install: the session's `wheel`
+fixture, tests/support/wheel_venv.py) and installed with its dependencies into a new virtual
+environment. Everything after that runs with that venv's Python, from the user's project folder:
+their own `import flows.etl`, `prefect block register`, `prefect deploy` of a prefect.yaml that
+names our module entrypoint, and a process worker that runs the deployment against the sandbox.
+The user's `blocks/__init__.py` leaves a marker file if anything imports it, which Prefect's
+collection loading used to do.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import textwrap
 import uuid
 import venv
@@ -25,29 +24,10 @@ import pytest
 
 from prefect_aimlapi_video import AimlApiCredentials
 from tests.support import prefect_api
+from tests.support.wheel_venv import PACKAGE, REPO
+from tests.support.wheel_venv import run_checked as _run
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-PACKAGE = "prefect_aimlapi_video"
-IGNORED = shutil.ignore_patterns(".git", ".venv", "__pycache__", "build", "dist", "*.egg-info", "aimlapi-outputs")
-
-
-def _run(argv: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> str:
-    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{argv} exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheel built (PEP 517, isolated) from a copy of the repository, never touching the checkout."""
-    work = tmp_path_factory.mktemp("wheel-build")
-    source = work / "source"
-    shutil.copytree(REPO, source, ignore=IGNORED)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(work / "dist"), str(source)],
-         cwd=work)
-    (built,) = (work / "dist").glob("prefect_aimlapi_video-*.whl")
-    return built
 
 
 @pytest.fixture(scope="module")

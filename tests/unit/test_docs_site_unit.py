@@ -11,7 +11,8 @@ Code blocks in the docs follow one convention (docs/development.md says it for w
 * any other language (```sh, ```py, ```yaml, ```json, ```dockerfile, ...): an illustration that
   needs the reader's key, files, bucket or cloud. Never run.
 
-Every fence on every page names its language, so which blocks run is never a guess.
+Every fence on every page names its language, so which blocks run is never a guess. The blocks are
+read by tests/support/docs_blocks.py; tests/integration/test_docs_snippets.py runs them.
 """
 
 from __future__ import annotations
@@ -27,16 +28,12 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 import prefect_aimlapi_video
+from tests.support.docs_blocks import DOCS, FENCE, RUN, RUNNABLE_PAGES, code_blocks
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = REPO / "docs"
 README = REPO / "README.md"
 README_MAX_LINES = 200
 
-RUNNABLE_PAGES = ("getting-started.md", "deployments.md")
-RUN = {"bash", "python"}
-OUTPUT = {"text", "console"}
-FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[^\s`{]*)")
 # "868 tests", "1,024 unit tests": counts that go stale with the next test.
 TEST_COUNT = re.compile(r"\b\d[\d,]*\s+(?:\w+\s+)?tests?\b", re.IGNORECASE)
 NOT_FETCHED = ("http:", "https:", "mailto:", "data:", "javascript:", "tel:", "//")
@@ -133,25 +130,9 @@ def test_the_api_reference_has_every_public_name(site: Path) -> None:
 # -- the pages' code blocks ---------------------------------------------------------------------------
 
 
-def _fences(text: str) -> list[tuple[int, str]]:
-    """(line number, language) of each fenced block's opening line."""
-    found, open_fence = [], None
-    for number, line in enumerate(text.splitlines(), 1):
-        match = FENCE.match(line)
-        if not match:
-            continue
-        if open_fence is None:
-            open_fence = match["fence"]
-            found.append((number, match["lang"]))
-        elif match["fence"].startswith(open_fence[0]) and len(match["fence"]) >= len(open_fence) and not match["lang"]:
-            open_fence = None
-    assert open_fence is None, "a fenced block is never closed"
-    return found
-
-
 @pytest.mark.parametrize("page", sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")))
 def test_code_blocks_say_whether_they_run(page: str) -> None:
-    fences = _fences((DOCS / page).read_text(encoding="utf-8"))
+    fences = [(block.line, block.lang) for block in code_blocks((DOCS / page).read_text(encoding="utf-8"))]
     unlabelled = [number for number, lang in fences if not lang]
     assert unlabelled == [], f"docs/{page}: fences without a language at lines {unlabelled}"
     runnable = [(number, lang) for number, lang in fences if lang in RUN]
