@@ -40,12 +40,7 @@ def run_parser(sub: Any) -> None:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("video", help="https URL, data URI, local file or s3://bucket/key")
     _request_options(run)
-    run.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
-    run.add_argument("--output-storage", default=None, help="writable filesystem block, slug/name")
-    who = run.add_mutually_exclusive_group()
-    who.add_argument("--credentials", default=None, help="AimlApiCredentials block name")
-    who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
-    run.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
+    _where_options(run)
     run.add_argument("--stage-to", default=None, help="S3Bucket block (s3-bucket/name) for big local files")
     again = run.add_mutually_exclusive_group()
     again.add_argument("--idempotency-key", default=None,
@@ -56,6 +51,16 @@ def run_parser(sub: Any) -> None:
                      help="exactly-once records: a directory or s3://bucket/prefix (default AIMLAPI_SUBMISSIONS_DIR)")
     run.add_argument("--timeout", type=float, default=None, help="seconds to wait for the generation")
     _limit_options(run)
+
+
+def _where_options(parser: argparse.ArgumentParser) -> None:
+    """Where the output goes and which key and AWS access are used: the same for `run` and `collect`."""
+    parser.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
+    parser.add_argument("--output-storage", default=None, help="writable filesystem block, slug/name")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--credentials", default=None, help="AimlApiCredentials block name")
+    who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
+    parser.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,10 +126,11 @@ def _request_options(run: argparse.ArgumentParser) -> None:
 def request_values(args: argparse.Namespace) -> dict[str, Any]:
     """The request fields given on the command line: the default model's as the flow's own
     parameters, any other model's fields as `overrides`; a field not given takes its model's default."""
-    from prefect_aimlapi_video.api.requests import GenerationParams, request_fields
+    from prefect_aimlapi_video.api.requests import request_fields
+    from prefect_aimlapi_video.flows.choices import NAMED_FIELDS
 
     given = {name: getattr(args, name) for name in request_fields() if getattr(args, name, None) is not None}
-    own = {name: value for name, value in given.items() if name in GenerationParams.model_fields}
+    own = {name: value for name, value in given.items() if name in NAMED_FIELDS}
     others = {name: value for name, value in given.items() if name not in own}
     return {**own, "model": args.model, **({"overrides": others} if others else {})}
 
@@ -133,12 +139,7 @@ def collect_parser(sub: Any) -> None:
     collect = sub.add_parser("collect", help="Download a generation already paid for, by id (no new charge).",
                              epilog=COLLECT_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     collect.add_argument("generation_id", help="the id a run's summary or log names")
-    collect.add_argument("--output", default=None, help="local path/directory or s3://bucket/key (templates allowed)")
-    collect.add_argument("--output-storage", default=None, help="writable filesystem block, slug/name")
-    who = collect.add_mutually_exclusive_group()
-    who.add_argument("--credentials", default=None, help="AimlApiCredentials block name")
-    who.add_argument("--base-url", default=None, help="API base URL; the key comes from AIMLAPI_API_KEY")
-    collect.add_argument("--aws-credentials", default=None, help="AwsCredentials block name for s3:// paths")
+    _where_options(collect)
     collect.add_argument("--timeout", type=float, default=None, help="seconds to wait if it is still running")
     collect.add_argument("--submissions", default=None,
                          help="the record store its run used (default AIMLAPI_SUBMISSIONS_DIR): a charge is reported once")

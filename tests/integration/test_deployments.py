@@ -190,13 +190,24 @@ async def test_upload_trigger_then_sweep_charge_each_object_once(prefect_server,
 
 
 async def _deployment_ready(name: str, timeout: float = 60) -> None:
+    """Wait until serve created the deployment and its trigger's automation. An event the server
+    receives before the automation is loaded starts nothing (the nightly sweep would catch it later),
+    so the test uploads only once the automation that runs this deployment exists."""
     async def read() -> list:
         async with get_client() as client:
             return await client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
 
     found = await prefect_api.eventually(read, bool, timeout=timeout)
     assert found, f"deployment {name} was not created by serve"
-    await asyncio.sleep(2)  # the trigger's automation is created right after the deployment
+    deployment_id = found[0].id
+
+    async def automations() -> list:
+        async with get_client() as client:
+            return [a for a in await client.read_automations()
+                    if any(getattr(action, "deployment_id", None) == deployment_id for action in a.actions)]
+
+    assert await prefect_api.eventually(automations, bool, timeout=timeout), f"serve made no trigger for {name}"
+    await asyncio.sleep(3)  # the server's trigger service loads a new automation on a NOTIFY, soon after
 
 
 async def test_scheduled_sweep_does_no_paid_work_twice(prefect_server, sandbox, s3, clips):

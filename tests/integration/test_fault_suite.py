@@ -45,7 +45,7 @@ FAULT_RATE = 0.2
 SPECIFIC_REASONS = {
     "generation error (provider)": r"Injected by the sandbox|GenerationError|ValidationError",
     "download": r"Download(ing)? .* (answered \d{3}|failed|truncated)|not an MP4|download limit|no result to download"
-                r"|not a playable video",
+                r"|not a playable video|did not finish within its .* deadline",
     "timed out": r"[Tt]imed out|Timeout",
     "usage log unreadable": r"Cannot tell whether an earlier POST",
     "provider error": r"provider error \(5\d\d|rate limited \(429",
