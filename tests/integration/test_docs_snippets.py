@@ -1,11 +1,14 @@
 """The runnable pages of the docs, run as a reader runs them, with the built wheel (issue 22).
 
-For each of docs/getting-started.md and docs/deployments.md (RUNNABLE_PAGES): every ```bash and
-```python block, unchanged and in order, in one bash session started in an empty folder (the
-reader's project), each python block by that shell's `python` (`python - <<'...'`, a quoted
-here-document), as tests/unit/test_docs_site_unit.py states the rule. The pages do the rest
-themselves: `python3 -m venv .venv`, `pip install 'prefect-aimlapi-video[sandbox]'`, a Prefect
-server on 127.0.0.1:4200, the sandbox on 127.0.0.1:8787, and stopping both at their end.
+docs/getting-started.md then docs/deployments.md (RUNNABLE_PAGES, in that order, as a reader goes
+from one to the next in the same project): every ```bash and ```python block, unchanged and in
+order, in one bash session started in an empty folder (the reader's project), each python block by
+that shell's `python` (`python - <<'...'`, a quoted here-document), as
+tests/unit/test_docs_site_unit.py states the rule. Each page does the rest itself:
+`python3 -m venv .venv`, `pip install 'prefect-aimlapi-video[sandbox]'` (the second page finds it
+installed: one install, not two, which keeps the suite inside its time), a Prefect server on
+127.0.0.1:4200, the sandbox on 127.0.0.1:8787, and stopping both at its end; between the pages the
+test checks that the first page's clean-up left both ports free.
 
 The session gets what a reader's new terminal has: a PATH with the Python that runs the tests and
 the system's folders (nothing of the development venv); a HOME and a PREFECT_HOME of its own; this
@@ -48,17 +51,38 @@ PASSED_ON = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SESSION_TIMEOUT + 300)]
 
 
-def session_script(page: str) -> str:
-    """The page's runnable blocks as one bash script, each after a line that marks it in the log."""
+def session_script(pages: tuple[str, ...]) -> str:
+    """The pages' runnable blocks as one bash script, each after a line that marks it in the log;
+    between two pages, a wait (up to 60 s) for the first page's clean-up to free the ports, then a
+    failure if it did not."""
     lines = ["set -e -o pipefail"]
-    for block in runnable_blocks(page):
-        lines.append(f"echo '{MARK}docs/{page}:{block.line} ({block.lang})'")
-        if block.lang == "bash":
-            lines.append(block.code)
-        else:
-            assert HEREDOC_END not in block.code
-            lines += [f"python - <<'{HEREDOC_END}'", block.code, HEREDOC_END]
+    for number, page in enumerate(pages):
+        if number:
+            lines.append(f"echo '{MARK}between docs/{pages[number - 1]} and docs/{page}: ports {list(PORTS)} free'")
+            lines.append(_ports_free_check())
+        for block in runnable_blocks(page):
+            lines.append(f"echo '{MARK}docs/{page}:{block.line} ({block.lang})'")
+            if block.lang == "bash":
+                lines.append(block.code)
+            else:
+                assert HEREDOC_END not in block.code
+                lines += [f"python - <<'{HEREDOC_END}'", block.code, HEREDOC_END]
     return "\n".join(lines) + "\n"
+
+
+def _ports_free_check() -> str:
+    """Bash that waits up to 60 s for nothing to listen on PORTS, then fails naming what still does."""
+    probe = ("import socket, sys, time\n"
+             f"ports = {list(PORTS)}\n"
+             "def busy(p):\n"
+             "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+             "    try: s.bind(('127.0.0.1', p)); return False\n"
+             "    except OSError: return True\n"
+             "    finally: s.close()\n"
+             "deadline = time.monotonic() + 60\n"
+             "while (left := [p for p in ports if busy(p)]) and time.monotonic() < deadline: time.sleep(0.5)\n"
+             "sys.exit(f'the previous page left something listening on {left}' if left else 0)\n")
+    return f"python3 - <<'{HEREDOC_END}'\n{probe}{HEREDOC_END}"
 
 
 def _listening(port: int) -> bool:
@@ -107,19 +131,17 @@ def _end_of(log: Path, chars: int = 12000) -> tuple[str, str]:
     return (marks[-1] if marks else "none"), text[-chars:]
 
 
-@pytest.mark.parametrize("page", RUNNABLE_PAGES)
-def test_every_runnable_block_of_the_page_runs_unchanged_with_the_built_wheel(
-    page: str, wheel: Path, tmp_path: Path
-) -> None:
-    busy = _busy_ports(wait=60)  # a page before this one may still be stopping its server
-    assert not busy, (f"docs/{page} needs {' and '.join(f'{p} ({what})' for p, what in PORTS.items())} free; "
+def test_every_runnable_block_of_the_pages_runs_unchanged_with_the_built_wheel(wheel: Path, tmp_path: Path) -> None:
+    pages = RUNNABLE_PAGES
+    busy = _busy_ports(wait=60)  # a test before this one may still be stopping a server
+    assert not busy, (f"docs/{' and docs/'.join(pages)} need {' and '.join(f'{p} ({what})' for p, what in PORTS.items())} free; "
                       f"something listens on 127.0.0.1 port {busy}, so the page cannot run as written here")
 
     project, home = tmp_path / "project", tmp_path / "home"
     project.mkdir()
     home.mkdir()
     script = tmp_path / "session.sh"
-    script.write_text(session_script(page))
+    script.write_text(session_script(pages))
     log = tmp_path / "session.log"
     env = _session_env(home, wheel, tmp_path)
 
@@ -148,8 +170,8 @@ def test_every_runnable_block_of_the_page_runs_unchanged_with_the_built_wheel(
 
     last, end = _end_of(log)
     outcome = f"timed out after {SESSION_TIMEOUT} s" if code is None else f"exited {code}"
-    assert code == 0, (f"docs/{page}: the session {outcome} ({took:.0f} s) in the block at {last}. "
+    assert code == 0, (f"The session {outcome} ({took:.0f} s) in the block at {last}. "
                        f"Script: {script}; log: {log}; its end:\n{end}")
-    assert not left, f"docs/{page} ran to its end, but its clean-up left something listening on {left}:\n{end}"
-    assert installed_from(project / ".venv", wheel) == [], f"docs/{page}'s .venv does not hold {wheel}"
-    print(f"docs/{page}: every runnable block passed in {took:.0f} s")
+    assert not left, f"docs/{pages[-1]} ran to its end, but its clean-up left something listening on {left}:\n{end}"
+    assert installed_from(project / ".venv", wheel) == [], f"the pages' .venv does not hold {wheel}"
+    print(f"docs/{' + docs/'.join(pages)}: every runnable block passed in {took:.0f} s")
