@@ -2,13 +2,13 @@
 
 Every failure ends with one line on stderr saying why (`error: ...`) and a non-zero exit, by one
 rule (`cli_options.EXIT_CODES`, decided by `exit_codes.exit_code`): 2 for a failure before anything
-was sent to the provider, 1 after a generation request was sent (or may have been), 130 for Ctrl-C.
+was sent to the provider, 1 after a generation request was sent (or may have been), 130 for Ctrl-C,
+143 for SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import uuid
@@ -28,6 +28,7 @@ from prefect_aimlapi_video.deployments.terminal import (
     fail,
     flush_prefect,
     note_temporary_server,
+    one_error_line,
     quiet_console,
 )
 
@@ -113,17 +114,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _report(flow_run: Any, *, interrupted: str) -> int:
     """Run one flow to its end and say how it went: its one-line result on stdout (exit 0), or one
-    `error:` line on stderr (2 if nothing was sent to the provider, 1 after, 130 for Ctrl-C)."""
+    `error:` line on stderr (2 if nothing was sent to the provider, 1 after; 130 for Ctrl-C and 143
+    for SIGTERM, within seconds: `stopping`)."""
     from prefect_aimlapi_video.api.errors import AimlApiError
-    from prefect_aimlapi_video.deployments.exit_codes import INTERRUPTED, exit_code
+    from prefect_aimlapi_video.deployments.exit_codes import INTERRUPTED, exit_code, stopped_code
+    from prefect_aimlapi_video.deployments.stopping import Stopped, exit_now, run_until_stopped
 
     note_temporary_server()
     try:
-        result = asyncio.run(flow_run)
+        result = run_until_stopped(flow_run)
     except AimlApiError as exc:
         return fail(str(exc), exit_code(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # raised inside the flow, not by a signal to this process
         return fail(interrupted, INTERRUPTED)
+    except Stopped as stop:
+        exit_now(one_error_line(interrupted), stopped_code(stop.signum))
     flush_prefect()
     print(result.one_line(), flush=True)
     return 0

@@ -21,7 +21,8 @@ exit codes:
   1    failed after a generation request was sent (or may have been): the error line names the
        generation id and the `aimlapi-video collect` command that fetches it at no new charge,
        when there is one. Running the same command again never pays twice.
-  130  interrupted (Ctrl-C): run the same command again to resume without a new charge.
+  130  interrupted (Ctrl-C), 143 stopped (SIGTERM: timeout, docker stop, Kubernetes), within
+       seconds: run the same command again to resume without a new charge.
 """
 
 COLLECT_EXIT_CODES = """\
@@ -31,7 +32,7 @@ exit codes:
        key refused by the free access check
   1    failed while collecting (no such generation, it failed, still running when the wait ended,
        the download or storing it failed): run the same command again, it never pays
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C), 143 stopped (SIGTERM)
 """
 
 

@@ -4,7 +4,7 @@
     2    refused before anything was sent to the provider: nothing was charged, fix it and run again
     1    failed after a generation request was sent, or may have been (the message names the
          generation and the command that collects it, when there is one)
-    130  interrupted (Ctrl-C)
+    130  interrupted (Ctrl-C), 143 stopped (SIGTERM): the same command resumes without a new charge
 
 "Nothing was sent" is decided from what is certain, never guessed: when in doubt the answer is 1.
 A failure counts as refused before sending only if it names no generation, no client request and
@@ -18,6 +18,7 @@ usage-log read (which may follow a POST whose outcome is unknown) stays 1.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 from prefect_aimlapi_video.api.client import AimlApiClient
@@ -30,7 +31,7 @@ from prefect_aimlapi_video.api.errors import (
     UnidentifiedGenerationError,
 )
 
-DONE, AFTER_SENDING, NOTHING_SENT, INTERRUPTED = 0, 1, 2, 130
+DONE, AFTER_SENDING, NOTHING_SENT, INTERRUPTED, TERMINATED = 0, 1, 2, 130, 143
 
 # Raised only before any POST (their contract in api/errors.py).
 _BEFORE_ANY_POST = (InvalidInputError, BudgetExceeded)
@@ -75,3 +76,8 @@ def exit_code(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED
     return NOTHING_SENT if nothing_sent(exc) else AFTER_SENDING
+
+
+def stopped_code(signum: int) -> int:
+    """The exit code of a command stopped by a signal: 130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
+    return TERMINATED if signum == signal.SIGTERM else INTERRUPTED

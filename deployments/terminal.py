@@ -48,10 +48,14 @@ def note_temporary_server() -> bool:
     return True
 
 
+def one_error_line(message: str) -> str:
+    """`message` as the one `error: ...` line a failure ends with."""
+    return "error: " + " ".join(str(message).split())
+
+
 def fail(message: str, code: int) -> int:
     flush_prefect()
-    first_line = " ".join(str(message).split())
-    print(f"error: {first_line}", file=sys.stderr, flush=True)
+    print(one_error_line(message), file=sys.stderr, flush=True)
     return code
 
 
