@@ -1,0 +1,158 @@
+"""When the platform under a batch fails (issue 24): the record store unreachable for a minute, the
+output volume full when the results arrive. Each with generations in flight, on real parts: the
+session's Prefect server, a sandbox of the test's own over HTTP, moto's S3 behind a proxy that cuts
+it off, a tmpfs volume. Each asserts the ledger (what was charged) against the outputs (what was
+delivered): 0 double charges, and every paid generation delivered or named by its failure with the
+command that collects it; then the same batch run again delivers the rest without a new charge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect_aws import AwsCredentials
+from prefect_aws.credentials import AwsClientParameters
+
+from prefect_aimlapi_video.blocks import AimlApiCredentials
+from prefect_aimlapi_video.flows.batch import video_to_video_batch
+from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
+from tests.support.reliability import assert_no_double_charge, fast_polls, sha256_file, temp_leftovers
+from tests.support.s3_proxy import S3FaultProxy
+
+pytestmark = pytest.mark.integration
+ITEMS = 6
+BUCKET = "aimlapi-platform-faults"
+
+
+def _credentials(sandbox) -> AimlApiCredentials:
+    return AimlApiCredentials(api_key=sandbox.api_key, base_url=sandbox.base_url, timeout_seconds=5,
+                              connect_timeout_seconds=2, download_timeout_seconds=5)
+
+
+def _items(clip: Path, out: Path, scope: str) -> list[dict]:
+    return [{"video": str(clip), "seed": 500 + i, "idempotency_key": f"{scope}#item-{i}",
+             "output": str(out / f"gen-{i}.mp4")} for i in range(ITEMS)]
+
+
+async def _run(sandbox, items: list[dict], settings: dict) -> list:
+    return await video_to_video_batch(items=items, prompt="fresco", credentials=_credentials(sandbox),
+                                      concurrency_limit=None, max_concurrency=ITEMS, tolerate_failures=True,
+                                      settings={"poll_policy": fast_polls(), "reconcile_grace_seconds": 5, **settings})
+
+
+def _check_paid_work_is_delivered_or_named(rows: list, ledger: list) -> None:
+    """Every charged generation is a completed row's (its bytes) or a failed row names it and the
+    command that collects it; a failed row's output does not exist."""
+    assert_no_double_charge(ledger)
+    by_generation = {e.generation_id: e for e in ledger}
+    for row in rows:
+        if row.status == "completed":
+            assert sha256_file(row.output) == by_generation[row.generation_id].output_sha256
+        else:
+            assert row.error and not Path(row.output or "/nonexistent").exists(), row
+    accounted = {r.generation_id for r in rows if r.status == "completed"}
+    accounted |= {e.generation_id for e in ledger for r in rows
+                  if r.status != "completed" and e.generation_id in (r.error or "") and r.collect_command
+                  and e.generation_id in r.collect_command}
+    unaccounted = [e.generation_id for e in ledger if e.status == "completed" and e.generation_id not in accounted]
+    assert unaccounted == [], f"paid, neither delivered nor named with its collect command: {unaccounted}\n{rows}"
+
+
+async def _when_accepted(sandbox, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(sandbox.ledger()) < count:
+        assert time.monotonic() < deadline, f"only {len(sandbox.ledger())} of {count} POSTs accepted"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_record_store_unreachable_for_a_minute_during_a_batch(prefect_server, moto_server, s3, clips,
+                                                                        tmp_path):
+    """The s3:// record store resets every connection for 60 s, from the moment half the batch was
+    accepted: an accepted answer waits for the store (the record's 120 s deadline) or was recorded
+    already, and its generation is delivered (bookkeeping after delivery only warns); an item not yet
+    sent retries its claim (the task's retries, about 40 s) and fails before paying if the store is
+    still gone. Nothing is paid twice, the batch's table names each failure, and the same batch again
+    ends with every item delivered, each paid once."""
+    s3.create_bucket(Bucket=BUCKET)
+    scope = f"s3://{BUCKET}/unreachable-{uuid.uuid4().hex[:6]}"
+    with S3FaultProxy(moto_server) as proxy, run_sandbox(SandboxConfig(processing_seconds=8, workers=ITEMS)) as sandbox:
+        aws = f"proxied-{uuid.uuid4().hex[:6]}"
+        parameters = AwsClientParameters(endpoint_url=proxy.url, config={"retries": {"total_max_attempts": 1}})
+        await AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
+                             aws_client_parameters=parameters).asave(aws)
+        items = _items(clips["small"], tmp_path / "out", scope)
+        settings = {"submissions": scope, "aws_credentials": aws, "timeout_seconds": 300}
+        batch = asyncio.ensure_future(_run(sandbox, items, settings))
+        await _when_accepted(sandbox, ITEMS // 2)
+        proxy.unreachable(seconds=60)
+        rows = await asyncio.wait_for(batch, 420)
+        assert proxy.stats().resets > 0  # the batch met the outage
+        ledger = sandbox.ledger()
+        _check_paid_work_is_delivered_or_named(rows, ledger)
+        assert len(rows) == ITEMS
+        assert temp_leftovers(tmp_path / "out") == []
+
+        again = await _run(sandbox, items, settings)
+        assert [r.status for r in again] == ["completed"] * ITEMS, [r.error for r in again]
+        final = sandbox.ledger()
+        assert_no_double_charge(final)
+        assert len(final) == ITEMS, final  # each item paid once, over both runs
+        print(f"\nrecord store unreachable 60 s: first run {sum(r.status == 'completed' for r in rows)}/{ITEMS} "
+              f"completed, {len(ledger)} charged during it; after the re-run {ITEMS}/{ITEMS} delivered, "
+              f"{len(final)} charges")
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path):
+    """A 4 MiB tmpfs: room for the batch's outputs until the test fills it."""
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_the_output_volume_full_when_the_results_arrive(prefect_server, clips, tmp_path, small_volume):
+    """The outputs' volume fills up after every item was checked and accepted: each paid generation
+    fails naming itself and its collect command, no partial file is left, the records stay on their
+    own disk; once there is room, the same batch delivers every one of them without a new charge."""
+    with run_sandbox(SandboxConfig(processing_seconds=4, workers=ITEMS)) as sandbox:
+        out = small_volume / "out"
+        items = _items(clips["small"], out, f"volume-{uuid.uuid4().hex[:6]}")
+        settings = {"submissions": str(tmp_path / "records")}
+        batch = asyncio.ensure_future(_run(sandbox, items, settings))
+        await _when_accepted(sandbox, ITEMS)
+        filler = small_volume / "filler"
+        with filler.open("wb") as fill:  # everything that is left
+            try:
+                while True:
+                    fill.write(b"\0" * 65536)
+                    fill.flush()
+            except OSError:
+                pass
+        rows = await asyncio.wait_for(batch, 240)
+        ledger = sandbox.ledger()
+        _check_paid_work_is_delivered_or_named(rows, ledger)
+        failed = [r for r in rows if r.status != "completed"]
+        assert failed, "the volume was full, yet every output was written"
+        assert all("No space left on device" in r.error for r in failed), [r.error for r in failed]
+        assert temp_leftovers(out) == []
+
+        filler.unlink()
+        again = await _run(sandbox, items, settings)
+        assert [r.status for r in again] == ["completed"] * ITEMS, [r.error for r in again]
+        assert len(sandbox.ledger()) == ITEMS  # no new charge: the failed ones were resumed from their records
+        for row in again:
+            assert sha256_file(row.output) == {e.generation_id: e for e in sandbox.ledger()}[row.generation_id].output_sha256
+        print(f"\noutput volume full: {len(failed)}/{ITEMS} failed naming their collect command, "
+              f"then delivered by the re-run; {len(sandbox.ledger())} charges")
