@@ -23,15 +23,24 @@ from prefect_aimlapi_video.api.errors import BatchFailedError, BudgetExceeded, I
 from prefect_aimlapi_video.api.redact import redact
 from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, request_model
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.batch_context import DEFERRED_AT_ONCE, batch_children, finish_deferred, owned_key
+from prefect_aimlapi_video.flows.batch_context import (
+    DEFERRED_AT_ONCE,
+    batch_children,
+    child_outcome,
+    finish_deferred,
+    owned_key,
+)
 from prefect_aimlapi_video.flows.batch_items import (
     BatchItem,
     BatchItemResult,
     ItemBase,
     child_arguments,
+    completed_row,
+    failed_row,
     load_manifest,
     output_root,
     parse_items,
+    row_without_state,
     shown_video,
 )
 from prefect_aimlapi_video.flows.batch_report import budget_line, report, shared_budget
@@ -156,27 +165,21 @@ async def _run_here(items: list[ItemBase], defaults: dict[str, Any], *, scope: s
         ours = claims and "idempotency_key" not in arguments  # an item's own key may be shared
         arguments.setdefault("idempotency_key", f"{scope}:item-{index}")
         row = BatchItemResult(index=index, video=shown_video(item.video), status="failed")
-        try:
-            async with local, _global_slot(limit):
-                claim = owned_key(arguments["idempotency_key"]) if ours else contextlib.nullcontext()
-                with tags(*RUN_TAGS), claim:  # tags set at creation, saving each child a request
-                    state = await video_to_video(**arguments, return_state=True)
-        except Exception as exc:  # e.g. the server refused to create the child run: fail this item only
-            row.error = f"could not run: {type(exc).__name__}: {redact(str(exc))[:250]}"
-            return row
+        with child_outcome() as outcome:
+            try:
+                async with local, _global_slot(limit):
+                    claim = owned_key(arguments["idempotency_key"]) if ours else contextlib.nullcontext()
+                    with tags(*RUN_TAGS), claim:  # tags set at creation, saving each child a request
+                        state = await video_to_video(**arguments, return_state=True)
+            except Exception as exc:  # the server refused to create the child run, or to record its end
+                return row_without_state(row, outcome, exc)
         flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
         row = row.model_copy(update={"flow_run_id": flow_run_id})
         if not state.is_completed():
             error = await state.aresult(raise_on_failure=False)
             status = SKIPPED_BUDGET if isinstance(error, BudgetExceeded) else state.name.lower()
-            return row.model_copy(update={"status": status, "error": redact(state.message or state.name)[:300],
-                                          "generation_id": getattr(error, "generation_id", None),
-                                          "collect_command": getattr(error, "collect_command", None)})
-        result = await state.aresult()
-        return row.model_copy(update={
-            "status": result.status, "generation_id": result.generation_id, "output": result.output,
-            "credits": result.credits, **result.timing.model_dump(),
-        })
+            return failed_row(row, status, redact(state.message or state.name), error)
+        return completed_row(row, await state.aresult())
 
     async def one(index: int, item: ItemBase) -> BatchItemResult:
         row = await run_one(index, item)

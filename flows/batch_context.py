@@ -12,6 +12,10 @@
   back), and sent through the client the children share they queued in its 16 connections ahead of
   the requests that start and finish the other children (or, held back to a few at a time there,
   piled up for the batch's end).
+* `child_outcome()` / `keep_outcome(...)`: what a child knew at its end (its result, or the failure it
+  raised, with any paid generation's id and collect command), kept for the batch in case Prefect
+  cannot hand the child's final state back: with the Prefect API failing (a database restart), the
+  state change that ends the child raises instead, and the batch's table would lose the generation.
 * `owns_key(key)`: this child run alone ever uses its idempotency key. The batch makes each item's key
   from its own flow run id and the item's index; in the batch's first run no other run can hold that
   key (the sweep's scope is the same in every sweep, so it claims nothing), so the child's first
@@ -37,6 +41,7 @@ from typing import Any
 _IN_BATCH: ContextVar[bool] = ContextVar("aimlapi_in_batch", default=False)
 _OWNED_KEY: ContextVar[str | None] = ContextVar("aimlapi_owned_key", default=None)
 _DEFERRED: ContextVar[DeferredWork | None] = ContextVar("aimlapi_deferred", default=None)
+_OUTCOME: ContextVar[ChildOutcome | None] = ContextVar("aimlapi_child_outcome", default=None)
 DEFERRED_AT_ONCE = 16  # the connections of the batch's own client (as many as Prefect's shared one)
 logger = logging.getLogger(__name__)
 
@@ -120,3 +125,29 @@ def owned_key(key: str) -> Iterator[None]:
         yield
     finally:
         _OWNED_KEY.reset(token)
+
+
+class ChildOutcome:
+    """What one child of an in-process batch knew at its end: its result, or the failure it raised."""
+
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.failure: BaseException | None = None
+
+
+@contextlib.contextmanager
+def child_outcome() -> Iterator[ChildOutcome]:
+    """Around one child of an in-process batch: what it keeps (`keep_outcome`) lands in what this yields."""
+    outcome = ChildOutcome()
+    token = _OUTCOME.set(outcome)
+    try:
+        yield outcome
+    finally:
+        _OUTCOME.reset(token)
+
+
+def keep_outcome(*, result: Any = None, failure: BaseException | None = None) -> None:
+    """A child's end, kept for the batch running it (nothing outside a batch)."""
+    outcome = _OUTCOME.get()
+    if outcome is not None:
+        outcome.result, outcome.failure = result, failure

@@ -17,8 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from prefect_aimlapi_video.api.errors import InvalidInputError
-from prefect_aimlapi_video.api.redact import safe_url
+from prefect_aimlapi_video.api.redact import redact, safe_url
 from prefect_aimlapi_video.api.requests import GenerationParams, VideoRequest
+from prefect_aimlapi_video.flows.batch_context import ChildOutcome
 from prefect_aimlapi_video.flows.choices import NAMED_FIELDS
 from prefect_aimlapi_video.media.video_checks import scheme_of
 from prefect_aimlapi_video.storage.s3 import read_object
@@ -76,6 +77,32 @@ class BatchItemResult(BaseModel):
     download_s: float | None = None
     total_s: float | None = None
     error: str | None = None
+
+
+def completed_row(row: BatchItemResult, result: Any) -> BatchItemResult:
+    """`row` with what a child's `VideoToVideoResult` says."""
+    return row.model_copy(update={
+        "status": result.status, "generation_id": result.generation_id, "output": result.output,
+        "credits": result.credits, **result.timing.model_dump(),
+    })
+
+
+def failed_row(row: BatchItemResult, status: str, reason: str, failure: BaseException | None) -> BatchItemResult:
+    """`row` failed with `reason`, naming any paid generation the failure names and its collect command."""
+    return row.model_copy(update={"status": status, "error": reason[:300],
+                                  "generation_id": getattr(failure, "generation_id", None),
+                                  "collect_command": getattr(failure, "collect_command", None)})
+
+
+def row_without_state(row: BatchItemResult, outcome: ChildOutcome, exc: Exception) -> BatchItemResult:
+    """A child whose final state Prefect could not hand back (its API failing): the row says what the
+    child knew at its end (`flows.batch_context.child_outcome`), so a paid generation keeps its id and
+    collect command in the table; a child that never started says why."""
+    if outcome.result is not None:
+        return completed_row(row, outcome.result).model_copy(update={"flow_run_id": outcome.result.flow_run_id})
+    if outcome.failure is not None:
+        return failed_row(row, "failed", redact(str(outcome.failure)), outcome.failure)
+    return row.model_copy(update={"error": f"could not run: {type(exc).__name__}: {redact(str(exc))[:250]}"})
 
 
 def _parse_rows(text: str, name: str) -> list[dict[str, Any]]:

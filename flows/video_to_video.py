@@ -18,7 +18,7 @@ from prefect.logging import get_run_logger
 from prefect_aimlapi_video.api.models import VideoToVideoResult
 from prefect_aimlapi_video.api.requests import DEFAULT_MODEL, VideoRequest
 from prefect_aimlapi_video.blocks import AimlApiCredentials
-from prefect_aimlapi_video.flows.batch_context import defer, in_batch, owns_key
+from prefect_aimlapi_video.flows.batch_context import defer, in_batch, keep_outcome, owns_key
 from prefect_aimlapi_video.flows.choices import build_request
 from prefect_aimlapi_video.flows.events import emit_generation_event
 from prefect_aimlapi_video.flows.publish import (
@@ -170,9 +170,11 @@ async def video_to_video(
     except BaseException as exc:  # a failure, or a cancellation: say what became of any paid generation
         failure = await report_failure(result, exc, started, credentials, output=settings.output,
                                        submissions=settings.submissions, aws_credentials=settings.aws_credentials)
+        keep_outcome(failure=failure)
         if failure is not exc:
             raise failure from exc
         raise
+    keep_outcome(result=result)
     emit_generation_event("completed", result)
     logger.info(
         "Done: %s -> %s (%s credits, %.1f s).", result.generation_id, result.output,

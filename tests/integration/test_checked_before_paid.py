@@ -99,7 +99,7 @@ def test_an_output_gone_after_the_check_fails_with_one_line_and_its_collect_comm
         stdout, stderr = running.communicate(timeout=240)
         assert running.returncode == 1, stderr[-3000:]
         reason = last_line(stderr)
-        assert reason.startswith(f"error: Generation {entry.generation_id} is paid for, but storing it failed")
+        assert reason.startswith(f"error: Generation {entry.generation_id} is paid for, but delivering it failed")
         assert "Traceback" not in stdout + stderr
         command = reason.split("Collect it without a new charge: ", 1)[1]
         assert command == f"aimlapi-video collect {entry.generation_id} --output {out}/"

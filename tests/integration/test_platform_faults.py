@@ -9,7 +9,10 @@ command that collects it; then the same batch run again delivers the rest withou
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -156,3 +159,130 @@ async def test_the_output_volume_full_when_the_results_arrive(prefect_server, cl
             assert sha256_file(row.output) == {e.generation_id: e for e in sandbox.ledger()}[row.generation_id].output_sha256
         print(f"\noutput volume full: {len(failed)}/{ITEMS} failed naming their collect command, "
               f"then delivered by the re-run; {len(sandbox.ledger())} charges")
+
+
+@pytest.fixture(scope="module")
+def own_platform(tmp_path_factory):
+    """A Prefect server on a PostgreSQL cluster of this module's own, so the tests can kill and restart
+    them without touching the session's server."""
+    from tests.support.local_services import PostgresCluster, PrefectServerProcess, postgres_binaries
+
+    if postgres_binaries() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql): .ci/run installs it")
+    cluster = PostgresCluster()
+    server = PrefectServerProcess(tmp_path_factory.mktemp("own-prefect"), cluster.url)
+    try:
+        server.start()
+        yield cluster, server
+    finally:
+        server.stop()
+        cluster.remove()
+
+
+FIRST_RUN = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from prefect_aimlapi_video import AimlApiCredentials, video_to_video_batch
+
+    config = json.loads(sys.argv[1])
+    credentials = AimlApiCredentials(api_key=config["api_key"], base_url=config["base_url"], timeout_seconds=5,
+                                     connect_timeout_seconds=2, download_timeout_seconds=5)
+    try:
+        rows = asyncio.run(video_to_video_batch(
+            items=config["items"], prompt="fresco", credentials=credentials, concurrency_limit=None,
+            max_concurrency=len(config["items"]), tolerate_failures=True, settings=config["settings"]))
+    except Exception as exc:  # Prefect itself may not survive the outage: the test says so
+        print("ENDED " + json.dumps(f"{type(exc).__name__}: {exc}"), flush=True)
+    else:
+        print("ROWS " + json.dumps([row.model_dump(mode="json") for row in rows]), flush=True)
+    """
+)
+
+
+async def _batch_through_an_outage(own_platform, clips, tmp_path, outage,
+                                   env: dict[str, str] | None = None) -> tuple[list | str, list]:
+    """A batch on the module's own server, run by a process of its own (a worker's environment: `env`);
+    once half of it was accepted, `outage()`; then the same batch again, here. Returns the first
+    run's rows (or how it ended) and the ledger after it, having checked the re-run."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_aimlapi_video.flows.batch_items import BatchItemResult
+    from tests.support.reliability import subprocess_env
+
+    _, server = own_platform
+    with run_sandbox(SandboxConfig(processing_seconds=8, workers=ITEMS)) as sandbox:
+        items = _items(clips["small"], tmp_path / "out", f"platform-{uuid.uuid4().hex[:6]}")
+        settings = {"submissions": str(tmp_path / "records"), "timeout_seconds": 300, "reconcile_grace_seconds": 5,
+                    "poll_policy": {"initial_seconds": 0.25, "fast_phase_seconds": 30}}
+        config = {"api_key": sandbox.api_key, "base_url": sandbox.base_url, "items": items, "settings": settings}
+        host = subprocess.Popen(
+            [sys.executable, "-c", FIRST_RUN, json.dumps(config)], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(PREFECT_API_URL=server.url, PREFECT_HOME=str(tmp_path / "host-home"), **(env or {})))
+        try:
+            await _when_accepted(sandbox, ITEMS // 2)
+            await asyncio.to_thread(outage)
+            output, _ = await asyncio.to_thread(host.communicate, timeout=400)
+        finally:
+            if host.poll() is None:
+                host.kill()
+        lines = [line for line in output.splitlines() if line.startswith(("ROWS ", "ENDED "))]
+        assert lines, output[-4000:]
+        kind, _, payload = lines[-1].partition(" ")
+        first: list | str = ([BatchItemResult.model_validate(row) for row in json.loads(payload)]
+                             if kind == "ROWS" else json.loads(payload))
+        ledger = sandbox.ledger()
+        assert_no_double_charge(ledger)
+        if isinstance(first, list):
+            _check_paid_work_is_delivered_or_named(first, ledger)
+        with temporary_settings({PREFECT_API_URL: server.url}):
+            again = await _run(sandbox, items, {**settings, "poll_policy": fast_polls()})
+        final = sandbox.ledger()
+    assert [r.status for r in again] == ["completed"] * ITEMS, [r.error for r in again]
+    assert_no_double_charge(final)
+    assert len(final) == ITEMS, final  # each item paid once, over both runs
+    by_generation = {e.generation_id: e for e in final}
+    for row in again:
+        assert sha256_file(row.output) == by_generation[row.generation_id].output_sha256
+    return first, ledger
+
+
+def _outcome(first: list | str) -> str:
+    if isinstance(first, str):
+        return f"the batch ended with {first[:200]}"
+    return f"{sum(r.status == 'completed' for r in first)}/{ITEMS} completed in the first run"
+
+
+async def test_the_prefect_server_killed_and_restarted_after_30_s(own_platform, clips, tmp_path):
+    _, server = own_platform
+
+    def outage() -> None:
+        server.kill()
+        time.sleep(30)
+        server.start()
+
+    first, ledger = await _batch_through_an_outage(own_platform, clips, tmp_path, outage)
+    print(f"\nPrefect server killed for 30 s: {_outcome(first)}; {len(ledger)} charged during it; "
+          f"after the re-run {ITEMS}/{ITEMS} delivered, {ITEMS} charges")
+
+
+@pytest.mark.parametrize("retry_500", [False, True], ids=["prefect-defaults", "client-retries-500"])
+async def test_postgresql_restarted_with_20_s_down(own_platform, clips, tmp_path, retry_500):
+    """While its database is down, Prefect's server answers 500, which its client does not retry by
+    default: flow runs may fail (a download's concurrency slot, a state change), each paid generation
+    named with its collect command, and the re-run delivers them. With PREFECT_CLIENT_RETRY_EXTRA_CODES
+    including 500 (what docs/faults.md advises for workers), the client waits the restart out and the
+    batch completes in its first run."""
+    cluster, _ = own_platform
+
+    def outage() -> None:
+        cluster.stop()
+        time.sleep(20)
+        cluster.start()
+
+    env = {"PREFECT_CLIENT_RETRY_EXTRA_CODES": "500"} if retry_500 else {}
+    first, ledger = await _batch_through_an_outage(own_platform, clips, tmp_path, outage, env)
+    if retry_500:
+        assert isinstance(first, list) and [r.status for r in first] == ["completed"] * ITEMS, _outcome(first)
+    print(f"\nPostgreSQL down for 20 s ({'500 retried' if retry_500 else 'Prefect defaults'}): {_outcome(first)}; "
+          f"{len(ledger)} charged during it; after the re-run {ITEMS}/{ITEMS} delivered, {ITEMS} charges")

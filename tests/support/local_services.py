@@ -6,10 +6,12 @@ the real program as a subprocess on a free loopback port and stops it on exit.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -65,70 +67,105 @@ def postgres_binaries() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-@contextmanager
-def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster in a temp dir on a free port; yields an asyncpg URL for Prefect.
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster in a temp dir on a free port, with a database `prefect`; `url` is
+    an asyncpg URL for Prefect. `stop()` (fast shutdown) and `start()` again restart it in place.
 
     PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user.
     """
-    binaries = postgres_binaries()
-    if binaries is None:
-        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
-    home = Path(tempfile.mkdtemp(prefix="aimlapi-postgres-"))
-    data, port = home / "pgdata", free_port()
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(home, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    log = home / "postgres.log"
-    subprocess.run([*as_user, str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run(
-        [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
-         f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start"],
-        check=True, capture_output=True,
-    )
+
+    def __init__(self) -> None:
+        binaries = postgres_binaries()
+        if binaries is None:
+            raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+        self.binaries, self.home = binaries, Path(tempfile.mkdtemp(prefix="aimlapi-postgres-"))
+        self.data, self.port, self.as_user = self.home / "pgdata", free_port(), []
+        if os.geteuid() == 0:
+            shutil.chown(self.home, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/prefect"
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "prefect")
+
+    def _run(self, program: str, *argv: str, check: bool = True) -> None:
+        subprocess.run([*self.as_user, str(self.binaries / program), *argv], check=check, capture_output=True)
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "postgres.log"), "-w", "-o",
+                  f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                  "start")
+
+    def stop(self) -> None:
+        """Fast shutdown: open transactions are rolled back, clients disconnected."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "stop", check=False)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (`PostgresCluster`) for one `with`; yields its asyncpg URL."""
+    cluster = PostgresCluster()
     try:
-        subprocess.run([*as_user, str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                        "prefect"], check=True, capture_output=True)
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
+        yield cluster.url
     finally:
-        subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+        cluster.remove()
+
+
+class PrefectServerProcess:
+    """`prefect server start` on its own database (SQLite under `home` by default) and port; `url` is
+    its API URL. `kill()` (SIGKILL, as a crash) and `start()` again restart it on the same port and
+    database. `ui`: serve the Prefect UI too (at the URL without `/api`), for browser checks."""
+
+    def __init__(self, home: Path, database_url: str | None = None, *, ui: bool = False) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.home, self.log, self.port = home, home / "prefect-server.log", free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(home / "prefect-home"),
+            "PREFECT_API_DATABASE_CONNECTION_URL": database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "true" if ui else "false",
+            "PREFECT_UI_API_URL": self.url,  # the UI's own calls go to this server, not to the default port
+            # Persist events (and so fire triggers from them) twice a second instead of every 5 s.
+            "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
+        }
+        self.env.pop("PREFECT_API_URL", None)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        with open(self.log, "ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=self.env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        _wait_until_up(self.process, f"{self.url}/health", self.log, "the Prefect server", timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the server and anything it started, as a crash or an OOM kill does."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            _stop(self.process)
 
 
 @contextmanager
 def prefect_server(home: Path, database_url: str | None = None, *, ui: bool = False) -> Iterator[str]:
-    """`prefect server start` on its own database (SQLite under `home` by default); yields the API URL.
-
-    `ui`: serve the Prefect UI too (at the URL without `/api`), for browser checks of artifacts.
-    """
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home / "prefect-home"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "true" if ui else "false",
-        "PREFECT_UI_API_URL": url,  # the UI's own calls go to this server, not to the default port
-        # Persist events (and so fire triggers from them) twice a second instead of every 5 s.
-        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = home / "prefect-server.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=output, stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait_until_up(process, f"{url}/health", log, "the Prefect server", timeout=120)
-            yield url
-        finally:
-            _stop(process)
+    """A `PrefectServerProcess` for one `with`; yields its API URL."""
+    server = PrefectServerProcess(home, database_url, ui=ui)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 # moto checks a PutObject's If-Match / If-None-Match, then writes, with no lock in between: two

@@ -206,7 +206,7 @@ class DeliveryFailed(AimlApiError):
 
     def __init__(self, generation_id: str, cause: BaseException) -> None:
         self.generation_id = generation_id
-        super().__init__(f"Generation {generation_id} is paid for, but storing it failed: {type(cause).__name__}: "
+        super().__init__(f"Generation {generation_id} is paid for, but delivering it failed: {type(cause).__name__}: "
                          f"{cause}.")
 
 

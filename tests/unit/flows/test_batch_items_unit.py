@@ -92,3 +92,37 @@ def test_a_child_gets_the_named_fields_as_parameters_and_the_others_as_overrides
     assert child_arguments(batch, item) == {"model": "m", "credentials": "c", "video": "a.mp4", "output": "o.mp4",
                                             "prompt": "ink", "seed": 3, "overrides": {"style": "noir"}}
     assert child_arguments({"credentials": "c"}, ItemBase(video="b.mp4"))["overrides"] is None
+
+
+def test_a_row_without_the_childs_state_says_what_the_child_knew() -> None:
+    """Prefect could not hand a child's final state back (its API failing): the row keeps the paid
+    generation the child delivered, or the one its failure names with the command that collects it."""
+    from types import SimpleNamespace
+
+    from prefect_aimlapi_video.api.errors import DeliveryFailed
+    from prefect_aimlapi_video.flows.batch_context import ChildOutcome, child_outcome, keep_outcome
+    from prefect_aimlapi_video.flows.batch_items import BatchItemResult, row_without_state
+
+    row = BatchItemResult(index=3, video="clip.mp4", status="failed")
+    lost_api = RuntimeError("500 Internal Server Error for url .../set_state")
+    assert row_without_state(row, ChildOutcome(), lost_api).error == (
+        "could not run: RuntimeError: 500 Internal Server Error for url .../set_state")
+
+    failure = DeliveryFailed("gen-1:model", OSError("disk full"))
+    failure.collect_command = "aimlapi-video collect gen-1:model --output out.mp4"
+    with child_outcome() as outcome:
+        keep_outcome(failure=failure)
+    failed = row_without_state(row, outcome, lost_api)
+    assert (failed.status, failed.generation_id, failed.collect_command) == (
+        "failed", "gen-1:model", "aimlapi-video collect gen-1:model --output out.mp4")
+    assert failed.error.startswith("Generation gen-1:model is paid for")
+
+    timing = SimpleNamespace(model_dump=lambda: {"total_s": 9.5})
+    result = SimpleNamespace(status="completed", generation_id="gen-2:model", output="out.mp4", credits=63000.0,
+                             timing=timing, flow_run_id="run-7")
+    with child_outcome() as outcome:
+        keep_outcome(result=result)
+    done = row_without_state(row, outcome, lost_api)
+    assert (done.status, done.generation_id, done.output, done.flow_run_id, done.total_s, done.error) == (
+        "completed", "gen-2:model", "out.mp4", "run-7", 9.5, None)
+    keep_outcome(result=result)  # outside a batch: kept nowhere, and no error
