@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prefect.client.orchestration import get_client
 
 from prefect_aimlapi_video.deployments.terminal import TEMPORARY_SERVER_NOTE
 from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
@@ -91,14 +90,7 @@ async def test_init_then_prefect_deploy_all_from_the_project_folder(prefect_serv
     deploy = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=project,
                             env=env, capture_output=True, text=True, timeout=180)
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-    async with get_client() as client:
-        upload = await client.read_deployment_by_name("aimlapi-video-to-video/on-s3-upload")
-        sweep = await client.read_deployment_by_name("aimlapi-video-to-video-folder/nightly-sweep")
-        automations = await client.read_automations_by_name("on-s3-upload__automation_1")
-        for deployment in (upload, sweep):  # leave no schedule or trigger behind for later tests
-            await client.delete_deployment(deployment.id)
-        for automation in automations:
-            await client.delete_automation(automation.id)
+    upload, sweep, _ = await prefect_api.remove_bundled_deployments()
     assert [upload.name, sweep.name] == names
     assert upload.entrypoint == "prefect_aimlapi_video.flows.video_to_video:video_to_video"
     assert upload.pull_steps == [] and sweep.pull_steps == []  # nothing refers back to the project folder

@@ -243,14 +243,7 @@ async def test_prefect_deploy_all_creates_both_deployments(prefect_server, tmp_p
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
     )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-    async with get_client() as client:
-        upload = await client.read_deployment_by_name("aimlapi-video-to-video/on-s3-upload")
-        sweep = await client.read_deployment_by_name("aimlapi-video-to-video-folder/nightly-sweep")
-        automations = await client.read_automations_by_name("on-s3-upload__automation_1")
-        for deployment in (upload, sweep):  # leave no schedule or trigger behind for later tests
-            await client.delete_deployment(deployment.id)
-        for automation in automations:
-            await client.delete_automation(automation.id)
+    upload, sweep, automations = await prefect_api.remove_bundled_deployments()
     assert upload.work_pool_name == "aimlapi" and upload.parameters["output"].startswith("s3://media-bucket/outputs/")
     # module-path entrypoints and no pull steps: a worker needs the package, not our source tree
     assert upload.entrypoint == "prefect_aimlapi_video.flows.video_to_video:video_to_video"
@@ -261,3 +254,4 @@ async def test_prefect_deploy_all_creates_both_deployments(prefect_server, tmp_p
         assert deployment.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
     assert sweep.schedules and sweep.schedules[0].schedule.cron == "0 2 * * *"
     assert automations and automations[0].trigger.match.model_dump()["prefect.resource.id"] == "s3://media-bucket/incoming/*"
+    assert automations[0].trigger.for_each == {"prefect.resource.id"}  # a bucket per object

@@ -103,3 +103,17 @@ async def latest_flow_run(flow_name: str) -> Any:
             limit=1,
         )
     return run
+
+
+async def remove_bundled_deployments() -> tuple[Any, Any, list[Any]]:
+    """The two bundled deployments (`on-s3-upload`, `nightly-sweep`) and the trigger's automations as
+    `prefect deploy --all` made them, then deleted, so no schedule or trigger is left for later tests."""
+    async with get_client() as client:
+        upload = await client.read_deployment_by_name("aimlapi-video-to-video/on-s3-upload")
+        sweep = await client.read_deployment_by_name("aimlapi-video-to-video-folder/nightly-sweep")
+        automations = await client.read_automations_by_name("on-s3-upload__automation_1")
+        for deployment in (upload, sweep):
+            await client.delete_deployment(deployment.id)
+        for automation in automations:
+            await client.delete_automation(automation.id)
+    return upload, sweep, automations
