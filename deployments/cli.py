@@ -25,10 +25,10 @@ from prefect_aimlapi_video.deployments.cli_options import (
 )
 from prefect_aimlapi_video.deployments.terminal import (
     OneLineErrors,
+    exit_now,
     fail,
     flush_prefect,
     note_temporary_server,
-    one_error_line,
     quiet_console,
 )
 
@@ -118,7 +118,7 @@ def _report(flow_run: Any, *, interrupted: str) -> int:
     for SIGTERM, within seconds: `stopping`)."""
     from prefect_aimlapi_video.api.errors import AimlApiError
     from prefect_aimlapi_video.deployments.exit_codes import INTERRUPTED, exit_code, stopped_code
-    from prefect_aimlapi_video.deployments.stopping import Stopped, exit_now, run_until_stopped
+    from prefect_aimlapi_video.deployments.stopping import Stopped, run_until_stopped
 
     note_temporary_server()
     try:
@@ -128,7 +128,7 @@ def _report(flow_run: Any, *, interrupted: str) -> int:
     except KeyboardInterrupt:  # raised inside the flow, not by a signal to this process
         return fail(interrupted, INTERRUPTED)
     except Stopped as stop:
-        exit_now(one_error_line(interrupted), stopped_code(stop.signum))
+        exit_now(interrupted, stopped_code(stop.signum))
     flush_prefect()
     print(result.one_line(), flush=True)
     return 0

@@ -7,7 +7,7 @@ minutes of retries reporting the crash to a server that may be gone. So the CLI 
 worker thread (Prefect installs no signal handler off the main thread) and keeps the main thread
 for the signals: on SIGINT or SIGTERM it cancels the flow, gives it `GRACE_SECONDS` to record its
 state, and hands the signal back to the caller as `Stopped`, who says so in one line and ends the
-process (`exit_now`) without waiting for Prefect's exit-time shipping of logs.
+process (`terminal.exit_now`) without waiting for Prefect's exit-time shipping of logs.
 
 Money: stopping at any point is as safe as a crash (submission.protocol): a generation accepted
 before the stop is in its record, and the same command resumes it without a new charge.
@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import os
 import signal
-import sys
 import threading
 from collections.abc import Coroutine
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 # How long a cancelled flow may take to record its state (the server, the record store) before the
@@ -90,17 +88,3 @@ def run_until_stopped(flow_run: Coroutine[Any, Any, T]) -> T:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
-
-
-def exit_now(last_line: str, code: int) -> NoReturn:
-    """End the process at once with `last_line` on stderr: stop a temporary Prefect server this
-    process started (it would outlive us), and skip Prefect's exit-time shipping of logs and events,
-    which retries against a server that may be gone. What matters for money is in the record."""
-    if "prefect.server.api.server" in sys.modules:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        for server in list(SubprocessASGIServer._instances.values()):
-            server.stop()
-    sys.stdout.flush()
-    print(last_line, file=sys.stderr, flush=True)
-    os._exit(code)

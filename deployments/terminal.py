@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -23,7 +24,12 @@ def flush_prefect() -> None:
 
     for worker in (EventsWorker, APILogWorker):
         worker.drain_all(timeout=5)
-    if "prefect.server.api.server" in sys.modules:  # a temporary server would say goodbye after our last line
+    stop_temporary_servers()  # a temporary server would say goodbye after our last line
+
+
+def stop_temporary_servers() -> None:
+    """Stop the temporary Prefect server(s) this process started, if any (at most 5 s each)."""
+    if "prefect.server.api.server" in sys.modules:
         from prefect.server.api.server import SubprocessASGIServer
 
         for server in list(SubprocessASGIServer._instances.values()):
@@ -48,15 +54,25 @@ def note_temporary_server() -> bool:
     return True
 
 
-def one_error_line(message: str) -> str:
+def _one_error_line(message: str) -> str:
     """`message` as the one `error: ...` line a failure ends with."""
     return "error: " + " ".join(str(message).split())
 
 
 def fail(message: str, code: int) -> int:
     flush_prefect()
-    print(one_error_line(message), file=sys.stderr, flush=True)
+    print(_one_error_line(message), file=sys.stderr, flush=True)
     return code
+
+
+def exit_now(message: str, code: int) -> NoReturn:
+    """End the process at once with `message` as its one error line: stop a temporary Prefect server
+    this process started (it would outlive us), and skip Prefect's exit-time shipping of logs and
+    events, which retries against a server that may be gone. What matters for money is in the record."""
+    stop_temporary_servers()
+    sys.stdout.flush()
+    print(_one_error_line(message), file=sys.stderr, flush=True)
+    os._exit(code)
 
 
 class OneLineErrors(argparse.ArgumentParser):
