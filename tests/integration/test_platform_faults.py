@@ -21,20 +21,20 @@ import pytest
 from prefect_aws import AwsCredentials
 from prefect_aws.credentials import AwsClientParameters
 
-from prefect_aimlapi_video.blocks import AimlApiCredentials
 from prefect_aimlapi_video.flows.batch import video_to_video_batch
 from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
-from tests.support.reliability import assert_no_double_charge, fast_polls, sha256_file, temp_leftovers
+from tests.support.reliability import (
+    assert_no_double_charge,
+    fast_credentials,
+    fast_polls,
+    sha256_file,
+    temp_leftovers,
+)
 from tests.support.s3_proxy import S3FaultProxy
 
 pytestmark = pytest.mark.integration
 ITEMS = 6
 BUCKET = "aimlapi-platform-faults"
-
-
-def _credentials(sandbox) -> AimlApiCredentials:
-    return AimlApiCredentials(api_key=sandbox.api_key, base_url=sandbox.base_url, timeout_seconds=5,
-                              connect_timeout_seconds=2, download_timeout_seconds=5)
 
 
 def _items(clip: Path, out: Path, scope: str) -> list[dict]:
@@ -43,7 +43,7 @@ def _items(clip: Path, out: Path, scope: str) -> list[dict]:
 
 
 async def _run(sandbox, items: list[dict], settings: dict) -> list:
-    return await video_to_video_batch(items=items, prompt="fresco", credentials=_credentials(sandbox),
+    return await video_to_video_batch(items=items, prompt="fresco", credentials=fast_credentials(sandbox, timeout_seconds=5, download_timeout_seconds=5),
                                       concurrency_limit=None, max_concurrency=ITEMS, tolerate_failures=True,
                                       settings={"poll_policy": fast_polls(), "reconcile_grace_seconds": 5, **settings})
 
@@ -64,6 +64,17 @@ def _check_paid_work_is_delivered_or_named(rows: list, ledger: list) -> None:
                   and e.generation_id in r.collect_command}
     unaccounted = [e.generation_id for e in ledger if e.status == "completed" and e.generation_id not in accounted]
     assert unaccounted == [], f"paid, neither delivered nor named with its collect command: {unaccounted}\n{rows}"
+
+
+def _check_the_rerun_delivered_each_item_paid_once(again: list, ledger: list) -> None:
+    """The same batch run again: every item completed, with the bytes the sandbox served, and each
+    item paid for once over both runs."""
+    assert [r.status for r in again] == ["completed"] * ITEMS, [r.error for r in again]
+    assert_no_double_charge(ledger)
+    assert len(ledger) == ITEMS, ledger
+    by_generation = {e.generation_id: e for e in ledger}
+    for row in again:
+        assert sha256_file(row.output) == by_generation[row.generation_id].output_sha256
 
 
 async def _when_accepted(sandbox, count: int, timeout: float = 120) -> None:
@@ -101,10 +112,8 @@ async def test_the_record_store_unreachable_for_a_minute_during_a_batch(prefect_
         assert temp_leftovers(tmp_path / "out") == []
 
         again = await _run(sandbox, items, settings)
-        assert [r.status for r in again] == ["completed"] * ITEMS, [r.error for r in again]
         final = sandbox.ledger()
-        assert_no_double_charge(final)
-        assert len(final) == ITEMS, final  # each item paid once, over both runs
+        _check_the_rerun_delivered_each_item_paid_once(again, final)
         print(f"\nrecord store unreachable 60 s: first run {sum(r.status == 'completed' for r in rows)}/{ITEMS} "
               f"completed, {len(ledger)} charged during it; after the re-run {ITEMS}/{ITEMS} delivered, "
               f"{len(final)} charges")
@@ -153,10 +162,8 @@ async def test_the_output_volume_full_when_the_results_arrive(prefect_server, cl
 
         filler.unlink()
         again = await _run(sandbox, items, settings)
-        assert [r.status for r in again] == ["completed"] * ITEMS, [r.error for r in again]
-        assert len(sandbox.ledger()) == ITEMS  # no new charge: the failed ones were resumed from their records
-        for row in again:
-            assert sha256_file(row.output) == {e.generation_id: e for e in sandbox.ledger()}[row.generation_id].output_sha256
+        # no new charge: the failed ones were resumed from their records
+        _check_the_rerun_delivered_each_item_paid_once(again, sandbox.ledger())
         print(f"\noutput volume full: {len(failed)}/{ITEMS} failed naming their collect command, "
               f"then delivered by the re-run; {len(sandbox.ledger())} charges")
 
@@ -238,12 +245,7 @@ async def _batch_through_an_outage(own_platform, clips, tmp_path, outage,
         with temporary_settings({PREFECT_API_URL: server.url}):
             again = await _run(sandbox, items, {**settings, "poll_policy": fast_polls()})
         final = sandbox.ledger()
-    assert [r.status for r in again] == ["completed"] * ITEMS, [r.error for r in again]
-    assert_no_double_charge(final)
-    assert len(final) == ITEMS, final  # each item paid once, over both runs
-    by_generation = {e.generation_id: e for e in final}
-    for row in again:
-        assert sha256_file(row.output) == by_generation[row.generation_id].output_sha256
+    _check_the_rerun_delivered_each_item_paid_once(again, final)
     return first, ledger
 
 
