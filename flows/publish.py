@@ -112,7 +112,7 @@ async def report_failure(result: VideoToVideoResult, exc: BaseException, started
     except Exception as report_error:  # the run's own failure is what matters; never hide it
         get_run_logger().warning("Could not publish the failure summary: %s", report_error)
     if collect and isinstance(failure, AimlApiError) and not isinstance(failure, GenerationFailedError):
-        failure.name_collect_command(collect)
+        failure.name_collect_command(collect, result.generation_id)
     return failure
 
 

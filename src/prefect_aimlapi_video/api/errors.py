@@ -51,11 +51,16 @@ class AimlApiError(Exception):
         super().__init__(redact(message) + suffix)
 
     collect_command: str | None = None
+    # The paid generation this failure leaves behind: set by the types that always have one, and by
+    # `name_collect_command` on any other (a poll or download failing after acceptance), so that a
+    # batch's row keeps the id and not only a message it may have to shorten.
+    generation_id: str | None = None
 
-    def name_collect_command(self, command: str) -> None:
+    def name_collect_command(self, command: str, generation_id: str | None = None) -> None:
         """A paid generation is left behind: end the message with the command that collects it at no
         new cost (replacing a less exact one named before), so whoever reads only this one line (a
         terminal, a failed state) knows what to do."""
+        self.generation_id = self.generation_id or generation_id
         if command in str(self):
             return
         message = str(self)

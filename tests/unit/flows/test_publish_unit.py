@@ -15,6 +15,7 @@ from prefect.logging import disable_run_logger
 
 from prefect_aimlapi_video.api.errors import (
     DeliveryFailed,
+    TransientApiError,
     GenerationFailedError,
     GenerationTimeoutError,
 )
@@ -142,6 +143,20 @@ async def test_a_paid_generation_left_behind_names_its_collect_command_in_the_su
                 "--aws-credentials aws --credentials other")
     assert result.collect_command == expected and sent.events[0][1].collect_command == expected
     assert str(error).endswith(expected)  # what the user re-raises says it too
+
+
+async def test_a_poll_failing_after_acceptance_leaves_the_id_and_command_for_a_batch_row(sent):
+    """Polls that kept answering 503 until the retries ran out: the error is a plain TransientApiError
+    (no generation of its own), and a batch's row, which may shorten the message, must still name what
+    was paid (seen in the soak benchmark: the row had neither)."""
+    from prefect_aimlapi_video.flows.batch_items import BatchItemResult, failed_row
+
+    error = TransientApiError(f"Checking generation {GENERATION_ID}: provider error (503: maintenance)" + " x" * 200)
+    await publish_generation(REQUEST, "clip.mp4", SUBMITTED, error=error)
+    row = failed_row(BatchItemResult(index=0, video="clip.mp4", status="failed"), "failed", str(error), error)
+    assert row.generation_id == GENERATION_ID and row.collect_command == error.collect_command
+    assert row.collect_command.startswith(f"aimlapi-video collect {GENERATION_ID} ")
+    assert len(row.error) == 300 and "collect" not in row.error  # the shortened message lost it; the row did not
 
 
 async def test_the_default_record_store_is_not_named_and_an_error_of_ours_after_acceptance_is_a_delivery_failure(sent):
