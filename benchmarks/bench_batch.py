@@ -105,25 +105,27 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # --- processes: the sandbox child, CPU of process trees ---------------------------------------------
 
 
-def _serve_sandbox(conn: Any, processing_seconds: float, workers: int, api_key: str) -> None:
+def _serve_sandbox(conn: Any, processing_seconds: float, workers: int, api_key: str, spread: float) -> None:
     """Child process: the sandbox on a free port until the parent says stop."""
     from prefect_aimlapi_video.sandbox import SandboxConfig, run_sandbox
 
-    config = SandboxConfig(api_key=api_key, processing_seconds=processing_seconds, workers=workers)
+    config = SandboxConfig(api_key=api_key, processing_seconds=processing_seconds, workers=workers,
+                           processing_spread=spread)
     with run_sandbox(config) as handle:
         conn.send(handle.base_url)
         conn.recv()
 
 
 @contextlib.contextmanager
-def sandbox_process(processing_seconds: float, workers: int, api_key: str) -> Iterator[tuple[Any, int]]:
+def sandbox_process(processing_seconds: float, workers: int, api_key: str, spread: float = 0.0
+                    ) -> Iterator[tuple[Any, int]]:
     """The sandbox in its own process (so its CPU and memory are not the worker's); yields (handle, pid)."""
     from prefect_aimlapi_video.sandbox import SandboxHandle
 
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(
-        target=_serve_sandbox, args=(child, processing_seconds, workers, api_key), name="bench-sandbox", daemon=True
+        target=_serve_sandbox, args=(child, processing_seconds, workers, api_key, spread), name="bench-sandbox", daemon=True
     )
     process.start()
     try:
@@ -373,10 +375,10 @@ async def run_ours(base_url: str, api_key: str, clip: Path, count: int, out: Pat
 # --- (c) Prefect's own floor ---------------------------------------------------------------------------
 
 
-async def run_floor(count: int, seconds: float) -> float:
+async def run_floor(count: int, seconds: float, concurrency: int | None = None) -> float:
     """Wall time of a Prefect-only batch of the same shape as ours, on the same server.
 
-    A parent gathering `count` child flow runs (named at start, tagged, no heartbeat thread, like
+    A parent gathering `count` child flow runs (at most `concurrency` at once, default all) (named at start, tagged, no heartbeat thread, like
     ours), each running three tasks, the middle one waiting `seconds` (the provider's processing).
     Nothing else: no API client, no checks, files, artifacts or logs of ours. So ours / floor is
     what our work costs on top of Prefect's own bookkeeping for the structure the issue asks for
@@ -397,10 +399,16 @@ async def run_floor(count: int, seconds: float) -> float:
         await step(index, seconds)
         return await step(index, 0)
 
+    slots = asyncio.Semaphore(concurrency or count)
+
+    async def limited(index: int) -> int:
+        async with slots:
+            return await child(index)
+
     @flow(name="bench-floor-batch")
     async def parent() -> list[int]:
         with temporary_settings(updates={"flows.heartbeat_frequency": None}), tags("aimlapi", "video-to-video"):
-            return await asyncio.gather(*(child(i) for i in range(count)))
+            return await asyncio.gather(*(limited(i) for i in range(count)))
 
     started = time.perf_counter()
     await parent()

@@ -86,18 +86,22 @@ async def create_deployments(pool: str, records: Path) -> tuple[str, str]:
     return f"{OUR_FLOW}/bench", f"{FLOOR_FLOW}/bench"
 
 
-async def run_floor(deployment: str, count: int, seconds: float) -> float:
-    """Wall time of N floor children run through the work pool by a parent flow in this process."""
+async def run_floor(deployment: str, count: int, seconds: float, concurrency: int | None = None) -> float:
+    """Wall time of N floor children run through the work pool by a parent flow in this process
+    (at most `concurrency` created and not yet ended at once, default all, as our batch's cap)."""
     from prefect import flow
     from prefect.deployments import run_deployment
 
+    slots = asyncio.Semaphore(concurrency or count)
+
+    async def one(index: int) -> Any:
+        async with slots:
+            return await run_deployment(deployment, parameters={"index": index, "seconds": seconds}, timeout=None,
+                                        poll_interval=1, idempotency_key=f"floor-{uuid.uuid4().hex}")
+
     @flow(name="bench-floor-pool-batch")
     async def parent() -> list[Any]:
-        return await asyncio.gather(*(
-            run_deployment(deployment, parameters={"index": i, "seconds": seconds}, timeout=None, poll_interval=1,
-                           idempotency_key=f"floor-{uuid.uuid4().hex}")
-            for i in range(count)
-        ))
+        return await asyncio.gather(*(one(i) for i in range(count)))
 
     started = time.perf_counter()
     runs = await parent()
