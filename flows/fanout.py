@@ -8,11 +8,15 @@ once. The parent then waits with one loop for all of them (one read of their sta
 a poll or a thread per child) and learns how each went from the events its generation emitted
 (`aimlapi.generation.*`, related to the child run: status, id, output, credits, durations).
 
-A child that crashed, or that stopped sending heartbeats while Running (its worker was killed), is
-marked Crashed and scheduled again, up to `retries` times, to be picked up by any worker. Silence
-means death only where heartbeats are on: the deployment's (or its pool's) job variables set
-`PREFECT_FLOWS_HEARTBEAT_FREQUENCY`, or the child has been seen sending them. A child that sends
-none is never revived for its age alone: it may simply be a long generation, still alive.
+A child that crashed, that stopped sending heartbeats while Running (its worker was killed), or
+that a worker took and never started (Pending past `PENDING_SECONDS`: a worker stopped with SIGTERM
+kills its flow runs' processes without reporting them, and one still starting stays Pending for
+ever), is marked Crashed and scheduled again, up to `retries` times, to be picked up by any worker.
+Silence while Running means death only where heartbeats are on: the deployment's (or its pool's)
+job variables set `PREFECT_FLOWS_HEARTBEAT_FREQUENCY`, or the child has been seen sending them. A
+child that sends none is never revived for its age alone: it may simply be a long generation, still
+alive. Its silence counts from when it last became Running, not from its first start: a child run
+again is not dead for the age of its first attempt.
 
 Before any child runs, `check_children` refuses a fan-out whose children would keep their
 exactly-once records on each worker's own disk (no `s3://` store in `submissions` or in the
@@ -55,6 +59,11 @@ TICK_SECONDS = 2.0
 # deployment's job variables turn heartbeats on: PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 (Prefect's
 # minimum), so a live child sends three in this time.
 STALE_SECONDS = 90.0
+# A child a worker took (Pending, "Submitting") but has not started within this long is taken for
+# lost. Generous: starting a flow run's process takes seconds, a Kubernetes pod or an ECS task may
+# take minutes (an image pull); a child revived too early only starts twice, and its record lets
+# one of the two pay.
+PENDING_SECONDS = 600.0
 RETRIES = 2
 _CHUNK = 200
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
@@ -158,16 +167,18 @@ async def run_on_work_pool(
 
 async def _revive(client: Any, running: dict[UUID, _Child], retries: int, stale_seconds: float, heartbeats: bool,
                   logger: Any) -> None:
-    """Crashed children, and Running ones whose heartbeats stopped, run again (by any worker)."""
+    """Crashed children, Running ones whose heartbeats stopped and Pending ones never started run again
+    (by any worker)."""
     stale = await _stale(client, [c for c in running.values() if c.run.state and c.run.state.is_running()],
                          stale_seconds, heartbeats)
+    never_started = {c.run.id for c in running.values() if _in_state_for(c.run, "PENDING") > PENDING_SECONDS}
     for child in running.values():
         state = child.run.state
-        if child.run.id in stale:
-            logger.warning("Child %s (item %d) stopped sending heartbeats: marking it Crashed.", child.run.name,
-                           child.index)
-            await client.set_flow_run_state(child.run.id, Crashed(message="No heartbeat: its worker is gone."),
-                                            force=True)
+        if child.run.id in stale | never_started:
+            why = ("No heartbeat: its worker is gone." if child.run.id in stale
+                   else f"Pending for over {PENDING_SECONDS:.0f} s: the worker that took it never started it.")
+            logger.warning("Child %s (item %d): %s Marking it Crashed.", child.run.name, child.index, why)
+            await client.set_flow_run_state(child.run.id, Crashed(message=why), force=True)
             state = Crashed()
         if state is not None and state.is_crashed() and child.retries < retries:
             child.retries += 1
@@ -184,7 +195,7 @@ async def _stale(client: Any, candidates: list[_Child], stale_seconds: float, he
         return set()
     now = datetime.now(timezone.utc)
     since = now - timedelta(seconds=stale_seconds)
-    old = [c for c in candidates if c.run.start_time and c.run.start_time < since]
+    old = [c for c in candidates if _in_state_for(c.run, "RUNNING") > stale_seconds]
     if not old:
         return set()
     alive: set[str] = set()
@@ -243,6 +254,14 @@ async def _read_outcomes(client: Any, done: list[_Child], since: datetime) -> No
             collect_command=payload.get("collect_command") if kind != "completed" else None,
             **{k: v for k, v in (payload.get("durations") or {}).items() if k in BatchItemResult.model_fields},
         )
+
+
+def _in_state_for(run: FlowRun, state_type: str) -> float:
+    """Seconds since `run` entered its current state, if that state is of `state_type`; else 0."""
+    state = run.state
+    if state is None or state.type.value != state_type or state.timestamp is None:
+        return 0.0
+    return (datetime.now(timezone.utc) - state.timestamp).total_seconds()
 
 
 def _row_from_state(child: _Child) -> BatchItemResult:

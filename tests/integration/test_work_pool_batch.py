@@ -1,4 +1,5 @@
-"""A batch fanned out over a process work pool with two real workers, one of them SIGKILLed mid-batch.
+"""A batch fanned out over a process work pool with two real workers, one of them stopped mid-batch: SIGKILLed,
+or sent SIGTERM as Kubernetes and `docker stop` send it.
 
 The deployment is made as a user would: the module entrypoint, no pull steps, job variables that
 share the exactly-once records between the workers and turn flow-run heartbeats on. Each worker has
@@ -71,8 +72,16 @@ def pool(prefect_server):
     yield name
 
 
-async def test_a_batch_over_two_workers_one_killed_mid_batch(prefect_server, pool, clips, tmp_path, monkeypatch):
+STOPS = {  # how worker a is stopped
+    "sigkill-group": lambda worker: os.killpg(worker.pid, signal.SIGKILL),  # the worker's process group
+    "sigterm-worker": lambda worker: worker.send_signal(signal.SIGTERM),  # the worker process only: PID 1 of a pod
+}
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+async def test_a_batch_over_two_workers_one_stopped_mid_batch(stop, prefect_server, pool, clips, tmp_path, monkeypatch):
     monkeypatch.setattr(fanout, "STALE_SECONDS", 70.0)  # heartbeats every 30 s (Prefect's minimum)
+    monkeypatch.setattr(fanout, "PENDING_SECONDS", 60.0)  # a process starts in seconds (here, under load, ~10)
     records = tmp_path / "records"
     workers: list[tuple[subprocess.Popen, Path]] = []
     with run_sandbox(SandboxConfig(processing_seconds=6, workers=ITEMS)) as sandbox:
@@ -89,14 +98,20 @@ async def test_a_batch_over_two_workers_one_killed_mid_batch(prefect_server, poo
                                                   "submissions": str(records)},
                 workers_share_disk=True,  # both workers run on this host
             ))
-            # Worker a is killed (with its flow runs) once it holds generations that are still processing.
+            # Worker a is stopped once it holds generations that are still processing. Its flow runs (Prefect
+            # 3.9) have sessions of their own: SIGKILL to its group leaves them orphans that crash at their next
+            # log line (stdout gone); on SIGTERM the worker SIGKILLs them as it stops and reports nothing, so
+            # they stay Running until the batch sees no heartbeat, and one still starting stays Pending until
+            # the batch gives up on it (PENDING_SECONDS). Either way the batch runs them again.
             victim, victim_log = workers[0]
             deadline = time.monotonic() + 180  # (the batch runs on this event loop: wait without blocking it)
             while not (len(sandbox.ledger()) >= 4 and _ran_any(victim_log)):
                 assert time.monotonic() < deadline and not batch.done(), "worker a never ran a child"
                 await asyncio.sleep(0.5)
-            os.killpg(victim.pid, signal.SIGKILL)
-            victim.wait(10)
+            STOPS[stop](victim)
+            signalled = time.monotonic()
+            await asyncio.to_thread(victim.wait, 30)
+            stopped_after = time.monotonic() - signalled
             rows = await asyncio.wait_for(batch, 400)
         finally:
             for process, _ in workers:
@@ -105,6 +120,7 @@ async def test_a_batch_over_two_workers_one_killed_mid_batch(prefect_server, poo
                     process.wait(30)
         ledger = sandbox.ledger()
 
+    assert stopped_after < 10, f"worker a exited {stopped_after:.1f} s after the signal"
     assert [r.status for r in rows] == ["completed"] * ITEMS, [(r.index, r.status, r.error) for r in rows]
     assert len(ledger) == ITEMS and all(e.status == "completed" for e in ledger)  # 12 charges, never a 13th
     by_generation = {e.generation_id: e for e in ledger}

@@ -11,11 +11,13 @@ from uuid import uuid4
 import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.events.schemas.events import Event
-from prefect.states import Completed, Crashed, Failed
+from prefect.logging import disable_run_logger, get_logger
+from prefect.states import Completed, Crashed, Failed, Pending, Running, Submitting
 
 from prefect_aimlapi_video.api.errors import InvalidInputError
+from prefect_aimlapi_video.flows import fanout
 from prefect_aimlapi_video.flows.batch_items import ItemBase
-from prefect_aimlapi_video.flows.fanout import _Child, _read_outcomes, _stale, check_children
+from prefect_aimlapi_video.flows.fanout import _Child, _read_outcomes, _revive, _stale, check_children
 
 T0 = datetime(2026, 11, 30, 3, 0, tzinfo=timezone.utc)
 
@@ -108,9 +110,11 @@ class _Heartbeats:
         return SimpleNamespace(events=events, next_page=None)
 
 
-def _running_since(index: int, seconds: float) -> _Child:
-    child = _child(index, None)
-    child.run.start_time = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+def _running_since(index: int, seconds: float, first_started: float | None = None) -> _Child:
+    """A child Running for `seconds` (its current Running state), first started `first_started` ago."""
+    now = datetime.now(timezone.utc)
+    child = _child(index, Running(timestamp=now - timedelta(seconds=seconds)))
+    child.run.start_time = now - timedelta(seconds=first_started or seconds)
     return child
 
 
@@ -125,3 +129,33 @@ def test_a_child_is_taken_for_dead_only_where_its_heartbeats_are_known():
     assert asyncio.run(_stale(_Heartbeats([]), [seen_then_silent], 90, heartbeats=False)) == {seen_then_silent.run.id}
     young = _running_since(2, 10)
     assert asyncio.run(_stale(_Heartbeats([]), [young], 90, heartbeats=True)) == set()
+    # run again 10 s ago after a first start 300 s ago: no heartbeat yet is no proof of death (it was
+    # marked dead within a second of running again, using up its retries, in the SIGTERM test)
+    again = _running_since(3, 10, first_started=300)
+    assert asyncio.run(_stale(_Heartbeats([]), [again], 90, heartbeats=True)) == set()
+
+
+class _States(_Heartbeats):
+    """Also records the states the batch sets."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.set: list[tuple[str, str]] = []
+
+    async def set_flow_run_state(self, run_id, state, force):
+        self.set.append((run_id, state.name))
+
+
+def test_a_child_a_worker_took_and_never_started_runs_again(monkeypatch):
+    """A worker stopped with SIGTERM kills its flow runs' processes without a word to the server: one still
+    starting stays Pending ("Submitting") for ever, and the batch waited for it for ever."""
+    monkeypatch.setattr(fanout, "PENDING_SECONDS", 60.0)
+    now = datetime.now(timezone.utc)
+    stuck = _child(0, Submitting(timestamp=now - timedelta(seconds=61)))
+    starting = _child(1, Pending(timestamp=now - timedelta(seconds=30)))
+    running = {child.run.id: child for child in (stuck, starting)}
+    client = _States()
+    with disable_run_logger():
+        asyncio.run(_revive(client, running, 2, 90, True, get_logger("test")))
+    assert client.set == [(stuck.run.id, "Crashed"), (stuck.run.id, "Scheduled")]
+    assert stuck.retries == 1 and stuck.run.state.is_scheduled() and starting.run.state.is_pending()
