@@ -51,6 +51,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -196,9 +197,16 @@ def money(rows: list[Any], ledger: list[Any], delivered_before: dict[str, str] |
     }
 
 
+def failure_kind(error: str) -> str:
+    """The exception's name in a failed row's error ("Flow run encountered an exception: Name: ..."), else
+    its start."""
+    found = re.search(r"exception: (\w+)", error) or re.match(r"(\w+Error|\w+Failed)\b", error)
+    return found.group(1) if found else error[:60]
+
+
 def outcome(rows: list[Any]) -> dict[str, Any]:
     statuses = Counter(row.status for row in rows)
-    reasons = Counter((row.error or "")[:70] for row in rows if row.status != "completed")
+    reasons = Counter(failure_kind(row.error or "") for row in rows if row.status != "completed")
     return {"statuses": dict(statuses), "failure_reasons": dict(reasons.most_common(8))}
 
 
