@@ -160,8 +160,8 @@ def _proc_table() -> dict[int, tuple[int, str, float]]:
     return table
 
 
-def tree_cpu(table: dict[int, tuple[int, str, float]], roots: set[int]) -> float:
-    """CPU seconds of `roots` and all their live descendants."""
+def process_tree(table: dict[int, tuple[int, str, float]], roots: set[int]) -> set[int]:
+    """`roots` and all their live descendants."""
     members = set(roots)
     grew = True
     while grew:
@@ -170,7 +170,12 @@ def tree_cpu(table: dict[int, tuple[int, str, float]], roots: set[int]) -> float
             if ppid in members and pid not in members:
                 members.add(pid)
                 grew = True
-    return sum(table[pid][2] for pid in members if pid in table)
+    return members
+
+
+def tree_cpu(table: dict[int, tuple[int, str, float]], roots: set[int]) -> float:
+    """CPU seconds of `roots` and all their live descendants."""
+    return sum(table[pid][2] for pid in process_tree(table, roots) if pid in table)
 
 
 def strip_helpers(table: dict[int, tuple[int, str, float]]) -> set[int]:
@@ -245,6 +250,19 @@ class CpuWatch:
         ours = worker_cpu + sum(deltas[name] for name in ("prefect_server", "postgresql", "sandbox", "strip_helper"))
         deltas["unaccounted"] = round(max(0.0, deltas["machine"] - ours), 2)
         return deltas
+
+
+def private_workdir(workdir: str | None, prefix: str) -> Path:
+    """The run's directory (a temp dir unless given), and, before anything imports Prefect, a private
+    PREFECT_HOME and submission store in it, with no user profile's API URL or key."""
+    work = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["PREFECT_HOME"] = str(work / "prefect-home")
+    os.environ["AIMLAPI_SUBMISSIONS_DIR"] = str(work / "submissions")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ.pop("PREFECT_API_KEY", None)
+    os.environ.pop("PREFECT_API_URL", None)
+    return work
 
 
 def self_cpu_seconds() -> float:
@@ -536,14 +554,7 @@ def main() -> None:
     workers = args.workers or max(sizes)
     baseline_n = 0 if args.skip_baseline or args.deployment else (args.baseline_n or n)
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-batch-"))
-    work.mkdir(parents=True, exist_ok=True)
-    # Before anything imports Prefect: a private PREFECT_HOME and submission store, no user profile.
-    os.environ["PREFECT_HOME"] = str(work / "prefect-home")
-    os.environ["AIMLAPI_SUBMISSIONS_DIR"] = str(work / "submissions")
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ.pop("PREFECT_API_KEY", None)
-    os.environ.pop("PREFECT_API_URL", None)
+    work = private_workdir(args.workdir, "bench-batch-")
 
     from prefect_aimlapi_video.sandbox import make_test_clip
     from tests.support.local_services import postgres_server, prefect_server

@@ -54,7 +54,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -97,15 +96,7 @@ class RateSampler:
     def _sample_rss(self) -> None:
         if not self.workers:
             return
-        table = bench_batch._proc_table()
-        members = set(self.workers)
-        grew = True
-        while grew:
-            grew = False
-            for pid, (ppid, _, _) in table.items():
-                if ppid in members and pid not in members:
-                    members.add(pid)
-                    grew = True
+        members = bench_batch.process_tree(bench_batch._proc_table(), set(self.workers))
         sizes = [rss_mb(pid) for pid in members]
         self.rss_sum_peak_mb = max(self.rss_sum_peak_mb, sum(sizes))
         self.rss_process_peak_mb = max(self.rss_process_peak_mb,
@@ -401,13 +392,7 @@ def main() -> None:
     args = parser.parse_args()
     args.run_id = uuid.uuid4().hex[:6]
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="soak-"))
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ["PREFECT_HOME"] = str(work / "prefect-home")
-    os.environ["AIMLAPI_SUBMISSIONS_DIR"] = str(work / "submissions")
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ.pop("PREFECT_API_KEY", None)
-    os.environ.pop("PREFECT_API_URL", None)
+    work = bench_batch.private_workdir(args.workdir, "soak-")
 
     from tests.support.local_services import postgres_server, prefect_server
 
