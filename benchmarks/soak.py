@@ -82,7 +82,7 @@ class RateSampler:
 
     def __init__(self, sandbox: Any, workers: list[int] | None = None, interval: float = 5.0) -> None:
         self.sandbox, self.workers, self.interval = sandbox, workers or [], interval
-        self.samples: list[tuple[float, int, int, int]] = []  # (t, polls, log reads, log 429s)
+        self.samples: list[tuple[float, int, int, int, int]] = []  # (t, polls, log reads, log 429s, poll 429s)
         self.rss_sum_peak_mb = 0.0
         self.rss_process_peak_mb = 0.0
         self._stop = threading.Event()
@@ -91,7 +91,8 @@ class RateSampler:
     def _sample(self) -> None:
         polls = sum(entry.polls for entry in self.sandbox.ledger())
         reads = self.sandbox.log_reads()
-        self.samples.append((time.monotonic(), polls, reads["reads"], reads["rate_limited"]))
+        self.samples.append((time.monotonic(), polls, reads["reads"], reads["rate_limited"],
+                             reads.get("polls_rate_limited", 0)))
 
     def _sample_rss(self) -> None:
         if not self.workers:
@@ -136,6 +137,7 @@ class RateSampler:
                 peak[k] = max(peak[k], counts[k] - before[k + 1])
         return {
             "polls": last[1] - first[1], "log_reads": last[2] - first[2], "log_reads_429": last[3] - first[3],
+            "polls_429": last[4] - first[4],
             "polls_per_minute_mean": rnd((last[1] - first[1]) / minutes, 1),
             "polls_per_minute_peak": peak[0],
             "log_reads_per_minute_mean": rnd((last[2] - first[2]) / minutes, 2),
@@ -219,7 +221,7 @@ def fault_config(args: argparse.Namespace) -> dict[str, Any]:
         # unknown outcome, settled from the usage log)
         "slow_seconds": 35, "retry_after_seconds": 1, "unknown_status_seconds": 2,
         "log_visibility": args.log_visibility, "log_delay_seconds": 1.0, "log_refused_requests": True,
-        "log_reads_per_minute": args.log_limit,
+        "log_reads_per_minute": args.log_limit, "polls_share_log_limit": args.polls_share_limit,
     }
 
 
@@ -354,7 +356,8 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
           f"{result['others_cpu_s']}")
     print(f"polls per minute: mean {rates['polls_per_minute_mean']}, peak in 60 s {rates['polls_per_minute_peak']}; "
           f"usage-log reads per minute: mean {rates['log_reads_per_minute_mean']}, peak in 60 s "
-          f"{rates['log_reads_per_minute_peak']} (limit {args.log_limit}), 429s {rates['log_reads_429']}")
+          f"{rates['log_reads_per_minute_peak']} (limit {args.log_limit}), 429s {rates['log_reads_429']}; polls "
+          f"{'share' if args.polls_share_limit else 'do not share'} the limit, polls refused {rates['polls_429']}")
     print(f"first run: {result['first_run']}; money {result['money_first_run']}")
     if result["collected"]:
         print(f"collected afterwards: {result['collected']}")
@@ -368,6 +371,7 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
         "peak_rss_mb": rnd(peak_rss, 0), "rss": {k: rnd(v, 0) for k, v in rss.items()},
         "cpu_s": rnd(result["cpu_s"], 1), "cpu_ms_per_generation": rnd(1000 * result["cpu_s"] / n, 0),
         "others_cpu_s": result["others_cpu_s"], **rates, "log_limit_per_minute": args.log_limit,
+        "polls_share_log_limit": args.polls_share_limit,
         "first_run": result["first_run"], "money_first_run": result["money_first_run"],
         "collected": result["collected"], "money_final": final,
         "workers_alive_at_end": result.get("workers_alive_at_end"),
@@ -386,6 +390,9 @@ def main() -> None:
                         help="comma-separated fault kinds to draw from (default: every kind the sandbox has)")
     parser.add_argument("--log-visibility", choices=("at_acceptance", "at_completion"), default="at_completion")
     parser.add_argument("--log-limit", type=int, default=200, help="usage-log reads per 60 s the sandbox allows")
+    parser.add_argument("--polls-share-limit", action="store_true",
+                        help="the sandbox counts status polls against the same limit (whether the provider does "
+                        "is not known)")
     parser.add_argument("--seed", type=int, default=20261203, help="the sandbox's fault draws")
     parser.add_argument("--warmup", type=int, default=3, help="generations run first, unmeasured")
     parser.add_argument("--workdir", default=None, help="default: a temp dir, removed at the end")

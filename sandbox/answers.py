@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from .config import CREDITS_PER_USD, SandboxConfig
 from .contract import error_body, generation_body
 from .engine import Engine, Generation
-from .faults import REJECTING_KINDS, FaultInjector, FaultKind, add_extra_fields
+from .faults import LOG_COUNTS, REJECTING_KINDS, FaultInjector, FaultKind, add_extra_fields
 from .responses import AbortedResponse, linger
 
 REJECTION_MESSAGES = {
@@ -43,7 +43,7 @@ class Answers:
         self.faults = FaultInjector(config.faults)
         self.engine: Engine  # created at startup, inside the server's event loop
         self.log_reads: collections.deque[float] = collections.deque()  # times of recent GET /v2/logs
-        self.log_counts = {"reads": 0, "rate_limited": 0}
+        self.log_counts = dict.fromkeys(LOG_COUNTS, 0)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:

@@ -20,7 +20,7 @@ from .answers import REJECTION_MESSAGES, Answers
 from .config import SandboxConfig
 from .contract import BodyError, field_errors, parse_submission
 from .engine import Generation
-from .faults import GATEWAY_502_PAGE, GATEWAY_503_PAGE, REJECTING_KINDS, FaultConfig, FaultInjector
+from .faults import GATEWAY_502_PAGE, GATEWAY_503_PAGE, LOG_COUNTS, REJECTING_KINDS, FaultConfig, FaultInjector
 from .ledger import LOG_STATUS, log_row, refused_row
 from .responses import AbortedResponse, RequestIds, drip, linger
 
@@ -80,6 +80,8 @@ class SandboxApp(Answers):
         if generation is None:
             return self.error(request, 404, f"Generation {generation_id} not found")
         generation.entry.polls += 1
+        if self.faults.config.polls_share_log_limit and (limited := self.log_rate_limited(request, poll=True)):
+            return limited
         fault = self.faults.draw("poll")
         if fault in REJECTING_KINDS:
             return self.rejection(request, fault)
@@ -89,15 +91,16 @@ class SandboxApp(Answers):
             )
         return await self.generation_response(request, generation, fault, masked=True)
 
-    def log_rate_limited(self, request: Request) -> JSONResponse | None:
-        """429 above ``log_reads_per_minute`` reads in the last 60 s, like the provider's limit."""
+    def log_rate_limited(self, request: Request, poll: bool = False) -> JSONResponse | None:
+        """429 above ``log_reads_per_minute`` reads in the last 60 s, like the provider's limit; a
+        ``poll`` counts (and is refused) only where ``polls_share_log_limit`` says the limit covers polls."""
         limit = self.faults.config.log_reads_per_minute
         now = time.monotonic()
         while self.log_reads and self.log_reads[0] < now - 60:
             self.log_reads.popleft()
-        self.log_counts["reads"] += 1
+        self.log_counts["polls" if poll else "reads"] += 1
         if limit is not None and len(self.log_reads) >= limit:
-            self.log_counts["rate_limited"] += 1
+            self.log_counts["polls_rate_limited" if poll else "rate_limited"] += 1
             wait = math.ceil(self.log_reads[0] + 60 - now)
             return self.error(request, 429, REJECTION_MESSAGES[429], headers={"retry-after": str(max(1, wait))})
         self.log_reads.append(now)
@@ -181,7 +184,7 @@ class SandboxApp(Answers):
         self.engine.reset()
         self.faults = FaultInjector(self.config.faults)
         self.log_reads.clear()
-        self.log_counts = {"reads": 0, "rate_limited": 0}
+        self.log_counts = dict.fromkeys(LOG_COUNTS, 0)
         return JSONResponse({"status": "reset"})
 
     async def get_faults(self, _request: Request) -> Response:

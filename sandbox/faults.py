@@ -74,6 +74,11 @@ LogRowShape = Literal["standard", "inference_id_only", "unidentifiable"]
 LogVisibility = Literal["at_acceptance", "at_completion"]
 
 
+# What the sandbox counts of its rate limit (``/sandbox/ledger``'s ``log_reads``): usage-log reads and
+# those refused with 429, and, where polls share the limit, polls and those refused.
+LOG_COUNTS = ("reads", "rate_limited", "polls", "polls_rate_limited")
+
+
 class FaultRule(BaseModel):
     """Inject ``kind`` into the next ``times`` requests of ``route``."""
 
@@ -106,6 +111,9 @@ class FaultConfig(BaseModel):
     log_row_shape: LogRowShape = "standard"
     log_refused_requests: bool = Field(False, description="list refused POSTs too (status failed, cost 0, no id)")
     log_reads_per_minute: int | None = Field(None, ge=1, description="answer 429 above this many reads per 60 s")
+    polls_share_log_limit: bool = Field(
+        False, description="the limit counts status polls too, one window for both (the provider documents it for "
+        "the usage log only; whether polls count is not known)")
     drip_bytes_per_second: float = Field(1.0, gt=0, description="how fast a drip_download sends its bytes")
     echo_key_in_errors: bool = Field(False, description="a 401 quotes the key it refused, bare (a careless provider)")
 

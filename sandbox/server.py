@@ -45,7 +45,8 @@ class SandboxHandle:
         return self._request("GET", "/sandbox/ledger")["max_in_flight"]
 
     def log_reads(self) -> dict[str, int]:
-        """How many ``GET /v2/logs`` requests arrived since the last reset, and how many got 429."""
+        """How many ``GET /v2/logs`` requests arrived since the last reset, and how many got 429; with
+        ``polls_share_log_limit``, the polls counted against the same limit, and how many of those got 429."""
         return self._request("GET", "/sandbox/ledger")["log_reads"]
 
     def faults_injected(self) -> dict[str, int]:

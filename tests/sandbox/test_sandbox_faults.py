@@ -99,6 +99,23 @@ def test_rejections_on_poll_logs_and_download(api, tiny_uri) -> None:
     assert httpx.get(final["video"]["url"]).status_code == 200
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_polls_count_against_the_log_limit_only_where_configured(api, tiny_uri, shared) -> None:
+    """Whether the provider's ~200 per 60 s covers status polls is not known: the sandbox can do either."""
+    final, _ = api.generate(tiny_uri)
+    api.handle.set_faults({"log_reads_per_minute": 3, "polls_share_log_limit": shared})
+    assert api.http.get("/v2/logs").status_code == 200
+    polls = [api.poll(final["id"]) for _ in range(3)]
+    statuses = [response.status_code for response in polls]
+    assert statuses == ([200, 200, 429] if shared else [200, 200, 200])
+    if shared:
+        assert int(polls[-1].headers["retry-after"]) >= 1
+    assert api.http.get("/v2/logs").status_code == (429 if shared else 200)
+    assert api.handle.log_reads() == (
+        {"reads": 2, "rate_limited": 1, "polls": 3, "polls_rate_limited": 1} if shared
+        else {"reads": 2, "rate_limited": 0, "polls": 0, "polls_rate_limited": 0})
+
+
 def test_dropped_submit_response_is_charged_and_found_in_the_logs(api, tiny_uri) -> None:
     api.handle.set_faults(script(("submit", "drop_connection")))
     with pytest.raises(httpx.RemoteProtocolError):
