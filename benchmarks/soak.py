@@ -395,7 +395,8 @@ def main() -> None:
                         "is not known)")
     parser.add_argument("--seed", type=int, default=20261203, help="the sandbox's fault draws")
     parser.add_argument("--warmup", type=int, default=3, help="generations run first, unmeasured")
-    parser.add_argument("--workdir", default=None, help="default: a temp dir, removed at the end")
+    parser.add_argument("--workdir", default=None,
+                        help="default: a temp dir, removed at the end unless the ledger does not equal the outputs")
     args = parser.parse_args()
     args.run_id = uuid.uuid4().hex[:6]
 
@@ -403,6 +404,7 @@ def main() -> None:
 
     from tests.support.local_services import postgres_server, prefect_server
 
+    money_right = False  # until the run says otherwise: a run that fails keeps its directory too
     try:
         with contextlib.ExitStack() as stack:
             database_url = stack.enter_context(postgres_server())
@@ -416,10 +418,15 @@ def main() -> None:
             print(f"Prefect server {api_url} on PostgreSQL; sandbox {sandbox.base_url} in pid {sandbox_pid}",
                   flush=True)
             postgres_port = int(database_url.rsplit(":", 1)[1].split("/")[0])
-            report(args, run_mode(args, work, sandbox, sandbox_pid, api_url, postgres_port))
+            result = run_mode(args, work, sandbox, sandbox_pid, api_url, postgres_port)
+            report(args, result)
+            money_right = result["money_final"]["ledger_equals_outputs"]
     finally:
-        if not args.workdir:
+        # a run whose money is wrong keeps its directory: the workers' logs say which path paid twice
+        if not args.workdir and money_right:
             shutil.rmtree(work, ignore_errors=True)
+        elif not money_right:
+            print(f"the ledger does not equal the outputs: kept {work} (workers' logs, records, outputs)", flush=True)
 
 
 if __name__ == "__main__":
