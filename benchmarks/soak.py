@@ -426,7 +426,8 @@ def main() -> None:
         if not args.workdir and money_right:
             shutil.rmtree(work, ignore_errors=True)
         elif not money_right:
-            print(f"the ledger does not equal the outputs: kept {work} (workers' logs, records, outputs)", flush=True)
+            print(f"the run failed or its ledger does not equal its outputs: kept {work} (workers' logs, records, "
+                  "outputs)", flush=True)
 
 
 if __name__ == "__main__":
