@@ -48,6 +48,7 @@ from prefect_aimlapi_video.storage.record_store import RecordStore
 from prefect_aimlapi_video.submission.budget import Budget
 from prefect_aimlapi_video.submission.lease import LEASE_FLOOR_SECONDS, LeaseLost, Silence, lease_for
 from prefect_aimlapi_video.submission.log_lookup import look_up
+from prefect_aimlapi_video.submission.log_pacing import store_pace
 from prefect_aimlapi_video.submission.log_visibility import Wait, learned_wait
 from prefect_aimlapi_video.submission.polling import DEFAULT_RECONCILE_SECONDS
 from prefect_aimlapi_video.submission.record import (
@@ -100,7 +101,7 @@ class Submission:
         self.logger = logger
         self.owner = uuid.uuid4().hex
         self.lease_seconds = lease_for(client.post_deadline_seconds)
-        self.log = UsageLog.of(client, params.MODEL)
+        self.log = UsageLog.of(client, params.MODEL, store_pace(store, client))
         self.sender = Sender(client, store, params, video_url, logger, budget, estimate_credits)
         self._announced = False
         self._wait: Wait | None = None
@@ -211,10 +212,16 @@ class Submission:
         raise _Restart
 
     async def _unknown_wait(self) -> Wait:
-        """How long this account's usage log needs to show a request (learned; the default without)."""
-        if self._wait is None:
-            self._wait = await learned_wait(self.store, self.reconcile_seconds)
-            self.logger.info("Before sending it again: %s.", self._wait.reason)
+        """How long this account's usage log needs to show a request (learned; the default without).
+
+        Learned again on every look, and never shorter than before: generations that complete slowly
+        while we wait (a provider that got busier, a queue behind a burst) lengthen the wait before our
+        own, accepted at the same time and as slow, could be sent again (a wait learned once, when the
+        reconciling began, can be outlasted by the burst it did not see)."""
+        wait = await learned_wait(self.store, self.reconcile_seconds)
+        if self._wait is None or wait.seconds > self._wait.seconds:
+            self.logger.info("Before sending it again: %s.", wait.reason)
+            self._wait = wait
         return self._wait
 
     async def _adopt(self, record: SubmissionRecord, version: str, finding: Finding) -> SubmittedGeneration:

@@ -661,3 +661,35 @@ async def test_an_unknown_outcome_waits_what_the_account_showed_not_the_default(
     result = await submit(client, store, wait=600)
     assert 0.9 <= time.monotonic() - started < 5
     assert len(fake.accepted) == 1 and result.client_request_id.endswith("-a2")
+
+
+async def test_generations_that_complete_slowly_meanwhile_lengthen_the_wait(client, store, fake, monkeypatch):
+    """Rows are listed at completion and generations took 0.3 s: the wait starts at 2 x 0.3 + 0.5 s.
+    Then the provider gets busier: other generations, accepted with ours, complete after 3 s while we
+    wait. Our answer was lost after acceptance and its row comes at 4 s: it must be adopted, not sent
+    again at 1.1 s (the wait learned once, at the start, paid it twice)."""
+    from prefect_aimlapi_video.submission import log_visibility
+    from prefect_aimlapi_video.submission.log_visibility import Sighting, add_sighting
+    from prefect_aimlapi_video.submission.record import add_duration
+
+    monkeypatch.setattr(log_visibility, "COMPLETION_MARGIN_SECONDS", 0.5)
+    for _ in range(3):
+        await add_sighting(store, Sighting(seen_s=0.3, phase="completion", at=time.time()))
+    for _ in range(5):
+        await add_duration(store, 0.3)
+    fake.post_mode, fake.log_visibility, fake.list_refused = "lost_after_accept", "at_completion", False
+    with pytest.raises(SubmissionOutcomeUnknown):
+        await submit(client, store)
+    fake.post_mode = "ok"
+
+    async def busier_provider() -> None:
+        await asyncio.sleep(0.6)
+        await add_duration(store, 3.0)  # generations accepted with ours, completing slowly
+        await asyncio.sleep(3.4)
+        fake.completed.add(fake.accepted[0]["id"])  # ours, listed at last
+
+    provider = asyncio.ensure_future(busier_provider())
+    result = await submit(client, store, wait=600)
+    await provider
+    assert len(fake.post_attempts) == 1, fake.post_attempts  # never sent again
+    assert result.reconciled and result.generation_id == fake.accepted[0]["id"]
