@@ -16,7 +16,9 @@ this module is built to survive whatever the answer:
 The log is rate limited (about 200 reads per 60 s per key), so reads are shared: one `UsageLog`
 per account and event loop coalesces every pending lookup into one scan, and spaces its requests
 to stay under `LOG_READS_PER_MINUTE`. A batch of a hundred retried children costs a scan or two,
-not a hundred.
+not a hundred. The spacing is a `Pace`: this process's own (`LocalPace`), or one that every process
+sharing a record store books its reads in (`submission.log_pacing`), since the limit is the key's,
+and a work pool runs each flow run in a process of its own.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -42,7 +44,7 @@ from prefect_aimlapi_video.api.errors import ReconciliationUnavailable
 GENERATION_ID_FIELDS = ("generation_id", "inference_id", "generationId", "inferenceId")
 TIME_FIELDS = ("time", "created_at", "createdAt", "timestamp", "date")
 FAILED_ROW_STATUSES = frozenset({"failed", "error"})
-LOG_READS_PER_MINUTE = 120  # per process and key; the provider answers 429 above ~200 per 60 s
+LOG_READS_PER_MINUTE = 120  # per key (per process without a shared pace); the provider answers 429 above ~200 per 60 s
 PAGE_SIZE = 100
 MAX_PAGES = 50
 # How far back to look for a logical generation with no record of when it was first tried.
@@ -125,6 +127,31 @@ class Finding:
         return max((attempt_of(r.client_request_id) for r in self.rows), default=0)
 
 
+def account_of(client: AimlApiClient) -> str:
+    """The account a client reads as (its base URL and key), for what is shared per account."""
+    return hashlib.sha256(f"{client.base_url}|{client.key_fingerprint}".encode()).hexdigest()
+
+
+class Pace(Protocol):
+    """When the next read of one account's log may go out."""
+
+    async def book(self, spacing: float) -> float:
+        """Book the next read, `spacing` after the one booked before it: the seconds to wait first."""
+        ...
+
+
+class LocalPace:
+    """Reads spaced within this process only."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    async def book(self, spacing: float) -> float:
+        now = time.monotonic()
+        wait, self._next = self._next - now, max(now, self._next) + spacing
+        return wait
+
+
 @dataclass
 class _Lookup:
     prefix: str
@@ -142,18 +169,22 @@ class UsageLog:
         self.model = model
         self.spacing = 60.0 / (reads_per_minute or LOG_READS_PER_MINUTE)
         self.pages_read = 0
-        self._next_read = 0.0
+        self.pace: Pace = LocalPace()
         self._waiting: list[_Lookup] = []
         self._scanner: asyncio.Task[None] | None = None
 
     @classmethod
-    def of(cls, client: AimlApiClient, model: str | None = None) -> UsageLog:
-        """The shared reader for this client's account (base URL and key) and model on the running loop."""
-        account = hashlib.sha256(f"{client.base_url}|{client.key_fingerprint}|{model}".encode()).hexdigest()
+    def of(cls, client: AimlApiClient, model: str | None = None, pace: Pace | None = None) -> UsageLog:
+        """The shared reader for this client's account (base URL and key) and model on the running loop.
+        `pace`: books its reads with other processes; the first one given is kept."""
         per_account = cls._shared.setdefault(asyncio.get_running_loop(), {})
+        account = f"{account_of(client)}|{model}"
         if account not in per_account:
             per_account[account] = cls(model)
-        return per_account[account]
+        reader = per_account[account]
+        if pace is not None and isinstance(reader.pace, LocalPace):
+            reader.pace = pace
+        return reader
 
     async def find(self, client: AimlApiClient, prefix: str, since: float | None = None) -> Finding:
         """Rows whose client request id starts with `prefix` (one logical generation, every attempt).
@@ -205,9 +236,8 @@ class UsageLog:
         )
 
     async def _read(self, client: AimlApiClient, offset: int) -> list[Any]:
-        """One page, no sooner than `spacing` after the previous read of this account."""
-        now = time.monotonic()
-        wait, self._next_read = self._next_read - now, max(now, self._next_read) + self.spacing
+        """One page, no sooner than `spacing` after the previous read of this account (as its pace books it)."""
+        wait = await self.pace.book(self.spacing)
         if wait > 0:
             await asyncio.sleep(wait)
         self.pages_read += 1

@@ -8,8 +8,9 @@ once a row *would* have appeared. Without history that is `reconcile_grace_secon
 longer than a generation takes). With history of this account it can be much less:
 
 * after accepted POSTs, a few generations at a time are watched (`watch_listing`): the log is read
-  (through the shared, throttled `UsageLog`) until the request appears, and the wait's next poll
-  tells whether the generation was still running: then the row came at acceptance (`Sighting.phase`);
+  (through the shared `UsageLog`, its reads booked in the store: `submission.log_pacing`) until the
+  request appears, and the wait's next poll tells whether the generation was still running: then
+  the row came at acceptance (`Sighting.phase`);
 * `reconcile_wait` turns the sightings, kept beside the records so every worker sharing the store
   learns from them, and the learned durations into the wait:
   - every sighting at acceptance: twice the slowest sighting plus `ACCEPTANCE_MARGIN_SECONDS`;
@@ -34,6 +35,7 @@ from pydantic import BaseModel
 from prefect_aimlapi_video.api.client import AimlApiClient
 from prefect_aimlapi_video.api.usage_log import UsageLog
 from prefect_aimlapi_video.storage.record_store import RecordStore
+from prefect_aimlapi_video.submission.log_pacing import store_pace
 from prefect_aimlapi_video.submission.record import append_capped, read_durations, read_list
 
 SIGHTINGS_KEY = "log-sightings"
@@ -95,7 +97,7 @@ def wants_sightings(sightings: list[Sighting]) -> bool:
 
 
 async def watch_listing(
-    client: AimlApiClient, model: str | None, client_request_id: str, accepted_at: float,
+    client: AimlApiClient, store: RecordStore, model: str | None, client_request_id: str, accepted_at: float,
     running: Callable[[], Awaitable[bool]],
 ) -> Sighting | None:
     """Read the log until it lists `client_request_id`, then ask `running()` whether the generation was
@@ -106,7 +108,7 @@ async def watch_listing(
         return None
     _watching += 1
     try:
-        log = UsageLog.of(client, model)
+        log = UsageLog.of(client, model, store_pace(store, client))
         for pause in itertools.chain(WATCH_PAUSES, itertools.repeat(WATCH_PAUSES[-1])):
             await asyncio.sleep(pause)
             finding = await log.find(client, client_request_id, accepted_at)

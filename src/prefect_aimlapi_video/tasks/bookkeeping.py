@@ -56,7 +56,7 @@ async def watch_listing_of(store: RecordStore | None, submitted: SubmittedGenera
     async def running() -> bool:
         return await last_seen.running_after(time.time())
 
-    return asyncio.ensure_future(watch_listing(client, submitted.model, submitted.client_request_id,
+    return asyncio.ensure_future(watch_listing(client, store, submitted.model, submitted.client_request_id,
                                                submitted.accepted_at, running))
 
 

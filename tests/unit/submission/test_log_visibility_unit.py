@@ -83,7 +83,7 @@ class Log:
 
 @pytest.mark.parametrize("still_running, phase", [(True, "acceptance"), (False, "completion")])
 async def test_the_watcher_notes_when_the_row_appeared_and_whether_the_generation_was_still_running(
-    still_running, phase, monkeypatch
+    still_running, phase, monkeypatch, tmp_path
 ):
     monkeypatch.setattr(log_visibility, "WATCH_PAUSES", (0.0, 0.1))
     accepted = time.time()
@@ -93,12 +93,12 @@ async def test_the_watcher_notes_when_the_row_appeared_and_whether_the_generatio
         return still_running
 
     async with AimlApiClient("k", "https://api.test", transport=httpx.MockTransport(log)) as client:
-        sighting = await asyncio.wait_for(watch_listing(client, None, "v2v-x-a1", accepted, running), 5)
+        sighting = await asyncio.wait_for(watch_listing(client, LocalRecordStore(tmp_path), None, "v2v-x-a1", accepted, running), 5)
     assert sighting is not None and sighting.phase == phase and 0.5 <= sighting.seen_s < 1.5
     assert log.reads >= 3
 
 
-async def test_a_row_never_listed_teaches_nothing_and_the_watch_ends_with_the_wait(monkeypatch):
+async def test_a_row_never_listed_teaches_nothing_and_the_watch_ends_with_the_wait(monkeypatch, tmp_path):
     monkeypatch.setattr(log_visibility, "WATCH_PAUSES", (0.0, 0.05))
     monkeypatch.setattr(log_visibility, "AFTER_COMPLETION_SECONDS", 0.3)
     log = Log("v2v-x-a1", time.time() + 3600)
@@ -107,7 +107,7 @@ async def test_a_row_never_listed_teaches_nothing_and_the_watch_ends_with_the_wa
         return True
 
     async with AimlApiClient("k", "https://api.test", transport=httpx.MockTransport(log)) as client:
-        watcher = asyncio.ensure_future(watch_listing(client, None, "v2v-x-a1", time.time(), running))
+        watcher = asyncio.ensure_future(watch_listing(client, LocalRecordStore(tmp_path), None, "v2v-x-a1", time.time(), running))
         started = time.monotonic()
         assert await sighting_of(watcher, finished=True) is None
     assert 0.3 <= time.monotonic() - started < 2 and watcher.cancelled()
@@ -120,4 +120,4 @@ async def test_only_a_few_generations_are_watched_at_once(monkeypatch):
     async def running() -> bool:
         return True
 
-    assert await watch_listing(None, None, "v2v-x-a1", time.time(), running) is None  # type: ignore[arg-type]
+    assert await watch_listing(None, None, None, "v2v-x-a1", time.time(), running) is None  # type: ignore[arg-type]
