@@ -59,7 +59,9 @@ def _stop_and_check(command: subprocess.Popen, whom: str) -> None:
 def test_sigterm_stops_the_cli_within_seconds_and_the_same_command_resumes_without_a_charge(clips, tmp_path):
     """Stopped as `timeout` stops it while it waits on the paid generation; run again, and stopped as
     `docker stop` stops it while it waits again; run a third time: it delivers that generation."""
-    with run_sandbox(SandboxConfig(processing_seconds=60, workers=2)) as sandbox:
+    # 150 s: long enough that the second run (a temporary server to start, on a loaded machine) still
+    # finds the generation processing, so it is stopped while it waits.
+    with run_sandbox(SandboxConfig(processing_seconds=150, workers=2)) as sandbox:
         env = {k: v for k, v in subprocess_env(AIMLAPI_API_KEY=sandbox.api_key, PREFECT_HOME=str(tmp_path / "home"),
                                                AIMLAPI_SUBMISSIONS_DIR=str(tmp_path / "records")).items()
                if k != "PREFECT_API_URL"}  # a temporary server, as a user without one configured gets
@@ -82,7 +84,7 @@ def test_sigterm_stops_the_cli_within_seconds_and_the_same_command_resumes_witho
         assert sandbox.ledger()[0].status != "completed"  # stopped while it waits, not after
         _stop_and_check(second, "process")
 
-        again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
         assert again.returncode == 0, again.stderr[-3000:]
         ledger = sandbox.ledger()
         assert len(ledger) == 1, ledger  # resumed twice: no second POST, no second charge
