@@ -15,9 +15,9 @@ from prefect.logging import disable_run_logger
 
 from prefect_aimlapi_video.api.errors import (
     DeliveryFailed,
-    TransientApiError,
     GenerationFailedError,
     GenerationTimeoutError,
+    TransientApiError,
 )
 from prefect_aimlapi_video.api.models import StatusChange, VideoInfo
 from prefect_aimlapi_video.api.requests import GenerationParams
