@@ -88,7 +88,7 @@ async def test_a_batch_over_two_workers_one_stopped_mid_batch(stop, prefect_serv
         block = f"pool-{uuid.uuid4().hex[:6]}"
         await AimlApiCredentials(api_key=sandbox.api_key, base_url=sandbox.base_url, timeout_seconds=10).asave(block)
         deployment = await _deployment(pool, f"restyle-{uuid.uuid4().hex[:6]}", records)
-        workers = [_worker(pool, "worker-a", tmp_path)]  # b starts once a holds generations: a runs some
+        workers = [_worker(pool, f"worker-{letter}", tmp_path) for letter in "ab"]
         try:
             batch = asyncio.ensure_future(video_to_video_batch(
                 items=[{"video": str(clips["small"]), "seed": i, "output": str(tmp_path / "out" / f"{i}.mp4")}
@@ -108,7 +108,6 @@ async def test_a_batch_over_two_workers_one_stopped_mid_batch(stop, prefect_serv
             while not (len(sandbox.ledger()) >= 4 and _ran_any(victim_log)):
                 assert time.monotonic() < deadline and not batch.done(), "worker a never ran a child"
                 await asyncio.sleep(0.5)
-            workers.append(_worker(pool, "worker-b", tmp_path))
             STOPS[stop](victim)
             signalled = time.monotonic()
             await asyncio.to_thread(victim.wait, 30)
