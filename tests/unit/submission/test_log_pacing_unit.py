@@ -23,8 +23,24 @@ BOOKER = textwrap.dedent("""
     from prefect_aimlapi_video.storage.record_store import LocalRecordStore
     from prefect_aimlapi_video.submission.log_pacing import StorePace
 
+    class Recording(LocalRecordStore):
+        \"\"\"Keeps the slot each booking that took won (its `next` less one spacing).\"\"\"
+        won = []
+
+        async def create(self, key, data):
+            return self._won(await super().create(key, data), data)
+
+        async def replace(self, key, data, version):
+            return self._won(await super().replace(key, data, version), data)
+
+        def _won(self, version, data):
+            if version is not None:
+                self.won.append(json.loads(data)["next"] - float(sys.argv[3]))
+            return version
+
     async def main(directory, reads, spacing, go):
-        pace = StorePace(LocalRecordStore(directory), "account")
+        store = Recording(directory)
+        pace = StorePace(store, "account")
         print("ready", flush=True)
         while not os.path.exists(go):  # every process books from the same moment
             await asyncio.sleep(0.005)
@@ -33,25 +49,29 @@ BOOKER = textwrap.dedent("""
             wait = await pace.book(spacing)
             await asyncio.sleep(max(0.0, wait))
             sent.append(time.time())
-        print(json.dumps(sent))
+        print(json.dumps({"slots": store.won, "sent": sent}))
 
     asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]))
 """)
 
 
 def test_processes_sharing_a_store_read_at_one_pace_between_them(tmp_path):
-    """Four processes, five reads each, at once: every read is at least one spacing after the one
-    before it, whichever process sent it (each process's own pace would let four go out together)."""
+    """Four processes, five reads each, at once: the slots they book in the store are one spacing apart,
+    whichever process booked them (each process's own pace would let four go out together), and no read
+    goes out before its slot. The slots are what the bookings wrote, not clock readings: a process the
+    machine wakes late sends late, which this must not mistake for a booking one spacing short."""
     go = tmp_path / "go"
     processes = [subprocess.Popen([sys.executable, "-c", BOOKER, str(tmp_path / "records"), "5", str(SPACING),
                                    str(go)], stdout=subprocess.PIPE, text=True) for _ in range(4)]
     assert [p.stdout.readline().strip() for p in processes] == ["ready"] * 4
     go.touch()
-    sent = sorted(t for p in processes for t in json.loads(p.communicate(timeout=60)[0]))
-    gaps = [b - a for a, b in zip(sent, sent[1:])]
-    assert len(sent) == 20
-    assert min(gaps) >= SPACING - 0.02, gaps  # asyncio.sleep may wake a little early, never a spacing early
-    assert sent[-1] - sent[0] >= 19 * SPACING - 0.1
+    runs = [json.loads(p.communicate(timeout=60)[0]) for p in processes]
+    assert [len(run["slots"]) for run in runs] == [5] * 4  # every read booked in the store, none alone
+    slots = sorted(slot for run in runs for slot in run["slots"])
+    gaps = [b - a for a, b in zip(slots, slots[1:])]
+    assert min(gaps) >= SPACING - 1e-6, gaps
+    for run in runs:  # asyncio.sleep may wake a little early, never a spacing early
+        assert all(sent >= slot - 0.02 for slot, sent in zip(run["slots"], run["sent"])), run
 
 
 async def test_readers_in_one_process_share_the_booking_too(tmp_path):
