@@ -32,10 +32,10 @@ from tests.support.reliability import sha256_file, subprocess_env
 pytestmark = pytest.mark.integration
 ITEMS = 12
 # How long a stopped worker may take to exit: the issue's bound, and `docker stop`'s default grace period
-# before its SIGKILL. Prefect's worker usually exits in 1-2 s. In 4 of 7 loaded suite runs it kept
-# running, its flow runs too, for more than 10 s; some of them were still starting when the signal came,
-# and the signal now waits until they have begun. A worker that stalls all the same is SIGKILLed as the
-# platform would, and the test reports an expected failure once the money is checked.
+# before its SIGKILL. Prefect's worker usually exits in 1-2 s. In 5 of 8 loaded suite runs it kept
+# running, its 8 flow runs too, for more than 10 s (once with all of them begun, so waiting for that does
+# not avoid it). Such a worker is SIGKILLed as the platform would, and the test reports an expected
+# failure once the money is checked.
 GRACE_SECONDS = 10.0
 
 
