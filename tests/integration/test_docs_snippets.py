@@ -18,7 +18,8 @@ pages' `pip install` installs that wheel and takes the dependencies from the ind
 pip uses here. Afterwards the page's .venv must hold exactly that wheel's files.
 
 No network beyond loopback and the package index: Prefect's analytics off (server and client), no
-proxy for loopback, no AWS instance metadata. The pages name the ports 4200 and 8787: if something
+proxy for loopback, no AWS instance metadata. The server logs at DEBUG, so that it writes log lines
+from its start as a server offline does. The pages name the ports 4200 and 8787: if something
 listens on one, the test fails saying so (the pages cannot run as written there).
 
 `set -e`: the first command that fails ends the session. The log marks each block with
@@ -117,6 +118,10 @@ def _session_env(home: Path, wheel: Path, work: Path) -> dict[str, str]:
         PREFECT_HOME=str(home / ".prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
+        # The pages' Prefect server writes log lines from its start, as one offline does (its failed
+        # telemetry): a server started with `--background` dies at its first line (Prefect 3.9.1 leaves
+        # its output on pipes that close), so the pages must start theirs so that it survives them.
+        PREFECT_LOGGING_SERVER_LEVEL="DEBUG",
         AWS_EC2_METADATA_DISABLED="true",
         NO_PROXY=no_proxy,
         no_proxy=no_proxy,
