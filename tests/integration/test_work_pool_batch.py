@@ -32,7 +32,7 @@ from tests.support.reliability import sha256_file, subprocess_env
 pytestmark = pytest.mark.integration
 ITEMS = 12
 # How long a stopped worker may take to exit: the issue's bound, and `docker stop`'s default grace period
-# before its SIGKILL. Alone on an idle machine Prefect's worker exits in 1-2 s; in 7 of 11 loaded suite
+# before its SIGKILL. Alone on an idle machine Prefect's worker exits in 1-2 s; in 8 of 12 loaded suite
 # runs it kept running, its 8 flow runs too, for more than 10 s (once with all of them begun, so waiting for that does
 # not avoid it). Such a worker is SIGKILLed as the platform would, and the test reports an expected
 # failure once the money is checked.
