@@ -108,9 +108,11 @@ async def test_a_batch_over_two_workers_one_stopped_mid_batch(stop, prefect_serv
             # Worker a is stopped once every flow run it took has begun and one has a generation processing
             # (whether Prefect's worker then stalls does not depend on that; see GRACE_SECONDS). Its flow runs
             # (Prefect 3.9) have sessions of their own: SIGKILL to its group leaves them orphans that crash at
-            # their next log line (stdout gone); on SIGTERM the worker SIGKILLs them as it stops and reports nothing, so
-            # they stay Running until the batch sees no heartbeat, and one still starting stays Pending until
-            # the batch gives up on it (PENDING_SECONDS). Either way the batch runs them again.
+            # their next log line (stdout gone); on SIGTERM the worker either SIGKILLs them as it stops and
+            # reports nothing, so they stay Running until the batch sees no heartbeat, and one still starting
+            # stays Pending until the batch gives up on it (PENDING_SECONDS), or lets them finish (what
+            # Prefect's signal handler means it to do) until its own SIGKILL (GRACE_SECONDS). Either way the
+            # batch runs the ones that did not finish again.
             victim, victim_log = workers[0]
             deadline = time.monotonic() + 180  # (the batch runs on this event loop: wait without blocking it)
             while not _holds_generations(victim_log):
